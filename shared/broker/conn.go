@@ -1,0 +1,264 @@
+// Package broker is Dabba's RabbitMQ layer: a connection that survives broker
+// restarts, the topology table, a publisher with confirms and a consumer with
+// manual acks, retries and dead-lettering.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
+)
+
+// ParseURLs splits a comma-separated list of broker URLs, as RABBITMQ_URL may
+// hold one per cluster node.
+func ParseURLs(s string) []string {
+	var urls []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return urls
+}
+
+// Conn is one AMQP connection that reconnects by itself.
+//
+// Recovery is amqp091-go's own (Config.Recovery): it redials forever, one
+// second apart, rotating over every node in urls. Topology and consumer
+// recovery are switched off on purpose: a recovered channel would receive new
+// deliveries whose tags collide with those of deliveries still in flight from
+// before the reset, so an ack meant for an old message could settle a new,
+// unprocessed one. Instead every user of a channel runs in sessions: when
+// ChannelLost fires it drops the channel, opens a new one and declares what it
+// needs again. Acks of the old session then fail harmlessly (or hit a channel
+// without consumers) and the broker redelivers those messages.
+type Conn struct {
+	urls []string
+	name string
+	log  *zap.Logger
+
+	mu      sync.Mutex
+	conn    *amqp.Connection
+	dialled chan struct{} // closed once the first connection is up
+	closed  atomic.Bool
+	blocked atomic.Bool
+	stop    context.CancelFunc
+
+	// Reconnects counts how often the connection came back after a loss.
+	Reconnects atomic.Int64
+}
+
+// Dial returns at once and connects in the background, retrying until the
+// broker answers, so a service can start (and its HTTP API serve) while the
+// broker is down. Channel waits for the connection.
+func Dial(urls []string, name string, log *zap.Logger) *Conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Conn{urls: urls, name: name, log: log.With(zap.String("amqp_connection", name)), dialled: make(chan struct{}), stop: cancel}
+	go c.keepConnected(ctx)
+	return c
+}
+
+func (c *Conn) keepConnected(ctx context.Context) {
+	wait := 250 * time.Millisecond
+	for {
+		conn, err := c.dial()
+		if err != nil {
+			c.log.Warn("broker unreachable, retrying", zap.Error(err), zap.Duration("in", wait))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 5*time.Second)
+			continue
+		}
+		wait = 250 * time.Millisecond
+		states := make(chan *amqp.StateChanged, 8)
+		conn.NotifyStateChange(states)
+		go c.watchBlocked(conn.NotifyBlocked(make(chan amqp.Blocking, 4)))
+		c.mu.Lock()
+		c.conn = conn
+		c.mu.Unlock()
+		select {
+		case <-c.dialled:
+			c.Reconnects.Add(1)
+		default:
+			close(c.dialled)
+		}
+		c.log.Info("broker connected", zap.String("remote", conn.RemoteAddr().String()))
+		// Follow the library's recovery; only a final close (recovery gave
+		// up, or a close we asked for) makes us dial a new connection.
+		for s := range states {
+			switch s.To {
+			case amqp.StateReconnecting:
+				c.log.Warn("broker connection lost, recovering")
+			case amqp.StateOpen:
+				c.Reconnects.Add(1)
+				c.log.Info("broker connection recovered")
+			}
+		}
+		if c.closed.Load() || ctx.Err() != nil {
+			return
+		}
+		c.log.Warn("broker connection closed, dialling again")
+	}
+}
+
+func (c *Conn) dial() (*amqp.Connection, error) {
+	if len(c.urls) == 0 {
+		return nil, errors.New("no broker URL")
+	}
+	var hosts []string
+	for _, raw := range c.urls {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("parse broker URL: %w", err)
+		}
+		host := u.Host
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), "5672")
+		}
+		hosts = append(hosts, host)
+	}
+	var next atomic.Uint32
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(c.name)
+	cfg := amqp.Config{
+		Heartbeat:  5 * time.Second,
+		Properties: props,
+		// Each (re)dial tries the next node, so a client follows a
+		// cluster's survivors when one node dies.
+		Dial: func(network, _ string) (net.Conn, error) {
+			var errs []error
+			for range hosts {
+				h := hosts[int(next.Add(1)-1)%len(hosts)]
+				conn, err := net.DialTimeout(network, h, 3*time.Second)
+				if err == nil {
+					if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+						conn.Close()
+						return nil, err
+					}
+					return conn, nil
+				}
+				errs = append(errs, err)
+			}
+			return nil, errors.Join(errs...)
+		},
+		Recovery: &amqp.Recovery{
+			ReconnectionConfig:   &amqp.ReconnectionConfig{MaxRetryCount: math.MaxInt32, RetryInterval: time.Second},
+			TopologyRecoveryMode: amqp.TopologyRecoveryDisabled,
+		},
+	}
+	conn, err := amqp.DialConfig(c.urls[0], cfg)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", strings.Join(hosts, ","), err)
+	}
+	return conn, nil
+}
+
+// watchBlocked follows the broker's resource alarms: while one is raised a
+// publish blocks without regard to its context, so publishers refuse instead.
+func (c *Conn) watchBlocked(blockings <-chan amqp.Blocking) {
+	for b := range blockings {
+		c.blocked.Store(b.Active)
+		if b.Active {
+			c.log.Warn("broker blocks publishers", zap.String("reason", b.Reason))
+		}
+	}
+	c.blocked.Store(false)
+}
+
+// Blocked reports whether the broker currently blocks publishers.
+func (c *Conn) Blocked() bool { return c.blocked.Load() }
+
+// Ready reports whether the connection is open right now.
+func (c *Conn) Ready() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn != nil && !c.conn.IsClosed()
+}
+
+// Channel opens a channel, waiting while the broker is unreachable or the
+// connection is recovering, until ctx is done.
+func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
+	select {
+	case <-c.dialled:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for broker: %w", ctx.Err())
+	}
+	for {
+		if c.closed.Load() {
+			return nil, amqp.ErrClosed
+		}
+		c.mu.Lock()
+		conn := c.conn
+		c.mu.Unlock()
+		if !conn.IsClosed() {
+			ch, err := conn.Channel()
+			if err == nil {
+				return ch, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for broker: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Close closes the connection for good.
+func (c *Conn) Close() error {
+	c.closed.Store(true)
+	c.stop()
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn == nil {
+		return nil
+	}
+	return conn.Close()
+}
+
+// ChannelLost returns a channel that is closed once ch stops being usable:
+// the connection or channel went into recovery, or closed. The caller should
+// then Close ch and start a new session on a new channel.
+func ChannelLost(ch *amqp.Channel) <-chan struct{} {
+	states := make(chan *amqp.StateChanged, 8)
+	ch.NotifyStateChange(states)
+	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+	lost := make(chan struct{})
+	go func() {
+		defer func() {
+			close(lost)
+			// Notify channels must be drained until the library closes them.
+			go func() {
+				for range states {
+				}
+			}()
+			for range closes {
+			}
+		}()
+		for {
+			select {
+			case s, ok := <-states:
+				if !ok || s.To != amqp.StateOpen {
+					return
+				}
+			case <-closes:
+				return
+			}
+		}
+	}()
+	return lost
+}

@@ -1,0 +1,164 @@
+// Package events is Dabba's shared vocabulary: the event envelope, the payload
+// of each event type and the routing keys they travel under. It imports
+// nothing of ours, so every service can depend on it.
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Routing keys of the events published to the "orders" exchange. The routing
+// key is also the envelope's Type and the AMQP "type" property.
+const (
+	OrderPlaced        = "order.placed"
+	OrderPaid          = "order.paid"
+	OrderPaymentFailed = "order.payment_failed"
+	OrderAccepted      = "order.accepted"
+	OrderPickedUp      = "order.picked_up"
+	OrderDelivered     = "order.delivered"
+	OrderCancelled     = "order.cancelled"
+	OrderRiderAssigned = "order.rider_assigned"
+)
+
+// RoutingKeys lists every routing key published to the "orders" exchange; a
+// test checks that each one is bound to at least one queue.
+var RoutingKeys = []string{
+	OrderPlaced, OrderPaid, OrderPaymentFailed, OrderAccepted,
+	OrderPickedUp, OrderDelivered, OrderCancelled, OrderRiderAssigned,
+}
+
+// Order statuses, in the order an order normally lives through them.
+const (
+	StatusPlaced        = "placed"
+	StatusPaid          = "paid"
+	StatusPaymentFailed = "payment_failed"
+	StatusAccepted      = "accepted"
+	StatusPickedUp      = "picked_up"
+	StatusDelivered     = "delivered"
+	StatusCancelled     = "cancelled"
+)
+
+// StatusEvent maps a status to the routing key announcing it.
+var StatusEvent = map[string]string{
+	StatusPlaced:        OrderPlaced,
+	StatusPaid:          OrderPaid,
+	StatusPaymentFailed: OrderPaymentFailed,
+	StatusAccepted:      OrderAccepted,
+	StatusPickedUp:      OrderPickedUp,
+	StatusDelivered:     OrderDelivered,
+	StatusCancelled:     OrderCancelled,
+}
+
+// Envelope wraps every event. ID doubles as the AMQP message_id, which is what
+// consumers record in their inbox to make redeliveries harmless.
+type Envelope struct {
+	ID         string          `json:"id"`
+	Type       string          `json:"type"`
+	OccurredAt time.Time       `json:"occurred_at"`
+	OrderID    string          `json:"order_id"`
+	Data       json.RawMessage `json:"data"`
+}
+
+// Item is one line of an order.
+type Item struct {
+	SKU            string `json:"sku"`
+	Name           string `json:"name"`
+	Quantity       int    `json:"quantity"`
+	UnitPriceCents int64  `json:"unit_price_cents"`
+}
+
+// Address is where an order is delivered.
+type Address struct {
+	Line1 string  `json:"line1"`
+	Lat   float64 `json:"lat"`
+	Lng   float64 `json:"lng"`
+}
+
+// Placed is the payload of order.placed.
+type Placed struct {
+	CustomerID      string  `json:"customer_id"`
+	RestaurantID    string  `json:"restaurant_id"`
+	Email           string  `json:"email"`
+	Items           []Item  `json:"items"`
+	TotalCents      int64   `json:"total_cents"`
+	DeliveryAddress Address `json:"delivery_address"`
+}
+
+// Paid is the payload of order.paid.
+type Paid struct {
+	ChargeID    string `json:"charge_id"`
+	AmountCents int64  `json:"amount_cents"`
+}
+
+// PaymentFailed is the payload of order.payment_failed.
+type PaymentFailed struct {
+	Reason string `json:"reason"`
+}
+
+// StatusChanged is the payload of the events a status move publishes
+// (order.accepted, order.picked_up, order.delivered, order.cancelled). It
+// carries enough of the order for consumers that never saw order.placed
+// (restaurant, email) to act on it.
+type StatusChanged struct {
+	Status       string `json:"status"`
+	From         string `json:"from"`
+	RestaurantID string `json:"restaurant_id"`
+	Email        string `json:"email"`
+}
+
+// RiderAssigned is the payload of order.rider_assigned.
+type RiderAssigned struct {
+	RiderID string `json:"rider_id"`
+}
+
+// ErrMalformed marks an event that can never be processed, however often it
+// is retried: consumers dead-letter it at once.
+var ErrMalformed = errors.New("malformed event")
+
+// Decode parses an envelope and checks the fields every consumer relies on.
+// Every error wraps ErrMalformed.
+func Decode(body []byte) (Envelope, error) {
+	var e Envelope
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&e); err != nil {
+		return Envelope{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if dec.More() {
+		return Envelope{}, fmt.Errorf("%w: trailing data after the envelope", ErrMalformed)
+	}
+	switch {
+	case e.ID == "":
+		return Envelope{}, fmt.Errorf("%w: id is empty", ErrMalformed)
+	case e.Type == "":
+		return Envelope{}, fmt.Errorf("%w: type is empty", ErrMalformed)
+	case e.OrderID == "":
+		return Envelope{}, fmt.Errorf("%w: order_id is empty", ErrMalformed)
+	case e.OccurredAt.IsZero():
+		return Envelope{}, fmt.Errorf("%w: occurred_at is missing", ErrMalformed)
+	case len(e.Data) == 0 || e.Data[0] != '{':
+		return Envelope{}, fmt.Errorf("%w: data is not an object", ErrMalformed)
+	}
+	return e, nil
+}
+
+// DecodeData parses the envelope's payload into v, rejecting unknown shapes.
+// Errors wrap ErrMalformed.
+func DecodeData(e Envelope, v any) error {
+	if err := json.Unmarshal(e.Data, v); err != nil {
+		return fmt.Errorf("%w: %s data: %v", ErrMalformed, e.Type, err)
+	}
+	return nil
+}
+
+// New builds an envelope around data; id must be unique (a UUID).
+func New(id, typ, orderID string, at time.Time, data any) (Envelope, error) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return Envelope{}, fmt.Errorf("encode %s data: %w", typ, err)
+	}
+	return Envelope{ID: id, Type: typ, OccurredAt: at.UTC(), OrderID: orderID, Data: raw}, nil
+}

@@ -1,0 +1,45 @@
+package httpx
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5/middleware"
+	"go.uber.org/zap"
+)
+
+// LogRequests logs each request once it is answered, at debug level for
+// success and warn for server errors, so production logs carry what matters.
+func LogRequests(log *zap.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			start := time.Now()
+			next.ServeHTTP(ww, r)
+			level := zap.DebugLevel
+			if ww.Status() >= 500 {
+				level = zap.WarnLevel
+			}
+			log.Log(level, "http request", zap.String("method", r.Method), zap.String("path", r.URL.Path),
+				zap.Int("status", ww.Status()), zap.Duration("took", time.Since(start)))
+		})
+	}
+}
+
+// Recoverer turns a panicking handler into a logged 500 problem.
+func Recoverer(log *zap.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				if v := recover(); v != nil {
+					if v == http.ErrAbortHandler {
+						panic(v)
+					}
+					log.Error("handler panic", zap.Any("panic", v), zap.String("path", r.URL.Path), zap.Stack("stack"))
+					WriteProblem(w, NewProblem(http.StatusInternalServerError, "internal error"))
+				}
+			}()
+			next.ServeHTTP(w, r)
+		})
+	}
+}

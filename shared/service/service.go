@@ -1,0 +1,144 @@
+// Package service starts what every Dabba service needs: its logger, the
+// migrated database, the broker connection with the topology declared, and
+// an HTTP server with health endpoints that shuts down gracefully.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/config"
+	"github.com/dabba/dabba/shared/httpx"
+	"github.com/dabba/dabba/shared/logging"
+	"github.com/dabba/dabba/shared/postgres"
+)
+
+// Base holds a service's shared dependencies.
+type Base struct {
+	Name   string
+	Env    config.Env
+	Log    *zap.Logger
+	DB     *pgxpool.Pool
+	Broker *broker.Conn
+
+	topology atomic.Bool
+	stop     context.CancelFunc
+}
+
+// Open builds the logger, creates and migrates the database, and connects to
+// the broker, declaring the topology in the background as soon as the
+// broker answers (a service starts even while the broker is down).
+func Open(ctx context.Context, name string, getenv func(string) string) (*Base, error) {
+	env := config.Env(getenv)
+	log, err := logging.New(getenv, name)
+	if err != nil {
+		return nil, err
+	}
+	url := env.DatabaseURL()
+	if err := postgres.EnsureDatabase(ctx, url); err != nil {
+		return nil, err
+	}
+	db, err := postgres.Open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	if err := postgres.Migrate(ctx, db); err != nil {
+		db.Close()
+		return nil, err
+	}
+	bctx, stop := context.WithCancel(context.Background())
+	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: broker.Dial(env.BrokerURLs(), name, log), stop: stop}
+	go b.declareTopology(bctx)
+	return b, nil
+}
+
+func (b *Base) declareTopology(ctx context.Context) {
+	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := broker.DeclareTopology(ctx, b.Broker)
+		if err == nil {
+			b.topology.Store(true)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		b.Log.Warn("declare topology", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Close releases the broker connection and the database pool.
+func (b *Base) Close() {
+	b.stop()
+	b.Broker.Close()
+	b.DB.Close()
+	_ = b.Log.Sync()
+}
+
+// Router returns a chi router with request logging, panic recovery and the
+// /healthz and /readyz endpoints (database and broker reachable, topology
+// declared).
+func (b *Base) Router() chi.Router {
+	r := chi.NewRouter()
+	r.Use(httpx.Recoverer(b.Log), httpx.LogRequests(b.Log))
+	r.Method(http.MethodGet, "/healthz", httpx.Healthz())
+	r.Method(http.MethodGet, "/readyz", httpx.Readyz(map[string]httpx.Check{
+		"database": func(r *http.Request) error {
+			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+			defer cancel()
+			return b.DB.Ping(ctx)
+		},
+		"broker": func(*http.Request) error {
+			if !b.Broker.Ready() {
+				return errors.New("not connected")
+			}
+			if !b.topology.Load() {
+				return errors.New("topology not declared yet")
+			}
+			return nil
+		},
+	}))
+	return r
+}
+
+// Serve serves h on addr until ctx is done, then shuts down, giving requests
+// in flight up to 10 seconds. ready, if not nil, receives the bound address
+// (useful with ":0" in tests).
+func Serve(ctx context.Context, addr string, h http.Handler, log *zap.Logger, ready chan<- string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 64 << 10}
+	log.Info("listening", zap.String("addr", ln.Addr().String()))
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
