@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/httpx"
+	"github.com/dabba/dabba/shared/postgres"
+)
+
+// dbTimeout bounds every request's database work: with the database gone a
+// client gets a quick 503, never a hang.
+const dbTimeout = 3 * time.Second
+
+// trackingTokenTTL is how long an order's tracking token stays valid.
+const trackingTokenTTL = 48 * time.Hour
+
+// TokenIssuer mints the tracking token returned with a new order.
+type TokenIssuer interface {
+	Tracking(orderID string, ttl time.Duration) (string, error)
+}
+
+// handleOrderCreate handles "POST /v1/orders".
+func handleOrderCreate(log *zap.Logger, store *Store, tokens TokenIssuer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := r.Header.Get("Idempotency-Key")
+		switch {
+		case key == "":
+			httpx.WriteProblem(w, httpx.FieldProblem("Idempotency-Key", "header is required"))
+			return
+		case len(key) > 255 || !printableASCII(key):
+			httpx.WriteProblem(w, httpx.FieldProblem("Idempotency-Key", "must be 1 to 255 printable ASCII characters"))
+			return
+		}
+		req, err := httpx.Decode[placeRequest](w, r, maxBodyBytes)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		items, addr, total, err := req.validate()
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		now := time.Now().UTC().Truncate(time.Microsecond) // what PostgreSQL keeps
+		o := Order{ID: uuid.NewString(), Status: events.StatusPlaced, CustomerID: req.CustomerID, RestaurantID: req.RestaurantID,
+			Email: req.Email, Items: items, DeliveryAddress: addr, TotalCents: total, CreatedAt: now, UpdatedAt: now,
+			History: []StatusChange{{Status: events.StatusPlaced, At: now}}}
+		ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+		defer cancel()
+		res, err := store.Place(ctx, key, req, o, func(o Order) ([]byte, error) {
+			tok, err := tokens.Tracking(o.ID, trackingTokenTTL)
+			if err != nil {
+				return nil, err
+			}
+			o.TrackingToken = tok
+			return json.Marshal(o)
+		})
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		w.Header().Set("Location", res.Location)
+		w.Header().Set("Content-Type", "application/json")
+		if res.Replayed {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		w.WriteHeader(res.Status)
+		_, _ = w.Write(res.Body)
+	})
+}
+
+// handleOrderGet handles "GET /v1/orders/{id}".
+func handleOrderGet(log *zap.Logger, store *Store) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := orderID(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+		defer cancel()
+		o, err := store.Get(ctx, id)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		httpx.Encode(w, http.StatusOK, o)
+	})
+}
+
+// handleOrderStatus handles "POST /v1/orders/{id}/status": the restaurant's
+// and the rider's moves.
+func handleOrderStatus(log *zap.Logger, store *Store) http.Handler {
+	type request struct {
+		Status string `json:"status"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := orderID(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		req, err := httpx.Decode[request](w, r, 4<<10)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if !apiMoves[req.Status] {
+			writeError(w, r, log, httpx.FieldProblem("status", "must be one of accepted, picked_up, delivered, cancelled"))
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+		defer cancel()
+		o, err := store.Move(ctx, id, req.Status, time.Now().UTC())
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		httpx.Encode(w, http.StatusOK, o)
+	})
+}
+
+// handleRiderAssign handles "POST /v1/orders/{id}/rider".
+func handleRiderAssign(log *zap.Logger, store *Store) http.Handler {
+	type request struct {
+		RiderID string `json:"rider_id"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := orderID(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		req, err := httpx.Decode[request](w, r, 4<<10)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if req.RiderID == "" || len(req.RiderID) > maxIDLen || strings.ContainsAny(req.RiderID, ".*#/ ") {
+			// The id becomes a routing key ("rider.<id>"): no dots or wildcards.
+			writeError(w, r, log, httpx.FieldProblem("rider_id", "must be 1 to 128 characters without '.', '*', '#', '/' or spaces"))
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+		defer cancel()
+		o, err := store.AssignRider(ctx, id, req.RiderID, time.Now().UTC())
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		httpx.Encode(w, http.StatusOK, o)
+	})
+}
+
+func orderID(r *http.Request) (string, error) {
+	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	if err != nil {
+		return "", httpx.FieldProblem("id", "must be a UUID")
+	}
+	return id.String(), nil
+}
+
+// writeError maps the store's errors to problem responses; anything else is
+// logged once, by httpx.Error, as unexpected.
+func writeError(w http.ResponseWriter, r *http.Request, log *zap.Logger, err error) {
+	var illegal *IllegalMoveError
+	switch {
+	case errors.Is(err, ErrNotFound):
+		err = httpx.NewProblem(http.StatusNotFound, "no such order")
+	case errors.Is(err, ErrKeyInFlight):
+		err = httpx.NewProblem(http.StatusConflict, ErrKeyInFlight.Error())
+	case errors.Is(err, ErrKeyReused):
+		err = httpx.NewProblem(http.StatusUnprocessableEntity, ErrKeyReused.Error())
+	case errors.As(err, &illegal):
+		err = httpx.NewProblem(http.StatusConflict, illegal.Error())
+	case postgres.IsUnavailable(err):
+		log.Warn("database unavailable", zap.String("path", r.URL.Path), zap.Error(err))
+		p := httpx.NewProblem(http.StatusServiceUnavailable, "the order store is unavailable; retry shortly")
+		p.RetryAfter = 2
+		err = p
+	}
+	httpx.Error(w, r, log, err)
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}

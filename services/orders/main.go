@@ -1,0 +1,76 @@
+// Command orders serves the order API, relays the transactional outbox to
+// RabbitMQ and applies the payment service's events to orders.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/service"
+	"github.com/dabba/dabba/shared/token"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "orders: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run starts the service and blocks until ctx is done, then drains it: the
+// HTTP server finishes its requests and consumers their messages in hand.
+func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Writer) error {
+	base, err := service.Open(ctx, "orders", getenv)
+	if err != nil {
+		return err
+	}
+	defer base.Close()
+	log := base.Log
+
+	store := NewStore(base.DB)
+	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
+	pub := broker.NewPublisher(base.Broker, log)
+	defer pub.Close()
+
+	r := base.Router()
+	addRoutes(r, log, store, signer)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8080"), r, log, nil)
+	})
+	g.Go(func() error { return NewRelay(base.DB, pub, log).Run(ctx) })
+	g.Go(func() error {
+		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueOrderStatus, Prefetch: 50, Concurrency: 4},
+			handlePaymentEvents(log, store), log)
+	})
+	g.Go(func() error { sweep(ctx, store, log); return nil })
+	return g.Wait()
+}
+
+// sweep removes expired idempotency keys and old sent outbox rows hourly.
+func sweep(ctx context.Context, store *Store, log *zap.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if err := store.Sweep(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("sweep", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/events"
+)
+
+// MustRun starts the service in-process on a free port and returns its base
+// URL once /readyz answers 200.
+func MustRun(tb testing.TB) string {
+	tb.Helper()
+	addr := freeAddr(tb)
+	env := map[string]string{"HTTP_ADDR": addr, "TOKEN_SECRET": "test-secret", "LOG_LEVEL": "warn"}
+	getenv := func(k string) string {
+		if v, ok := env[k]; ok {
+			return v
+		}
+		return os.Getenv(k)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, getenv, io.Discard) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("run: %v", err)
+		}
+	})
+	base := "http://" + addr
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return base
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("orders not ready: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func freeAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func orderBody(customer string) string {
+	return fmt.Sprintf(`{"customer_id":%q,"restaurant_id":"r-1","email":"eater@example.com",
+		"items":[{"sku":"biryani","name":"Chicken biryani","quantity":2,"unit_price_cents":450}],
+		"delivery_address":{"line1":"1 MG Road","lat":17.385,"lng":78.4867}}`, customer)
+}
+
+func post(tb testing.TB, url, key, contentType, body string) (*http.Response, []byte) {
+	tb.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+func TestPlaceOrder(t *testing.T) {
+	base := MustRun(t)
+
+	t.Run("OK", func(t *testing.T) {
+		t.Parallel()
+		resp, body := post(t, base+"/v1/orders", uuid.NewString(), "application/json", orderBody(uuid.NewString()))
+		if resp.StatusCode != 201 {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		var o Order
+		if err := json.Unmarshal(body, &o); err != nil {
+			t.Fatal(err)
+		}
+		if o.Status != "placed" || o.TotalCents != 900 || o.TrackingToken == "" || o.CreatedAt.IsZero() {
+			t.Fatalf("order = %+v", o)
+		}
+		if loc := resp.Header.Get("Location"); loc != "/v1/orders/"+o.ID {
+			t.Fatalf("Location = %q", loc)
+		}
+		got, err := http.Get(base + "/v1/orders/" + o.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer got.Body.Close()
+		var g Order
+		_ = json.NewDecoder(got.Body).Decode(&g)
+		if got.StatusCode != 200 || g.ID != o.ID || len(g.History) != 1 || g.History[0].Status != "placed" {
+			t.Fatalf("GET = %d %+v", got.StatusCode, g)
+		}
+	})
+
+	t.Run("ReplayIsByteForByte", func(t *testing.T) {
+		t.Parallel()
+		key, body := uuid.NewString(), orderBody(uuid.NewString())
+		r1, b1 := post(t, base+"/v1/orders", key, "application/json", body)
+		r2, b2 := post(t, base+"/v1/orders", key, "application/json", body)
+		if r1.StatusCode != 201 || r2.StatusCode != 201 || !bytes.Equal(b1, b2) {
+			t.Fatalf("first %d %s, replay %d %s", r1.StatusCode, b1, r2.StatusCode, b2)
+		}
+		if r1.Header.Get("Idempotent-Replayed") != "" || r2.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatal("Idempotent-Replayed header wrong")
+		}
+		if r1.Header.Get("Location") != r2.Header.Get("Location") {
+			t.Fatal("replay has another Location")
+		}
+	})
+
+	t.Run("ErrKeyReusedWithOtherBody", func(t *testing.T) {
+		t.Parallel()
+		key, customer := uuid.NewString(), uuid.NewString()
+		post(t, base+"/v1/orders", key, "application/json", orderBody(customer))
+		other := strings.Replace(orderBody(customer), `"quantity":2`, `"quantity":3`, 1)
+		if r, b := post(t, base+"/v1/orders", key, "application/json", other); r.StatusCode != 422 {
+			t.Fatalf("status %d: %s", r.StatusCode, b)
+		}
+	})
+
+	t.Run("ConcurrentSameKeyCreatesOne", func(t *testing.T) {
+		t.Parallel()
+		key, body := uuid.NewString(), orderBody(uuid.NewString())
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		ids, codes := map[string]bool{}, map[int]int{}
+		for i := 0; i < 20; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, b := post(t, base+"/v1/orders", key, "application/json", body)
+				mu.Lock()
+				defer mu.Unlock()
+				codes[r.StatusCode]++
+				if r.StatusCode == 201 {
+					var o Order
+					_ = json.Unmarshal(b, &o)
+					ids[o.ID] = true
+				}
+			}()
+		}
+		wg.Wait()
+		if len(ids) != 1 || codes[201]+codes[409] != 20 {
+			t.Fatalf("orders created %d, codes %v", len(ids), codes)
+		}
+	})
+
+	t.Run("BadInput", func(t *testing.T) {
+		t.Parallel()
+		big := `{"customer_id":"` + strings.Repeat("x", 1<<20) + `"}`
+		tests := []struct {
+			name, key, ct, body string
+			want                int
+			wantField           string
+		}{
+			{"ErrNoKey", "", "application/json", orderBody("c"), 400, "Idempotency-Key"},
+			{"ErrContentType", "k", "text/plain", orderBody("c"), 415, ""},
+			{"ErrMalformed", "k", "application/json", `{"customer_id":`, 400, ""},
+			{"ErrUnknownField", "k", "application/json", `{"customer":"c"}`, 400, "customer"},
+			{"ErrWrongType", "k", "application/json", `{"customer_id":5}`, 400, "customer_id"},
+			{"ErrEmptyItems", "k", "application/json", strings.Replace(orderBody("c"), `"items":[{"sku":"biryani","name":"Chicken biryani","quantity":2,"unit_price_cents":450}]`, `"items":[]`, 1), 400, "items"},
+			{"ErrNegativePrice", "k", "application/json", strings.Replace(orderBody("c"), `450`, `-450`, 1), 400, "items[0].unit_price_cents"},
+			{"ErrTooLarge", "k", "application/json", big, 413, ""},
+		}
+		for _, tt := range tests {
+			resp, body := post(t, base+"/v1/orders", tt.key, tt.ct, tt.body)
+			var p struct {
+				Status int    `json:"status"`
+				Field  string `json:"field"`
+			}
+			_ = json.Unmarshal(body, &p)
+			if resp.StatusCode != tt.want || p.Status != tt.want || p.Field != tt.wantField ||
+				resp.Header.Get("Content-Type") != "application/problem+json" {
+				t.Errorf("%s: got %d %s (%s)", tt.name, resp.StatusCode, body, resp.Header.Get("Content-Type"))
+			}
+		}
+	})
+
+	t.Run("GetErrors", func(t *testing.T) {
+		t.Parallel()
+		for path, want := range map[string]int{"/v1/orders/not-a-uuid": 400, "/v1/orders/" + uuid.NewString(): 404} {
+			resp, err := http.Get(base + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("GET %s = %d, want %d", path, resp.StatusCode, want)
+			}
+		}
+	})
+}
+
+func TestStatusMoves(t *testing.T) {
+	base := MustRun(t)
+	_, b := post(t, base+"/v1/orders", uuid.NewString(), "application/json", orderBody(uuid.NewString()))
+	var o Order
+	if err := json.Unmarshal(b, &o); err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	move := func(status string) int {
+		r, _ := post(t, base+"/v1/orders/"+o.ID+"/status", "", "application/json", `{"status":"`+status+`"}`)
+		return r.StatusCode
+	}
+	if c := move("picked_up"); c != 409 {
+		t.Fatalf("placed → picked_up = %d, want 409", c)
+	}
+	if c := move("paid"); c != 400 {
+		t.Fatalf("a client setting paid = %d, want 400", c)
+	}
+	if c := move("cancelled"); c != 200 {
+		t.Fatalf("placed → cancelled = %d, want 200", c)
+	}
+	if c := move("accepted"); c != 409 {
+		t.Fatalf("cancelled → accepted = %d, want 409", c)
+	}
+	r, _ := post(t, base+"/v1/orders/"+o.ID+"/rider", "", "application/json", `{"rider_id":"rider-1"}`)
+	if r.StatusCode != 409 {
+		t.Fatalf("assigning a rider to a cancelled order = %d, want 409", r.StatusCode)
+	}
+}
+
+// TestPaymentEventsMoveOrders publishes the payment service's events to the
+// real exchange and watches the order follow them, once, never backwards.
+func TestPaymentEventsMoveOrders(t *testing.T) {
+	base := MustRun(t)
+	_, b := post(t, base+"/v1/orders", uuid.NewString(), "application/json", orderBody(uuid.NewString()))
+	var o Order
+	if err := json.Unmarshal(b, &o); err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	log := zaptest.NewLogger(t)
+	conn := broker.Dial(broker.ParseURLs(envOr("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")), "test-payment-events", log)
+	defer conn.Close()
+	pub := broker.NewPublisher(conn, log)
+	defer pub.Close()
+	publish := func(key string, data any) string {
+		e, err := events.New(uuid.NewString(), key, o.ID, time.Now(), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := json.Marshal(e)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := pub.Publish(ctx, broker.Message{Exchange: broker.ExchangeOrders, RoutingKey: key, MessageID: e.ID, Type: key, CorrelationID: o.ID, Body: body}); err != nil {
+			t.Fatal(err)
+		}
+		return e.ID
+	}
+	waitStatus := func(want string) Order {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get(base + "/v1/orders/" + o.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var g Order
+			_ = json.NewDecoder(resp.Body).Decode(&g)
+			resp.Body.Close()
+			if g.Status == want {
+				return g
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("status %q, want %q", g.Status, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	publish(events.OrderPaid, events.Paid{ChargeID: "ch_1", AmountCents: o.TotalCents})
+	waitStatus(events.StatusPaid)
+	// A late payment_failed must not take the order backwards.
+	publish(events.OrderPaymentFailed, events.PaymentFailed{Reason: "late"})
+	if r, _ := post(t, base+"/v1/orders/"+o.ID+"/status", "", "application/json", `{"status":"accepted"}`); r.StatusCode != 200 {
+		t.Fatalf("paid → accepted = %d", r.StatusCode)
+	}
+	g := waitStatus(events.StatusAccepted)
+	var statuses []string
+	for _, h := range g.History {
+		statuses = append(statuses, h.Status)
+	}
+	if strings.Join(statuses, ",") != "placed,paid,accepted" {
+		t.Fatalf("history = %v", statuses)
+	}
+}

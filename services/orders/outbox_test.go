@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/postgres"
+)
+
+// MustDB opens the migrated test database.
+func MustDB(tb testing.TB) *pgxpool.Pool {
+	tb.Helper()
+	url := os.Getenv("DATABASE_URL")
+	if url == "" {
+		url = postgres.DefaultURL
+	}
+	ctx := context.Background()
+	if err := postgres.EnsureDatabase(ctx, url); err != nil {
+		tb.Fatal(err)
+	}
+	db, err := postgres.Open(ctx, url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(db.Close)
+	if err := postgres.Migrate(ctx, db); err != nil {
+		tb.Fatal(err)
+	}
+	return db
+}
+
+// TestRelayPublishesWithConfirms writes outbox rows, runs the relay and
+// finds every event in a queue of the test's own bound to the orders
+// exchange, with its rows marked sent.
+func TestRelayPublishesWithConfirms(t *testing.T) {
+	db := MustDB(t)
+	log := zaptest.NewLogger(t)
+	conn := broker.Dial(broker.ParseURLs(envOr("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")), "test-relay", log)
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := broker.DeclareTopology(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := conn.Channel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	// The test's own routing key keeps other tests' events out of its queue.
+	key := "order.test_" + uuid.NewString()[:8]
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(q.Name, key, broker.ExchangeOrders, false, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	orderID := uuid.NewString()
+	const n = 25
+	for i := 0; i < n; i++ {
+		err := postgres.InTx(ctx, db, func(tx pgx.Tx) error {
+			return enqueue(ctx, tx, key, orderID, time.Now(), events.RiderAssigned{RiderID: "r"})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub := broker.NewPublisher(conn, log)
+	defer pub.Close()
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go NewRelay(db, pub, log).Run(rctx)
+
+	msgs, err := ch.Consume(q.Name, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for len(seen) < n {
+		select {
+		case d := <-msgs:
+			checkDelivery(t, d, key, orderID)
+			seen[d.MessageId] = true
+		case <-ctx.Done():
+			t.Fatalf("received %d of %d events", len(seen), n)
+		}
+	}
+	var unsent int
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if err := db.QueryRow(ctx, "SELECT count(*) FROM outbox WHERE order_id = $1 AND sent_at IS NULL", orderID).Scan(&unsent); err != nil {
+			t.Fatal(err)
+		}
+		if unsent == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rows still unsent after the broker got them all", unsent)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func checkDelivery(t *testing.T, d amqp.Delivery, key, orderID string) {
+	t.Helper()
+	e, err := events.Decode(d.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.MessageId != e.ID || d.Type != key || d.CorrelationId != orderID || d.DeliveryMode != amqp.Persistent || d.ContentType != "application/json" || e.OrderID != orderID {
+		t.Fatalf("delivery properties wrong: %+v", d)
+	}
+	var p events.RiderAssigned
+	if err := json.Unmarshal(e.Data, &p); err != nil || p.RiderID != "r" {
+		t.Fatalf("data = %s", e.Data)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

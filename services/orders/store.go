@@ -1,0 +1,281 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/postgres"
+)
+
+// Store errors the handlers map to HTTP answers.
+var (
+	ErrNotFound    = errors.New("order not found")
+	ErrKeyInFlight = errors.New("a request with this Idempotency-Key is still in flight")
+	ErrKeyReused   = errors.New("this Idempotency-Key was used for a different request")
+)
+
+// IllegalMoveError is a status change the order's life does not allow.
+type IllegalMoveError struct{ From, To string }
+
+func (e *IllegalMoveError) Error() string {
+	return fmt.Sprintf("an order cannot go from %s to %s", e.From, e.To)
+}
+
+// idempotencyTTL is how long an Idempotency-Key is remembered.
+const idempotencyTTL = 24 * time.Hour
+
+// Store keeps orders, their history, idempotency records and outbox events.
+type Store struct {
+	db *pgxpool.Pool
+}
+
+// NewStore returns a store on db.
+func NewStore(db *pgxpool.Pool) *Store { return &Store{db: db} }
+
+// savedResponse is the first answer to an idempotent request.
+type savedResponse struct {
+	Status   int
+	Body     []byte
+	Location string
+	Replayed bool
+}
+
+// Place stores a new order, its first history entry, its order.placed outbox
+// event and the idempotency record of the request, in one transaction. The
+// response is rendered inside the transaction by respond so the record holds
+// exactly the bytes sent.
+//
+// A transaction-scoped advisory lock on (customer, key) serialises requests
+// that share a key: the second one, finding the lock taken, gets
+// ErrKeyInFlight at once instead of waiting; once the first committed, it
+// finds the record and replays it.
+func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order, respond func(Order) ([]byte, error)) (savedResponse, error) {
+	var res savedResponse
+	err := postgres.InTx(ctx, s.db, func(tx pgx.Tx) error {
+		var locked bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+			fmt.Sprintf("%d:%s:%s", len(req.CustomerID), req.CustomerID, key)).Scan(&locked); err != nil {
+			return fmt.Errorf("lock idempotency key: %w", err)
+		}
+		if !locked {
+			return ErrKeyInFlight
+		}
+		var hash []byte
+		err := tx.QueryRow(ctx, `SELECT request_hash, status_code, response_body, location FROM idempotency_keys
+			WHERE customer_id = $1 AND key = $2 AND expires_at > now()`, req.CustomerID, key).
+			Scan(&hash, &res.Status, &res.Body, &res.Location)
+		switch {
+		case err == nil:
+			if !bytes.Equal(hash, req.fingerprint()) {
+				return ErrKeyReused
+			}
+			res.Replayed = true
+			return nil
+		case !errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("look up idempotency key: %w", err)
+		}
+		items, _ := json.Marshal(o.Items)
+		addr, _ := json.Marshal(o.DeliveryAddress)
+		if _, err := tx.Exec(ctx, `INSERT INTO orders (id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)`,
+			o.ID, o.CustomerID, o.RestaurantID, o.Email, items, addr, o.TotalCents, o.Status, o.CreatedAt); err != nil {
+			return fmt.Errorf("insert order: %w", err)
+		}
+		if err := addHistory(ctx, tx, o.ID, o.Status, o.CreatedAt); err != nil {
+			return err
+		}
+		placed := events.Placed{CustomerID: o.CustomerID, RestaurantID: o.RestaurantID, Email: o.Email,
+			Items: o.Items, TotalCents: o.TotalCents, DeliveryAddress: o.DeliveryAddress}
+		if err := enqueue(ctx, tx, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
+			return err
+		}
+		body, err := respond(o)
+		if err != nil {
+			return err
+		}
+		res = savedResponse{Status: 201, Body: body, Location: "/v1/orders/" + o.ID}
+		// An expired record for the same key is replaced; a live one
+		// cannot exist here, since the lookup above found none.
+		_, err = tx.Exec(ctx, `INSERT INTO idempotency_keys (customer_id, key, request_hash, status_code, response_body, location, expires_at)
+			VALUES ($1, $2, $3, $4, $5, $6, now() + $7::interval)
+			ON CONFLICT (customer_id, key) DO UPDATE SET request_hash = excluded.request_hash, status_code = excluded.status_code,
+				response_body = excluded.response_body, location = excluded.location, created_at = now(), expires_at = excluded.expires_at`,
+			req.CustomerID, key, req.fingerprint(), res.Status, res.Body, res.Location, idempotencyTTL.String())
+		if err != nil {
+			return fmt.Errorf("save idempotency key: %w", err)
+		}
+		return nil
+	})
+	return res, err
+}
+
+func addHistory(ctx context.Context, tx pgx.Tx, orderID, status string, at time.Time) error {
+	if _, err := tx.Exec(ctx, "INSERT INTO order_status_history (order_id, status, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+		orderID, status, at); err != nil {
+		return fmt.Errorf("insert history: %w", err)
+	}
+	return nil
+}
+
+// enqueue writes an event to the outbox, inside the caller's transaction;
+// the relay publishes it once the transaction has committed.
+func enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time.Time, data any) error {
+	env, err := events.New(uuid.NewString(), routingKey, orderID, at, data)
+	if err != nil {
+		return err
+	}
+	payload, err := json.Marshal(env)
+	if err != nil {
+		return fmt.Errorf("encode event: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO outbox (event_id, routing_key, order_id, payload) VALUES ($1, $2, $3, $4)",
+		env.ID, routingKey, orderID, payload); err != nil {
+		return fmt.Errorf("insert outbox event: %w", err)
+	}
+	return nil
+}
+
+const orderColumns = `id, status, customer_id, restaurant_id, email, items, delivery_address, total_cents, coalesce(rider_id, ''), created_at, updated_at`
+
+func scanOrder(row pgx.Row) (Order, error) {
+	var o Order
+	var id uuid.UUID
+	var items, addr []byte
+	err := row.Scan(&id, &o.Status, &o.CustomerID, &o.RestaurantID, &o.Email, &items, &addr, &o.TotalCents, &o.RiderID, &o.CreatedAt, &o.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Order{}, ErrNotFound
+	}
+	if err != nil {
+		return Order{}, fmt.Errorf("read order: %w", err)
+	}
+	o.ID = id.String()
+	if err := json.Unmarshal(items, &o.Items); err != nil {
+		return Order{}, fmt.Errorf("decode items: %w", err)
+	}
+	if err := json.Unmarshal(addr, &o.DeliveryAddress); err != nil {
+		return Order{}, fmt.Errorf("decode address: %w", err)
+	}
+	o.CreatedAt, o.UpdatedAt = o.CreatedAt.UTC(), o.UpdatedAt.UTC()
+	return o, nil
+}
+
+// Get returns an order with its history.
+func (s *Store) Get(ctx context.Context, id string) (Order, error) {
+	o, err := scanOrder(s.db.QueryRow(ctx, "SELECT "+orderColumns+" FROM orders WHERE id = $1", id))
+	if err != nil {
+		return Order{}, err
+	}
+	rows, err := s.db.Query(ctx, "SELECT status, at FROM order_status_history WHERE order_id = $1 ORDER BY at, status", id)
+	if err != nil {
+		return Order{}, fmt.Errorf("read history: %w", err)
+	}
+	o.History, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (StatusChange, error) {
+		var c StatusChange
+		err := r.Scan(&c.Status, &c.At)
+		c.At = c.At.UTC()
+		return c, err
+	})
+	if err != nil {
+		return Order{}, fmt.Errorf("read history: %w", err)
+	}
+	return o, nil
+}
+
+// Move changes an order's status if its life allows it, records the change
+// and enqueues the event announcing it, in one transaction. The row lock
+// (FOR UPDATE) makes concurrent moves of one order take turns.
+func (s *Store) Move(ctx context.Context, id, to string, at time.Time) (Order, error) {
+	err := postgres.InTx(ctx, s.db, func(tx pgx.Tx) error {
+		return move(ctx, tx, id, to, at, true)
+	})
+	if err != nil {
+		return Order{}, err
+	}
+	return s.Get(ctx, id)
+}
+
+// move is Move inside tx; publish says whether to enqueue the event (the
+// payment service publishes its own).
+func move(ctx context.Context, tx pgx.Tx, id, to string, at time.Time, publish bool) error {
+	o, err := scanOrder(tx.QueryRow(ctx, "SELECT "+orderColumns+" FROM orders WHERE id = $1 FOR UPDATE", id))
+	if err != nil {
+		return err
+	}
+	if !canMove(o.Status, to) {
+		return &IllegalMoveError{From: o.Status, To: to}
+	}
+	if _, err := tx.Exec(ctx, "UPDATE orders SET status = $2, updated_at = $3 WHERE id = $1", id, to, at); err != nil {
+		return fmt.Errorf("update status: %w", err)
+	}
+	if err := addHistory(ctx, tx, id, to, at); err != nil {
+		return err
+	}
+	if !publish {
+		return nil
+	}
+	return enqueue(ctx, tx, events.StatusEvent[to], id, at,
+		events.StatusChanged{Status: to, From: o.Status, RestaurantID: o.RestaurantID, Email: o.Email})
+}
+
+// AssignRider records the rider delivering an order and enqueues
+// order.rider_assigned. Orders already delivered or cancelled refuse.
+func (s *Store) AssignRider(ctx context.Context, id, riderID string, at time.Time) (Order, error) {
+	err := postgres.InTx(ctx, s.db, func(tx pgx.Tx) error {
+		o, err := scanOrder(tx.QueryRow(ctx, "SELECT "+orderColumns+" FROM orders WHERE id = $1 FOR UPDATE", id))
+		if err != nil {
+			return err
+		}
+		if o.Status == events.StatusDelivered || o.Status == events.StatusCancelled || o.Status == events.StatusPaymentFailed {
+			return &IllegalMoveError{From: o.Status, To: "rider assigned"}
+		}
+		if _, err := tx.Exec(ctx, "UPDATE orders SET rider_id = $2, updated_at = $3 WHERE id = $1", id, riderID, at); err != nil {
+			return fmt.Errorf("assign rider: %w", err)
+		}
+		return enqueue(ctx, tx, events.OrderRiderAssigned, id, at, events.RiderAssigned{RiderID: riderID})
+	})
+	if err != nil {
+		return Order{}, err
+	}
+	return s.Get(ctx, id)
+}
+
+// ApplyPaymentEvent moves an order to paid or payment_failed when the payment
+// service's event arrives, once per event (inbox). An event that no longer
+// applies (the order was cancelled meanwhile) is recorded and skipped.
+func (s *Store) ApplyPaymentEvent(ctx context.Context, consumer string, e events.Envelope, to string) (applied bool, err error) {
+	err = postgres.InTx(ctx, s.db, func(tx pgx.Tx) error {
+		first, err := postgres.MarkProcessed(ctx, tx, consumer, e.ID)
+		if err != nil || !first {
+			return err
+		}
+		err = move(ctx, tx, e.OrderID, to, e.OccurredAt, false)
+		var illegal *IllegalMoveError
+		if errors.As(err, &illegal) {
+			return nil
+		}
+		applied = err == nil
+		return err
+	})
+	return applied, err
+}
+
+// Sweep deletes idempotency records past their expiry and outbox rows sent
+// more than a day ago.
+func (s *Store) Sweep(ctx context.Context) error {
+	if _, err := s.db.Exec(ctx, "DELETE FROM idempotency_keys WHERE expires_at <= now()"); err != nil {
+		return fmt.Errorf("sweep idempotency keys: %w", err)
+	}
+	if _, err := s.db.Exec(ctx, "DELETE FROM outbox WHERE sent_at < now() - interval '1 day'"); err != nil {
+		return fmt.Errorf("sweep outbox: %w", err)
+	}
+	return nil
+}
