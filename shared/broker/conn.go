@@ -181,6 +181,16 @@ func (c *Conn) watchBlocked(blockings <-chan amqp.Blocking) {
 // Blocked reports whether the broker currently blocks publishers.
 func (c *Conn) Blocked() bool { return c.blocked.Load() }
 
+// LogLibrary sends amqp091-go's own log (recovery attempts, channel closes)
+// to log at debug level. The library's logger is process-wide.
+func LogLibrary(log *zap.Logger) {
+	amqp.SetLogger(libraryLogger{log.Sugar().Named("amqp091")})
+}
+
+type libraryLogger struct{ s *zap.SugaredLogger }
+
+func (l libraryLogger) Printf(format string, v ...any) { l.s.Debugf(format, v...) }
+
 // Ready reports whether the connection is open right now.
 func (c *Conn) Ready() bool {
 	c.mu.Lock()
@@ -228,6 +238,33 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	return conn.Close()
+}
+
+// Release closes a channel the caller is done with. A channel closed while
+// the connection is recovering would make the library's recovery fail on it
+// for ever (it reopens every registered channel and gives up on one that is
+// closing), so Release waits until the connection is open again, or closed
+// for good, before closing ch.
+func (c *Conn) Release(ch *amqp.Channel) {
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn == nil || !conn.IsClosed() {
+		_ = ch.Close()
+		return
+	}
+	go func() {
+		for conn.IsClosed() && !c.closed.Load() {
+			time.Sleep(100 * time.Millisecond)
+			c.mu.Lock()
+			replaced := c.conn != conn
+			c.mu.Unlock()
+			if replaced {
+				break // that connection is gone, and its channels with it
+			}
+		}
+		_ = ch.Close()
+	}()
 }
 
 // ChannelLost returns a channel that is closed once ch stops being usable:

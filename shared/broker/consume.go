@@ -201,7 +201,7 @@ func (c *consumer) openSession(ctx context.Context, conn *Conn, session sessionF
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
+	defer conn.Release(ch)
 	lost := ChannelLost(ch)
 	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
 		return fmt.Errorf("set prefetch: %w", err)

@@ -91,7 +91,7 @@ func (p *Publisher) channel(ctx context.Context) (*amqp.Channel, error) {
 		return nil, err
 	}
 	if err := ch.Confirm(false); err != nil {
-		ch.Close()
+		p.conn.Release(ch)
 		return nil, fmt.Errorf("enable confirms: %w", err)
 	}
 	p.ch, p.lost = ch, ChannelLost(ch)
@@ -100,7 +100,7 @@ func (p *Publisher) channel(ctx context.Context) (*amqp.Channel, error) {
 
 func (p *Publisher) drop() {
 	if p.ch != nil {
-		_ = p.ch.Close()
+		p.conn.Release(p.ch)
 	}
 	p.ch, p.lost = nil, nil
 }

@@ -173,6 +173,6 @@ func DeclareTopology(ctx context.Context, conn *Conn) error {
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
+	defer conn.Release(ch)
 	return Declare(ch)
 }

@@ -56,6 +56,7 @@ func Open(ctx context.Context, name string, getenv func(string) string) (*Base, 
 		db.Close()
 		return nil, err
 	}
+	broker.LogLibrary(log)
 	bctx, stop := context.WithCancel(context.Background())
 	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: broker.Dial(env.BrokerURLs(), name, log), stop: stop}
 	go b.declareTopology(bctx)
