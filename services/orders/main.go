@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/outbox"
 	"github.com/dabba/dabba/shared/service"
 	"github.com/dabba/dabba/shared/token"
 )
@@ -50,7 +51,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	g.Go(func() error {
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8080"), r, log, nil)
 	})
-	g.Go(func() error { return NewRelay(base.DB, pub, log).Run(ctx) })
+	g.Go(func() error { return outbox.NewRelay(base.DB, pub, log).Run(ctx) })
 	g.Go(func() error {
 		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueOrderStatus, Prefetch: 50, Concurrency: 4},
 			handlePaymentEvents(log, store), log)

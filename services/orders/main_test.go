@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,20 +17,15 @@ import (
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/testenv"
 )
 
 // MustRun starts the service in-process on a free port and returns its base
 // URL once /readyz answers 200.
 func MustRun(tb testing.TB) string {
 	tb.Helper()
-	addr := freeAddr(tb)
-	env := map[string]string{"HTTP_ADDR": addr, "TOKEN_SECRET": "test-secret", "LOG_LEVEL": "warn"}
-	getenv := func(k string) string {
-		if v, ok := env[k]; ok {
-			return v
-		}
-		return os.Getenv(k)
-	}
+	addr := testenv.FreeAddr(tb)
+	getenv := testenv.Getenv(map[string]string{"HTTP_ADDR": addr, "TOKEN_SECRET": "test-secret", "LOG_LEVEL": "warn"})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, getenv, io.Discard) }()
@@ -57,16 +50,6 @@ func MustRun(tb testing.TB) string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func freeAddr(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func orderBody(customer string) string {
@@ -262,8 +245,7 @@ func TestPaymentEventsMoveOrders(t *testing.T) {
 		t.Fatalf("%v: %s", err, b)
 	}
 	log := zaptest.NewLogger(t)
-	conn := broker.Dial(broker.ParseURLs(envOr("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")), "test-payment-events", log)
-	defer conn.Close()
+	conn := testenv.MustBroker(t)
 	pub := broker.NewPublisher(conn, log)
 	defer pub.Close()
 	publish := func(key string, data any) string {

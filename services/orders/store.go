@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/outbox"
 	"github.com/dabba/dabba/shared/postgres"
 )
 
@@ -95,7 +96,7 @@ func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order
 		}
 		placed := events.Placed{CustomerID: o.CustomerID, RestaurantID: o.RestaurantID, Email: o.Email,
 			Items: o.Items, TotalCents: o.TotalCents, DeliveryAddress: o.DeliveryAddress}
-		if err := enqueue(ctx, tx, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
+		if _, err := outbox.Enqueue(ctx, tx, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
 			return err
 		}
 		body, err := respond(o)
@@ -122,24 +123,6 @@ func addHistory(ctx context.Context, tx pgx.Tx, orderID, status string, at time.
 	if _, err := tx.Exec(ctx, "INSERT INTO order_status_history (order_id, status, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
 		orderID, status, at); err != nil {
 		return fmt.Errorf("insert history: %w", err)
-	}
-	return nil
-}
-
-// enqueue writes an event to the outbox, inside the caller's transaction;
-// the relay publishes it once the transaction has committed.
-func enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time.Time, data any) error {
-	env, err := events.New(uuid.NewString(), routingKey, orderID, at, data)
-	if err != nil {
-		return err
-	}
-	payload, err := json.Marshal(env)
-	if err != nil {
-		return fmt.Errorf("encode event: %w", err)
-	}
-	if _, err := tx.Exec(ctx, "INSERT INTO outbox (event_id, routing_key, order_id, payload) VALUES ($1, $2, $3, $4)",
-		env.ID, routingKey, orderID, payload); err != nil {
-		return fmt.Errorf("insert outbox event: %w", err)
 	}
 	return nil
 }
@@ -222,8 +205,9 @@ func move(ctx context.Context, tx pgx.Tx, id, to string, at time.Time, publish b
 	if !publish {
 		return nil
 	}
-	return enqueue(ctx, tx, events.StatusEvent[to], id, at,
+	_, err = outbox.Enqueue(ctx, tx, events.StatusEvent[to], id, at,
 		events.StatusChanged{Status: to, From: o.Status, RestaurantID: o.RestaurantID, Email: o.Email})
+	return err
 }
 
 // AssignRider records the rider delivering an order and enqueues
@@ -240,7 +224,8 @@ func (s *Store) AssignRider(ctx context.Context, id, riderID string, at time.Tim
 		if _, err := tx.Exec(ctx, "UPDATE orders SET rider_id = $2, updated_at = $3 WHERE id = $1", id, riderID, at); err != nil {
 			return fmt.Errorf("assign rider: %w", err)
 		}
-		return enqueue(ctx, tx, events.OrderRiderAssigned, id, at, events.RiderAssigned{RiderID: riderID})
+		_, err = outbox.Enqueue(ctx, tx, events.OrderRiderAssigned, id, at, events.RiderAssigned{RiderID: riderID})
+		return err
 	})
 	if err != nil {
 		return Order{}, err

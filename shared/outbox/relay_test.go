@@ -1,58 +1,31 @@
-package main
+package outbox
 
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/testenv"
 )
-
-// MustDB opens the migrated test database.
-func MustDB(tb testing.TB) *pgxpool.Pool {
-	tb.Helper()
-	url := os.Getenv("DATABASE_URL")
-	if url == "" {
-		url = postgres.DefaultURL
-	}
-	ctx := context.Background()
-	if err := postgres.EnsureDatabase(ctx, url); err != nil {
-		tb.Fatal(err)
-	}
-	db, err := postgres.Open(ctx, url)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(db.Close)
-	if err := postgres.Migrate(ctx, db); err != nil {
-		tb.Fatal(err)
-	}
-	return db
-}
 
 // TestRelayPublishesWithConfirms writes outbox rows, runs the relay and
 // finds every event in a queue of the test's own bound to the orders
 // exchange, with its rows marked sent.
 func TestRelayPublishesWithConfirms(t *testing.T) {
-	db := MustDB(t)
+	db := testenv.MustDB(t)
 	log := zaptest.NewLogger(t)
-	conn := broker.Dial(broker.ParseURLs(envOr("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")), "test-relay", log)
-	defer conn.Close()
+	conn := testenv.MustBroker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := broker.DeclareTopology(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
 	ch, err := conn.Channel(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +45,8 @@ func TestRelayPublishesWithConfirms(t *testing.T) {
 	const n = 25
 	for i := 0; i < n; i++ {
 		err := postgres.InTx(ctx, db, func(tx pgx.Tx) error {
-			return enqueue(ctx, tx, key, orderID, time.Now(), events.RiderAssigned{RiderID: "r"})
+			_, err := Enqueue(ctx, tx, key, orderID, time.Now(), events.RiderAssigned{RiderID: "r"})
+			return err
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -127,11 +101,4 @@ func checkDelivery(t *testing.T, d amqp.Delivery, key, orderID string) {
 	if err := json.Unmarshal(e.Data, &p); err != nil || p.RiderID != "r" {
 		t.Fatalf("data = %s", e.Data)
 	}
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
 }

@@ -1,7 +1,11 @@
-package main
+// Package outbox is the transactional outbox: Enqueue writes an event in the
+// same transaction as the change it announces, and Relay publishes what was
+// written to RabbitMQ with publisher confirms.
+package outbox
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -11,8 +15,28 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/postgres"
 )
+
+// Enqueue writes an event to the outbox inside the caller's transaction; the
+// relay publishes it once the transaction has committed. It returns the
+// event's id.
+func Enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time.Time, data any) (string, error) {
+	env, err := events.New(uuid.NewString(), routingKey, orderID, at, data)
+	if err != nil {
+		return "", err
+	}
+	payload, err := json.Marshal(env)
+	if err != nil {
+		return "", fmt.Errorf("encode event: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO outbox (event_id, routing_key, order_id, payload) VALUES ($1, $2, $3, $4)",
+		env.ID, routingKey, orderID, payload); err != nil {
+		return "", fmt.Errorf("insert outbox event: %w", err)
+	}
+	return env.ID, nil
+}
 
 // Relay publishes outbox rows to the orders exchange with publisher confirms
 // and marks them sent only once the broker confirmed them. Every service

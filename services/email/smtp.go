@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"mime"
+	"net"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// ErrRejected means the mail server refused the message for good (a 5xx
+// reply): retrying will not help, so the consumer dead-letters it.
+var ErrRejected = errors.New("mail rejected by the SMTP server")
+
+// Mail is one e-mail to send.
+type Mail struct {
+	To        string
+	Subject   string
+	Body      string
+	MessageID string // the event's id, sent as X-Dabba-Message-Id
+}
+
+// SMTPSender sends mail through one SMTP server, plain (no TLS), as the
+// local relay or the fake provider speaks it.
+type SMTPSender struct {
+	addr, from string
+}
+
+// NewSMTPSender returns a sender through the server at addr.
+func NewSMTPSender(addr, from string) *SMTPSender { return &SMTPSender{addr: addr, from: from} }
+
+// Send delivers m, within ctx's deadline. A 5xx reply wraps ErrRejected;
+// anything else that fails is transient.
+func (s *SMTPSender) Send(ctx context.Context, m Mail) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", s.addr)
+	if err != nil {
+		return fmt.Errorf("connect to SMTP server: %w", err)
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(30 * time.Second)
+	}
+	if err := conn.SetDeadline(deadline); err != nil {
+		conn.Close()
+		return err
+	}
+	c := smtp.NewClient(conn)
+	defer c.Close()
+	if err := c.SendMail(s.from, []string{m.To}, bytes.NewReader(s.render(m))); err != nil {
+		var serr *smtp.SMTPError
+		if errors.As(err, &serr) && serr.Code >= 500 {
+			return fmt.Errorf("%w: %v", ErrRejected, err)
+		}
+		return fmt.Errorf("send mail: %w", err)
+	}
+	return c.Quit()
+}
+
+func (s *SMTPSender) render(m Mail) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "From: %s\r\n", s.from)
+	fmt.Fprintf(&b, "To: %s\r\n", m.To)
+	fmt.Fprintf(&b, "Subject: %s\r\n", mime.QEncoding.Encode("utf-8", m.Subject))
+	fmt.Fprintf(&b, "Date: %s\r\n", time.Now().UTC().Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "Message-ID: <%s@dabba>\r\n", m.MessageID)
+	fmt.Fprintf(&b, "X-Dabba-Message-Id: %s\r\n", m.MessageID)
+	b.WriteString("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
+	b.WriteString(m.Body)
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
