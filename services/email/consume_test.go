@@ -23,7 +23,7 @@ func TestHandleOrderEmail(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sink.Close()
-	h := handleOrderEmail(db, rate.NewLimiter(rate.Inf, 1), NewSMTPSender(sink.Addr(), "orders@dabba.local"))
+	h := handleOrderEmail(db, rate.NewLimiter(rate.Inf, 1), mustSender(t, sink.Addr()))
 	ctx := context.Background()
 	placed := func() broker.Delivery {
 		e, _ := events.New(uuid.NewString(), events.OrderPlaced, uuid.NewString(), time.Now(),
@@ -83,7 +83,7 @@ func TestRateLimitQueuesInsteadOfFailing(t *testing.T) {
 	defer sink.Close()
 	// 1 mail per 200 ms: the third must wait its turn, and succeed.
 	limiter := rate.NewLimiter(rate.Every(200*time.Millisecond), 1)
-	h := handleOrderEmail(db, limiter, NewSMTPSender(sink.Addr(), "orders@dabba.local"))
+	h := handleOrderEmail(db, limiter, mustSender(t, sink.Addr()))
 	for i := 0; i < 3; i++ {
 		e, _ := events.New(uuid.NewString(), events.OrderPlaced, uuid.NewString(), time.Now(), events.Placed{Email: "a@example.com"})
 		body, _ := json.Marshal(e)
@@ -94,4 +94,13 @@ func TestRateLimitQueuesInsteadOfFailing(t *testing.T) {
 	if n := len(sink.Messages()); n != 3 {
 		t.Fatalf("%d mails, want 3", n)
 	}
+}
+
+func mustSender(t *testing.T, addr string) *SMTPSender {
+	t.Helper()
+	s, err := NewSMTPSender(addr, "Dabba <orders@dabba.local>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -41,7 +41,10 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 		return fmt.Errorf("EMAIL_RATE_PER_MINUTE must be at least 1, got %d", perMinute)
 	}
 	limiter := rate.NewLimiter(rate.Every(time.Minute/time.Duration(perMinute)), 1)
-	sender := NewSMTPSender(base.Env.String("SMTP_ADDR", "127.0.0.1:1025"), base.Env.String("EMAIL_FROM", "Dabba <orders@dabba.local>"))
+	sender, err := NewSMTPSender(base.Env.String("SMTP_ADDR", "127.0.0.1:1025"), base.Env.String("EMAIL_FROM", "Dabba <orders@dabba.local>"))
+	if err != nil {
+		return err
+	}
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"net/mail"
 	"net"
 	"time"
 
@@ -27,11 +28,20 @@ type Mail struct {
 // SMTPSender sends mail through one SMTP server, plain (no TLS), as the
 // local relay or the fake provider speaks it.
 type SMTPSender struct {
-	addr, from string
+	addr     string
+	from     string // the From header, "Name <address>" allowed
+	envelope string // the bare address, for MAIL FROM
 }
 
-// NewSMTPSender returns a sender through the server at addr.
-func NewSMTPSender(addr, from string) *SMTPSender { return &SMTPSender{addr: addr, from: from} }
+// NewSMTPSender returns a sender through the server at addr, from the
+// address from ("orders@example.com" or "Dabba <orders@example.com>").
+func NewSMTPSender(addr, from string) (*SMTPSender, error) {
+	a, err := mail.ParseAddress(from)
+	if err != nil {
+		return nil, fmt.Errorf("sender address %q: %w", from, err)
+	}
+	return &SMTPSender{addr: addr, from: a.String(), envelope: a.Address}, nil
+}
 
 // Send delivers m, within ctx's deadline. A 5xx reply wraps ErrRejected;
 // anything else that fails is transient.
@@ -51,7 +61,7 @@ func (s *SMTPSender) Send(ctx context.Context, m Mail) error {
 	}
 	c := smtp.NewClient(conn)
 	defer c.Close()
-	if err := c.SendMail(s.from, []string{m.To}, bytes.NewReader(s.render(m))); err != nil {
+	if err := c.SendMail(s.envelope, []string{m.To}, bytes.NewReader(s.render(m))); err != nil {
 		var serr *smtp.SMTPError
 		if errors.As(err, &serr) && serr.Code >= 500 {
 			return fmt.Errorf("%w: %v", ErrRejected, err)

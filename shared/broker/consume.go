@@ -157,7 +157,7 @@ type consumer struct {
 // finished and acked; the rest go back to the queue when the channel closes.
 func Consume(ctx context.Context, conn *Conn, cfg ConsumerConfig, h Handler, log *zap.Logger) error {
 	cfg = cfg.withDefaults()
-	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log.With(zap.String("queue", cfg.Queue))}
+	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log}
 	defer c.pub.Close()
 	return c.run(ctx, conn, func(ctx context.Context, ch *amqp.Channel, deliveries <-chan amqp.Delivery, lost <-chan struct{}) error {
 		return c.session(ctx, deliveries, lost, h)
@@ -172,7 +172,7 @@ func ConsumeBatch(ctx context.Context, conn *Conn, cfg ConsumerConfig, h BatchHa
 		cfg.MaxBatch = 1
 	}
 	cfg = cfg.withDefaults()
-	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log.With(zap.String("queue", cfg.Queue))}
+	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log}
 	defer c.pub.Close()
 	return c.run(ctx, conn, func(ctx context.Context, ch *amqp.Channel, deliveries <-chan amqp.Delivery, lost <-chan struct{}) error {
 		return c.batchSession(ctx, deliveries, lost, h)
@@ -187,7 +187,7 @@ func (c *consumer) run(ctx context.Context, conn *Conn, session sessionFunc) err
 		if ctx.Err() != nil {
 			return nil
 		}
-		c.log.Warn("consumer session ended, starting another", zap.Error(err))
+		c.log.Warn("consumer session ended, starting another", zap.String("queue", c.cfg.Queue), zap.Error(err))
 		select {
 		case <-ctx.Done():
 			return nil
@@ -210,7 +210,7 @@ func (c *consumer) openSession(ctx context.Context, conn *Conn, session sessionF
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", c.cfg.Queue, err)
 	}
-	c.log.Info("consuming", zap.Int("prefetch", c.cfg.Prefetch), zap.Int("concurrency", c.cfg.Concurrency))
+	c.log.Info("consuming", zap.String("queue", c.cfg.Queue), zap.Int("prefetch", c.cfg.Prefetch), zap.Int("concurrency", c.cfg.Concurrency))
 	return session(ctx, ch, deliveries, lost)
 }
 
@@ -279,11 +279,11 @@ func (c *consumer) settleBatch(ctx context.Context, batch []Delivery, h BatchHan
 	if err == nil {
 		last := batch[len(batch)-1].raw
 		if aerr := last.Ack(true); aerr != nil {
-			c.log.Warn("ack batch failed; the broker will redeliver it", zap.Error(aerr), zap.Int("size", len(batch)))
+			c.log.Warn("ack batch failed; the broker will redeliver it", zap.String("queue", c.cfg.Queue), zap.Error(aerr), zap.Int("size", len(batch)))
 		}
 		return
 	}
-	c.log.Warn("batch failed, handling its messages one by one", zap.Error(err), zap.Int("size", len(batch)))
+	c.log.Warn("batch failed, handling its messages one by one", zap.String("queue", c.cfg.Queue), zap.Error(err), zap.Int("size", len(batch)))
 	for _, d := range batch {
 		c.settle(ctx, d, c.callBatch(ctx, []Delivery{d}, h))
 	}

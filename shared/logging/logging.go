@@ -16,6 +16,7 @@ func New(getenv func(string) string, service string) (*zap.Logger, error) {
 	switch f := getenv("LOG_FORMAT"); f {
 	case "json":
 		cfg = zap.NewProductionConfig()
+		cfg.DisableStacktrace = true // errors carry their context; traces drown it
 		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	case "", "console":
 		cfg = zap.NewDevelopmentConfig()

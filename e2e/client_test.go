@@ -1,0 +1,229 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dabba/dabba/shared/testenv"
+)
+
+func base(port int) string { return fmt.Sprintf("http://127.0.0.1:%d", port) }
+
+// order is the part of the API's order the suite reads.
+type order struct {
+	ID            string `json:"id"`
+	Status        string `json:"status"`
+	TotalCents    int64  `json:"total_cents"`
+	TrackingToken string `json:"tracking_token"`
+	RestaurantID  string `json:"restaurant_id"`
+	History       []struct {
+		Status string    `json:"status"`
+		At     time.Time `json:"at"`
+	} `json:"history"`
+}
+
+func orderJSON(customer, restaurant string, priceCents int64) string {
+	return fmt.Sprintf(`{"customer_id":%q,"restaurant_id":%q,"email":"e2e@example.com",
+		"items":[{"sku":"thali","name":"Veg thali","quantity":1,"unit_price_cents":%d}],
+		"delivery_address":{"line1":"Dadar West","lat":19.02,"lng":72.84}}`, customer, restaurant, priceCents)
+}
+
+// do sends a request and returns the status, headers and body.
+func do(t testing.TB, method, url string, headers map[string]string, body string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+// placeOrder places an order and returns it; the answer must be 201.
+func placeOrder(t testing.TB, key, body string) order {
+	t.Helper()
+	code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders",
+		map[string]string{"Content-Type": "application/json", "Idempotency-Key": key}, body)
+	if code != http.StatusCreated {
+		t.Fatalf("POST /v1/orders = %d: %s", code, b)
+	}
+	var o order
+	if err := json.Unmarshal(b, &o); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func getOrder(t testing.TB, id string) order {
+	t.Helper()
+	code, _, b := do(t, http.MethodGet, base(ports.Orders)+"/v1/orders/"+id, nil, "")
+	if code != http.StatusOK {
+		t.Fatalf("GET order = %d: %s", code, b)
+	}
+	var o order
+	_ = json.Unmarshal(b, &o)
+	return o
+}
+
+// eventually retries check until it returns nil or within passes.
+func eventually(t testing.TB, within time.Duration, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, within, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitPaid waits until every order is paid.
+func waitPaid(t testing.TB, within time.Duration, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		eventually(t, within, "order "+id+" paid", func() error {
+			if s := getOrder(t, id).Status; s != "paid" {
+				return fmt.Errorf("status %s", s)
+			}
+			return nil
+		})
+	}
+}
+
+// ledger counts, for one order, each consumer's effects.
+type ledger struct {
+	Orders, Charges, Payments, PaidEvents, Notifications, Emails, AnalyticsRows int
+}
+
+func readLedger(t testing.TB, db *pgxpool.Pool, orderID string) ledger {
+	t.Helper()
+	ctx := context.Background()
+	var l ledger
+	count := func(dst *int, q string) {
+		if err := db.QueryRow(ctx, q, orderID).Scan(dst); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	count(&l.Orders, "SELECT count(*) FROM orders WHERE id = $1")
+	count(&l.Payments, "SELECT count(*) FROM payments WHERE order_id = $1")
+	count(&l.PaidEvents, "SELECT count(*) FROM outbox WHERE order_id = $1 AND routing_key = 'order.paid'")
+	count(&l.Notifications, "SELECT count(*) FROM restaurant_notifications WHERE order_id = $1 AND event_type = 'order.placed'")
+	count(&l.Emails, "SELECT count(*) FROM emails_sent WHERE order_id = $1 AND kind = 'order.placed'")
+	count(&l.AnalyticsRows, "SELECT count(*) FROM analytics_events WHERE order_id = $1 AND event_type = 'order.placed'")
+	var charges []json.RawMessage
+	code, _, b := do(t, http.MethodGet, base(ports.Gateway)+"/v1/charges?order_id="+orderID, nil, "")
+	if code != 200 || json.Unmarshal(b, &charges) != nil {
+		t.Fatalf("gateway charges = %d %s", code, b)
+	}
+	l.Charges = len(charges)
+	return l
+}
+
+// wantExactlyOnce waits until an order's every effect happened, then checks
+// that each happened exactly once.
+func wantExactlyOnce(t testing.TB, db *pgxpool.Pool, orderID string, within time.Duration) {
+	t.Helper()
+	want := ledger{1, 1, 1, 1, 1, 1, 1}
+	eventually(t, within, "ledger of "+orderID, func() error {
+		if l := readLedger(t, db, orderID); l != want {
+			return fmt.Errorf("ledger %+v, want %+v", l, want)
+		}
+		return nil
+	})
+	// Nothing more may trickle in afterwards (a late duplicate).
+	time.Sleep(300 * time.Millisecond)
+	if l := readLedger(t, db, orderID); l != want {
+		t.Fatalf("ledger %+v, want %+v", l, want)
+	}
+}
+
+func rabbitmqctl(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("rabbitmqctl", args...).CombinedOutput(); err != nil {
+		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
+	}
+}
+
+// management calls RabbitMQ's management API as guest.
+func management(t testing.TB, method, path string, body any, out any) int {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, "http://127.0.0.1:15672/api"+path, rd)
+	req.SetBasicAuth("guest", "guest")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("management API: %v", err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		_ = json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
+// queueInfo is what the management API says of a queue.
+type queueInfo struct {
+	Messages      int `json:"messages"`
+	Unacked       int `json:"messages_unacknowledged"`
+	Consumers     int `json:"consumers"`
+	MessagesReady int `json:"messages_ready"`
+}
+
+func queue(t testing.TB, name string) queueInfo {
+	t.Helper()
+	var q queueInfo
+	if code := management(t, http.MethodGet, "/queues/%2F/"+url.PathEscape(name), nil, &q); code != 200 {
+		t.Fatalf("queue %s: management API answered %d", name, code)
+	}
+	return q
+}
+
+// peek returns the messages in a queue without removing them.
+func peek(t testing.TB, name string) []peeked {
+	t.Helper()
+	var msgs []peeked
+	management(t, http.MethodPost, "/queues/%2F/"+url.PathEscape(name)+"/get",
+		map[string]any{"count": 10000, "ackmode": "ack_requeue_true", "encoding": "auto"}, &msgs)
+	return msgs
+}
+
+type peeked struct {
+	RoutingKey string `json:"routing_key"`
+	Properties struct {
+		MessageID string         `json:"message_id"`
+		Headers   map[string]any `json:"headers"`
+	} `json:"properties"`
+}
+
+func newKey() string { return uuid.NewString() }
+
+func mustDB(t testing.TB) *pgxpool.Pool { return testenv.MustDB(t) }

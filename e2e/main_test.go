@@ -1,0 +1,73 @@
+// Package e2e drives the running Dabba stack from outside, as its clients
+// and operators do: HTTP against the services, AMQP and the management API
+// against RabbitMQ, SQL for the ledger, signals against the processes.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/stack"
+	"github.com/dabba/dabba/shared/testenv"
+)
+
+// ports keep the suite clear of a `make run` on the same machine.
+var ports = stack.Ports{Orders: 18080, Tracking: 18081, Payment: 18082, Restaurant: 18083, Email: 18084, Analytics: 18085,
+	Gateway: 18090, SMTPHTTP: 18025, SMTP: 11025}
+
+// dabba is the stack the suite runs against.
+var dabba *stack.Stack
+
+func TestMain(m *testing.M) {
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	wd, _ := os.Getwd()
+	root, err := stack.ModuleRoot(wd)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	bin, err := os.MkdirTemp("", "dabba-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(bin)
+	svcs := stack.Services(ports)
+	if err := stack.Build(ctx, root, bin, svcs); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := postgres.EnsureDatabase(ctx, testenv.Env.DatabaseURL()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	logs, err := os.Create(filepath.Join(os.TempDir(), "dabba-e2e.log"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer logs.Close()
+	dabba, err = stack.Start(ctx, svcs, bin, stack.Environ(map[string]string{
+		"TOKEN_SECRET":          "e2e-secret",
+		"LOG_FORMAT":            "json",
+		"EMAIL_RATE_PER_MINUTE": "60000", // the rate limit has its own test
+		"GATEWAY_LATENCY":       "5ms",
+	}), logs)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "start the stack: %v (logs in %s)\n", err, logs.Name())
+		return 1
+	}
+	defer dabba.Stop(20 * time.Second)
+	fmt.Fprintf(os.Stderr, "e2e: stack up; service logs in %s\n", logs.Name())
+	return m.Run()
+}
