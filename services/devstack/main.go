@@ -9,24 +9,16 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/dabba/dabba/shared/config"
 	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/service"
 	"github.com/dabba/dabba/shared/stack"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "devstack: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { service.Main("devstack", run) }
 
 func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer) error {
 	env := config.Env(getenv)

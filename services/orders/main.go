@@ -4,11 +4,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,14 +16,7 @@ import (
 	"github.com/dabba/dabba/shared/token"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "orders: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { service.Main("orders", run) }
 
 // run starts the service and blocks until ctx is done, then drains it: the
 // HTTP server finishes its requests and consumers their messages in hand.

@@ -7,9 +7,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -142,4 +146,51 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *zap.Logger, re
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// Healthcheck is the "healthcheck" subcommand every binary answers, for
+// container runtimes whose images have no curl: it asks the service's own
+// /readyz on HTTP_ADDR and reports through the exit code.
+func Healthcheck(getenv func(string) string) error {
+	addr := config.Env(getenv).String("HTTP_ADDR", ":8080")
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDR: %w", err)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + net.JoinHostPort(host, port) + "/readyz")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("readyz answered %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// RunFunc is a service's run: it serves until ctx is done, then drains.
+type RunFunc func(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error
+
+// Main is every binary's main: it answers the "healthcheck" subcommand, or
+// calls run with a context cancelled on SIGINT or SIGTERM and exits non-zero
+// on error.
+func Main(name string, run RunFunc) {
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		if err := Healthcheck(os.Getenv); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: unhealthy: %v\n", name, err)
+			os.Exit(1)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		stop()
+		os.Exit(1)
+	}
 }
