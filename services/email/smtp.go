@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"mime"
-	"net/mail"
 	"net"
+	"net/mail"
 	"time"
 
 	"github.com/emersion/go-smtp"

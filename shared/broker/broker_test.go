@@ -309,3 +309,68 @@ func TestConsumeBatch(t *testing.T) {
 		}
 	})
 }
+
+// TestConsumeFinishesInFlightOnShutdown cancels a consumer while its handler
+// is working: the handler runs to the end, the message is acked, and the
+// messages not yet started stay in the queue for the next consumer.
+func TestConsumeFinishesInFlightOnShutdown(t *testing.T) {
+	t.Parallel()
+	c := MustConn(t)
+	p := NewPublisher(c, zaptest.NewLogger(t))
+	defer p.Close()
+	q := mustTestQueue(t, c, []time.Duration{50 * time.Millisecond})
+	for _, id := range []string{"first", "second", "third"} {
+		publishTest(t, p, q.Bindings[0], id)
+	}
+	started, release := make(chan string, 3), make(chan struct{})
+	var finished atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry, Prefetch: 3, Concurrency: 1}, func(ctx context.Context, d Delivery) error {
+			started <- d.MessageID
+			<-release
+			if ctx.Err() != nil {
+				return ctx.Err() // the handler's context must outlive the consumer's
+			}
+			finished.Add(1)
+			return nil
+		}, zaptest.NewLogger(t))
+	}()
+	if id := <-started; id != "first" {
+		t.Fatalf("first handled %s", id)
+	}
+	cancel()
+	time.Sleep(100 * time.Millisecond) // let the cancellation reach the consumer
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if finished.Load() != 1 {
+		t.Fatalf("%d handlers finished, want 1", finished.Load())
+	}
+	ch, err := c.Channel(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	eventuallyDepth(t, ch, q.Name, 2)
+}
+
+func eventuallyDepth(t *testing.T, ch *amqp.Channel, queue string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		qi, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if qi.Messages == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s holds %d messages, want %d", queue, qi.Messages, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -228,7 +228,15 @@ func (c *consumer) session(ctx context.Context, deliveries <-chan amqp.Delivery,
 			if !ok {
 				return errors.New("deliveries closed")
 			}
-			slots <- struct{}{}
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				// Not started: it goes back to the queue when the
+				// channel closes.
+				return nil
+			case <-lost:
+				return errors.New("channel lost")
+			}
 			wg.Add(1)
 			go func() {
 				defer func() { <-slots; wg.Done() }()
