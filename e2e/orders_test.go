@@ -31,10 +31,19 @@ func TestOrderReachesEveryConsumer(t *testing.T) {
 
 	code, _, b := do(t, http.MethodGet, base(ports.Restaurant)+"/v1/restaurants/"+restaurant+"/orders", nil, "")
 	var feed struct {
-		Notifications []struct{ OrderID, Event string } `json:"notifications"`
+		Notifications []struct {
+			OrderID string `json:"order_id"`
+			Event   string `json:"event"`
+		} `json:"notifications"`
 	}
 	_ = json.Unmarshal(b, &feed)
-	if code != 200 || len(feed.Notifications) == 0 || feed.Notifications[len(feed.Notifications)-1].OrderID != o.ID {
+	seen := map[string]bool{}
+	for _, n := range feed.Notifications {
+		if n.OrderID == o.ID {
+			seen[n.Event] = true
+		}
+	}
+	if code != 200 || !seen["order.placed"] || !seen["order.paid"] {
 		t.Fatalf("restaurant feed = %d %s", code, b)
 	}
 	var mails []struct {
