@@ -7,38 +7,88 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
 )
 
+// eventDelivery wraps a new event about orderID as a delivery from the
+// analytics queue.
+func eventDelivery(tb testing.TB, key, orderID string, data any) broker.Delivery {
+	tb.Helper()
+	e, err := events.New(uuid.NewString(), key, orderID, time.Now(), data)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	body, err := json.Marshal(e)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return broker.Delivery{Queue: broker.QueueAnalytics, MessageID: e.ID, RoutingKey: key, Type: key, CorrelationID: orderID, Body: body, Attempt: 1}
+}
+
 func TestHandleEventBatch(t *testing.T) {
 	db := testenv.MustDB(t)
-	h := handleEventBatch(db)
+	h := handleEventBatch(zaptest.NewLogger(t), db)
 	ctx := context.Background()
-	orderID := uuid.NewString()
-	var batch []broker.Delivery
-	for _, key := range []string{events.OrderPlaced, events.OrderPaid, events.OrderAccepted} {
-		e, _ := events.New(uuid.NewString(), key, orderID, time.Now(), map[string]string{"k": key})
-		body, _ := json.Marshal(e)
-		batch = append(batch, broker.Delivery{MessageID: e.ID, RoutingKey: key, Body: body, Attempt: 1})
+	count := func(t *testing.T, orderID string) (events, inbox int) {
+		t.Helper()
+		if err := db.QueryRow(ctx, `SELECT (SELECT count(*) FROM analytics_events WHERE order_id = $1),
+			(SELECT count(*) FROM processed_messages p JOIN analytics_events a ON a.message_id = p.message_id
+				WHERE p.consumer = 'analytics' AND a.order_id = $1)`, orderID).Scan(&events, &inbox); err != nil {
+			t.Fatal(err)
+		}
+		return events, inbox
 	}
-	if err := h(ctx, batch); err != nil {
-		t.Fatal(err)
-	}
-	if err := h(ctx, batch[1:]); err != nil { // redelivered
-		t.Fatal(err)
-	}
-	var n int
-	if err := db.QueryRow(ctx, "SELECT count(*) FROM analytics_events WHERE order_id = $1", orderID).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	if n != 3 {
-		t.Fatalf("%d rows, want 3", n)
-	}
-	bad := append(batch[:1:1], broker.Delivery{MessageID: uuid.NewString(), Body: []byte("{")})
-	if err := h(ctx, bad); !broker.IsPermanent(err) {
-		t.Fatalf("a malformed event in a batch: err = %v, want permanent", err)
-	}
+
+	t.Run("OKOnceWhenRedelivered", func(t *testing.T) {
+		orderID := uuid.NewString()
+		var batch []broker.Delivery
+		for _, key := range []string{events.OrderPlaced, events.OrderPaid, events.OrderAccepted} {
+			batch = append(batch, eventDelivery(t, key, orderID, map[string]string{"k": key}))
+		}
+		if err := h(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+		// A redelivered part of the batch, with a new event and one
+		// delivered twice within the same batch.
+		delivered := eventDelivery(t, events.OrderDelivered, orderID, events.StatusChanged{Status: "delivered"})
+		if err := h(ctx, append(batch[1:], delivered, delivered)); err != nil {
+			t.Fatal(err)
+		}
+		if ev, in := count(t, orderID); ev != 4 || in != 4 {
+			t.Fatalf("%d events, %d inbox rows; want 4 of each", ev, in)
+		}
+		var data string
+		if err := db.QueryRow(ctx, "SELECT data->>'k' FROM analytics_events WHERE message_id = $1", batch[1].MessageID).Scan(&data); err != nil || data != events.OrderPaid {
+			t.Fatalf("stored data k = %q (%v)", data, err)
+		}
+	})
+
+	t.Run("ErrMalformedIsPermanent", func(t *testing.T) {
+		orderID := uuid.NewString()
+		good := eventDelivery(t, events.OrderPlaced, orderID, map[string]string{})
+		tests := []struct {
+			name string
+			give []broker.Delivery
+		}{
+			{"NotJSON", []broker.Delivery{{MessageID: uuid.NewString(), Body: []byte("{")}}},
+			{"InABatch", []broker.Delivery{good, {MessageID: uuid.NewString(), Body: []byte(`{"id":"x"}`)}}},
+			{"OrderIDNotUUID", []broker.Delivery{eventDelivery(t, events.OrderPlaced, "o-1", map[string]string{})}},
+			// Valid JSON that jsonb refuses.
+			{"NulInData", []broker.Delivery{eventDelivery(t, events.OrderPlaced, orderID, map[string]string{"s": "a\x00b"})}},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if err := h(ctx, tt.give); !broker.IsPermanent(err) {
+					t.Fatalf("err = %v, want permanent", err)
+				}
+			})
+		}
+		if ev, _ := count(t, orderID); ev != 0 {
+			t.Fatalf("%d events written by failed batches, want 0", ev)
+		}
+	})
 }

@@ -49,7 +49,7 @@ Dabba is running. Ctrl-C stops it.
   fake SMTP inbox   http://127.0.0.1:8025/messages
   fake gateway      http://127.0.0.1:8090/v1/charges
 Try:
-  curl -si localhost:8080/v1/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $(uuidgen)" \
+  curl -si localhost:8080/v1/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
     -d '{"customer_id":"c1","restaurant_id":"r1","email":"me@example.com","items":[{"sku":"thali","name":"Thali","quantity":1,"unit_price_cents":25000}],"delivery_address":{"line1":"Dadar","lat":19.02,"lng":72.84}}'
 
 `)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
@@ -17,6 +18,9 @@ import (
 	"github.com/dabba/dabba/shared/postgres"
 )
 
+// Currency is what every order is charged in.
+const Currency = "INR"
+
 // Charger is the part of the payment provider the consumer uses.
 type Charger interface {
 	Charge(ctx context.Context, req gateway.ChargeRequest, idempotencyKey string) (gateway.Charge, error)
@@ -24,10 +28,17 @@ type Charger interface {
 
 // handleOrderPlaced charges a placed order and announces the outcome.
 //
-// The provider's idempotency key is the order id, so however often
-// order.placed is delivered (redelivery after a crash, a duplicate publish),
-// the card is charged once. The payment row, the inbox row and the outbox
-// event (order.paid or order.payment_failed) are written in one transaction.
+// The charge is idempotent per order: the provider's idempotency key is the
+// order id, so when order.placed comes again (a redelivery after a crash
+// between the charge and the commit, a retry after the database failed) the
+// provider returns the first charge instead of charging twice.
+//
+// The payment row, the inbox row and the outbox row carrying order.paid or
+// order.payment_failed are written in one transaction: the event is
+// published (by the outbox relay, with confirms) exactly when the payment is
+// recorded, never lost and never announced twice. The payments primary key
+// (order id) also stops a second order.placed for the same order with
+// another message id from announcing a second outcome.
 func handleOrderPlaced(log *zap.Logger, db *pgxpool.Pool, gw Charger) broker.Handler {
 	return func(ctx context.Context, d broker.Delivery) error {
 		e, err := events.Decode(d.Body)
@@ -37,44 +48,71 @@ func handleOrderPlaced(log *zap.Logger, db *pgxpool.Pool, gw Charger) broker.Han
 		if e.Type != events.OrderPlaced {
 			return broker.Permanent(fmt.Errorf("payment does not handle %s", e.Type))
 		}
+		if _, err := uuid.Parse(e.OrderID); err != nil {
+			return fmt.Errorf("%w: order_id %q is not a UUID", events.ErrMalformed, e.OrderID)
+		}
 		var p events.Placed
 		if err := events.DecodeData(e, &p); err != nil {
 			return err
 		}
 		if p.TotalCents < 0 {
-			return broker.Permanent(fmt.Errorf("negative total %d", p.TotalCents))
+			return fmt.Errorf("%w: negative total_cents %d", events.ErrMalformed, p.TotalCents)
 		}
-		charge, err := gw.Charge(ctx, gateway.ChargeRequest{OrderID: e.OrderID, AmountCents: p.TotalCents, Currency: "INR"}, "order-"+e.OrderID)
+		// Skip the provider for a message already handled; the inbox
+		// check inside the transaction below remains the one that counts.
+		var done bool
+		if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM processed_messages WHERE consumer = $1 AND message_id = $2)",
+			broker.QueuePayment, e.ID).Scan(&done); err != nil {
+			return fmt.Errorf("check inbox: %w", err)
+		}
+		if done {
+			log.Info("duplicate order.placed skipped", d.Fields()...)
+			return nil
+		}
+
+		charge, err := gw.Charge(ctx, gateway.ChargeRequest{OrderID: e.OrderID, AmountCents: p.TotalCents, Currency: Currency}, e.OrderID)
 		declined := errors.Is(err, gateway.ErrDeclined)
-		if err != nil && !declined {
-			return fmt.Errorf("charge order %s: %w", e.OrderID, err)
+		switch {
+		case declined:
+			log.Info("charge declined", append(d.Fields(), zap.String("charge_id", charge.ID))...)
+		case errors.Is(err, gateway.ErrRejected):
+			// The provider refuses the request itself (the key reused
+			// for another amount, say): no retry changes that.
+			return broker.Permanent(err)
+		case err != nil:
+			return err // transient: the retry ladder asks again with the same key
 		}
+
 		return postgres.InTx(ctx, db, func(tx pgx.Tx) error {
-			first, err := postgres.MarkProcessed(ctx, tx, broker.QueuePayment, d.MessageID)
-			if err != nil || !first {
+			first, err := postgres.MarkProcessed(ctx, tx, broker.QueuePayment, e.ID)
+			if err != nil {
 				return err
 			}
-			status, reason := "succeeded", ""
+			if !first {
+				log.Info("duplicate order.placed skipped", d.Fields()...)
+				return nil
+			}
+			status, reason := gateway.StatusSucceeded, ""
 			if declined {
-				status, reason = "declined", "card declined by the provider"
+				status, reason = gateway.StatusDeclined, "card declined by the payment provider"
 			}
 			tag, err := tx.Exec(ctx, `INSERT INTO payments (order_id, status, charge_id, amount_cents, reason)
-				VALUES ($1, $2, $3, $4, nullif($5, '')) ON CONFLICT (order_id) DO NOTHING`,
+				VALUES ($1, $2, nullif($3, ''), $4, nullif($5, '')) ON CONFLICT (order_id) DO NOTHING`,
 				e.OrderID, status, charge.ID, p.TotalCents, reason)
 			if err != nil {
 				return fmt.Errorf("record payment: %w", err)
 			}
 			if tag.RowsAffected() == 0 {
-				// Another order.placed for the same order (a republish with a
-				// new id): the outcome was announced already.
-				log.Info("order already paid for", d.Fields()...)
+				log.Info("order already has a payment; not announcing another", d.Fields()...)
 				return nil
 			}
 			now := time.Now()
 			if declined {
-				_, err = outbox.Enqueue(ctx, tx, events.OrderPaymentFailed, e.OrderID, now, events.PaymentFailed{Reason: reason})
+				_, err = outbox.Enqueue(ctx, tx, events.OrderPaymentFailed, e.OrderID, now,
+					events.PaymentFailed{Reason: reason, RestaurantID: p.RestaurantID, Email: p.Email})
 			} else {
-				_, err = outbox.Enqueue(ctx, tx, events.OrderPaid, e.OrderID, now, events.Paid{ChargeID: charge.ID, AmountCents: charge.AmountCents})
+				_, err = outbox.Enqueue(ctx, tx, events.OrderPaid, e.OrderID, now,
+					events.Paid{ChargeID: charge.ID, AmountCents: charge.AmountCents, RestaurantID: p.RestaurantID, Email: p.Email})
 			}
 			return err
 		})

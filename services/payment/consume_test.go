@@ -16,15 +16,64 @@ import (
 	"github.com/dabba/dabba/shared/testenv"
 )
 
-func placedDelivery(t *testing.T, total int64) (broker.Delivery, string) {
-	t.Helper()
-	orderID := uuid.NewString()
-	e, err := events.New(uuid.NewString(), events.OrderPlaced, orderID, time.Now(), events.Placed{CustomerID: "c", RestaurantID: "r", Email: "a@example.com", TotalCents: total})
+// placedEvent builds an order.placed envelope for a new order.
+func placedEvent(tb testing.TB, total int64) events.Envelope {
+	tb.Helper()
+	e, err := events.New(uuid.NewString(), events.OrderPlaced, uuid.NewString(), time.Now(), events.Placed{
+		CustomerID: "c-" + uuid.NewString(), RestaurantID: "r-1", Email: "eater@example.com", TotalCents: total,
+		Items: []events.Item{{SKU: "thali", Name: "Veg thali", Quantity: 1, UnitPriceCents: total}}})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	body, _ := json.Marshal(e)
-	return broker.Delivery{Queue: broker.QueuePayment, MessageID: e.ID, RoutingKey: e.Type, CorrelationID: orderID, Body: body, Attempt: 1}, orderID
+	return e
+}
+
+func deliveryOf(tb testing.TB, e events.Envelope) broker.Delivery {
+	tb.Helper()
+	body, err := json.Marshal(e)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return broker.Delivery{Queue: broker.QueuePayment, MessageID: e.ID, RoutingKey: e.Type, Type: e.Type,
+		CorrelationID: e.OrderID, Body: body, Attempt: 1}
+}
+
+// ledger is what payment wrote about one order.
+type ledger struct {
+	Payments int
+	Status   string
+	ChargeID string
+	Outbox   []events.Envelope
+}
+
+func readLedger(tb testing.TB, db testDB, orderID string) ledger {
+	tb.Helper()
+	ctx := context.Background()
+	var l ledger
+	if err := db.QueryRow(ctx, `SELECT count(*), coalesce(min(status), ''), coalesce(min(charge_id), '')
+		FROM payments WHERE order_id = $1`, orderID).Scan(&l.Payments, &l.Status, &l.ChargeID); err != nil {
+		tb.Fatal(err)
+	}
+	rows, err := db.Query(ctx, "SELECT payload FROM outbox WHERE order_id = $1 ORDER BY id", orderID)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var payload []byte
+		if err := rows.Scan(&payload); err != nil {
+			tb.Fatal(err)
+		}
+		e, err := events.Decode(payload)
+		if err != nil {
+			tb.Fatalf("outbox payload: %v", err)
+		}
+		l.Outbox = append(l.Outbox, e)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return l
 }
 
 func TestHandleOrderPlaced(t *testing.T) {
@@ -34,61 +83,128 @@ func TestHandleOrderPlaced(t *testing.T) {
 	defer srv.Close()
 	h := handleOrderPlaced(zaptest.NewLogger(t), db, gateway.NewClient(srv.URL, srv.Client()))
 	ctx := context.Background()
-	outboxEvents := func(orderID string) []string {
-		rows, err := db.Query(ctx, "SELECT routing_key FROM outbox WHERE order_id = $1 ORDER BY id", orderID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var keys []string
-		for rows.Next() {
-			var k string
-			_ = rows.Scan(&k)
-			keys = append(keys, k)
-		}
-		return keys
-	}
 
 	t.Run("OKOnceWhenDeliveredTwice", func(t *testing.T) {
-		d, orderID := placedDelivery(t, 900)
+		e := placedEvent(t, 900)
+		dropOutbox(t, db, e.OrderID)
 		for i := 0; i < 2; i++ {
-			if err := h(ctx, d); err != nil {
+			if err := h(ctx, deliveryOf(t, e)); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if keys := outboxEvents(orderID); len(keys) != 1 || keys[0] != events.OrderPaid {
-			t.Fatalf("outbox = %v, want one order.paid", keys)
+		l := readLedger(t, db, e.OrderID)
+		if l.Payments != 1 || l.Status != gateway.StatusSucceeded || len(l.Outbox) != 1 || l.Outbox[0].Type != events.OrderPaid {
+			t.Fatalf("ledger = %+v, want one succeeded payment and one order.paid", l)
 		}
-		var n int
-		_ = db.QueryRow(ctx, "SELECT count(*) FROM payments WHERE order_id = $1 AND status = 'succeeded'", orderID).Scan(&n)
-		if n != 1 {
-			t.Fatalf("%d payments, want 1", n)
+		var p events.Paid
+		if err := events.DecodeData(l.Outbox[0], &p); err != nil {
+			t.Fatal(err)
+		}
+		if p.ChargeID != l.ChargeID || p.AmountCents != 900 || p.RestaurantID != "r-1" || p.Email != "eater@example.com" {
+			t.Fatalf("order.paid data = %+v, payment charge %s", p, l.ChargeID)
+		}
+		if n := len(fake.Charges(e.OrderID)); n != 1 {
+			t.Fatalf("%d charges at the provider, want 1", n)
 		}
 	})
-	t.Run("Declined", func(t *testing.T) {
-		d, orderID := placedDelivery(t, 13)
+
+	t.Run("OKChargedBeforeACrash", func(t *testing.T) {
+		// The provider charged, then the service died before its commit:
+		// the redelivered event must find that charge, not make another.
+		e := placedEvent(t, 700)
+		dropOutbox(t, db, e.OrderID)
+		first, err := gateway.NewClient(srv.URL, srv.Client()).Charge(ctx,
+			gateway.ChargeRequest{OrderID: e.OrderID, AmountCents: 700, Currency: Currency}, e.OrderID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := deliveryOf(t, e)
+		d.Redelivered = true
 		if err := h(ctx, d); err != nil {
 			t.Fatal(err)
 		}
-		if keys := outboxEvents(orderID); len(keys) != 1 || keys[0] != events.OrderPaymentFailed {
-			t.Fatalf("outbox = %v, want one order.payment_failed", keys)
+		if l := readLedger(t, db, e.OrderID); l.ChargeID != first.ID || len(l.Outbox) != 1 {
+			t.Fatalf("ledger = %+v, want the first charge %s announced once", l, first.ID)
+		}
+		if n := len(fake.Charges(e.OrderID)); n != 1 {
+			t.Fatalf("%d charges at the provider, want 1", n)
 		}
 	})
+
+	t.Run("OKSecondPlacedEventForTheSameOrder", func(t *testing.T) {
+		// Another message id for an order already paid for: no second
+		// outcome is announced.
+		e := placedEvent(t, 500)
+		dropOutbox(t, db, e.OrderID)
+		again := e
+		again.ID = uuid.NewString()
+		for _, ev := range []events.Envelope{e, again} {
+			if err := h(ctx, deliveryOf(t, ev)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if l := readLedger(t, db, e.OrderID); l.Payments != 1 || len(l.Outbox) != 1 {
+			t.Fatalf("ledger = %+v, want one payment, one event", l)
+		}
+	})
+
+	t.Run("Declined", func(t *testing.T) {
+		e := placedEvent(t, 13)
+		dropOutbox(t, db, e.OrderID)
+		if err := h(ctx, deliveryOf(t, e)); err != nil {
+			t.Fatal(err)
+		}
+		l := readLedger(t, db, e.OrderID)
+		if l.Status != gateway.StatusDeclined || len(l.Outbox) != 1 || l.Outbox[0].Type != events.OrderPaymentFailed {
+			t.Fatalf("ledger = %+v, want a declined payment and order.payment_failed", l)
+		}
+		var p events.PaymentFailed
+		if err := events.DecodeData(l.Outbox[0], &p); err != nil || p.Reason == "" || p.Email != "eater@example.com" {
+			t.Fatalf("order.payment_failed data = %+v (%v)", p, err)
+		}
+	})
+
 	t.Run("ErrGatewayDownIsRetried", func(t *testing.T) {
 		down := httptest.NewServer(gateway.NewFake(gateway.FakeConfig{FailRate: 1}))
 		defer down.Close()
-		d, orderID := placedDelivery(t, 900)
-		err := handleOrderPlaced(zaptest.NewLogger(t), db, gateway.NewClient(down.URL, down.Client()))(ctx, d)
+		e := placedEvent(t, 900)
+		err := handleOrderPlaced(zaptest.NewLogger(t), db, gateway.NewClient(down.URL, down.Client()))(ctx, deliveryOf(t, e))
 		if err == nil || broker.IsPermanent(err) {
 			t.Fatalf("err = %v, want a transient error", err)
 		}
-		if keys := outboxEvents(orderID); len(keys) != 0 {
-			t.Fatalf("outbox = %v after a failed charge", keys)
+		if l := readLedger(t, db, e.OrderID); l.Payments != 0 || len(l.Outbox) != 0 {
+			t.Fatalf("ledger = %+v after a failed charge, want nothing", l)
+		}
+		// Once the provider is back, the retry charges and announces.
+		if err := h(ctx, deliveryOf(t, e)); err != nil {
+			t.Fatal(err)
+		}
+		dropOutbox(t, db, e.OrderID)
+		if l := readLedger(t, db, e.OrderID); l.Status != gateway.StatusSucceeded {
+			t.Fatalf("ledger = %+v after the retry", l)
 		}
 	})
+
 	t.Run("ErrMalformedIsPermanent", func(t *testing.T) {
-		err := h(ctx, broker.Delivery{MessageID: uuid.NewString(), Body: []byte(`{"id":"x"}`)})
-		if !broker.IsPermanent(err) {
-			t.Fatalf("err = %v, want permanent", err)
+		wrongType := placedEvent(t, 900)
+		wrongType.Type = events.OrderPaid
+		badOrder := placedEvent(t, 900)
+		badOrder.OrderID = "not-a-uuid"
+		tests := []struct {
+			name string
+			give []byte
+		}{
+			{"NotJSON", []byte(`{"id":`)},
+			{"NoOrderID", []byte(`{"id":"x","type":"order.placed","occurred_at":"2026-01-01T00:00:00Z","data":{}}`)},
+			{"OrderIDNotUUID", deliveryOf(t, badOrder).Body},
+			{"WrongType", deliveryOf(t, wrongType).Body},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if err := h(ctx, broker.Delivery{MessageID: uuid.NewString(), Body: tt.give, Attempt: 1}); !broker.IsPermanent(err) {
+					t.Fatalf("err = %v, want permanent", err)
+				}
+			})
 		}
 	})
 }

@@ -1,15 +1,12 @@
 // Command payment charges placed orders through the payment provider and
-// announces order.paid or order.payment_failed.
+// announces the outcome, order.paid or order.payment_failed, through the
+// transactional outbox.
 package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -19,32 +16,30 @@ import (
 	"github.com/dabba/dabba/shared/service"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "payment: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { service.Main("payment", run) }
 
+// run starts the service and blocks until ctx is done, then drains it: the
+// HTTP server finishes its requests and the consumer the charges in hand.
 func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Writer) error {
 	base, err := service.Open(ctx, "payment", getenv)
 	if err != nil {
 		return err
 	}
 	defer base.Close()
+	log := base.Log
+	// The client timeout stays well inside the consumer's handler timeout
+	// (30 s), so a hung provider is a retried error, not a stuck worker.
 	gw := gateway.NewClient(base.Env.String("PAYMENT_GATEWAY_URL", "http://127.0.0.1:8090"), &http.Client{Timeout: 10 * time.Second})
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8082"), base.Router(), base.Log, nil)
+		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8082"), base.Router(), log, nil)
 	})
 	g.Go(func() error {
-		// A charge waits on a remote provider: a small prefetch bounds what
-		// a crash sends back, a few workers hide the provider's latency.
-		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueuePayment, Prefetch: 32, Concurrency: 16},
-			handleOrderPlaced(base.Log, base.DB, gw), base.Log)
+		// A charge waits on a remote provider: a few workers hide its
+		// latency, and a small prefetch bounds what a crash sends back.
+		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueuePayment, Prefetch: 20, Concurrency: 8},
+			handleOrderPlaced(log, base.DB, gw), log)
 	})
 	return g.Wait()
 }

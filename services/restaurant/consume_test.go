@@ -7,40 +7,99 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
 )
 
+// eventDelivery wraps a new event about orderID as a delivery from the
+// restaurant-notify queue.
+func eventDelivery(tb testing.TB, key, orderID string, data any) broker.Delivery {
+	tb.Helper()
+	e, err := events.New(uuid.NewString(), key, orderID, time.Now(), data)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	body, err := json.Marshal(e)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return broker.Delivery{Queue: broker.QueueRestaurant, MessageID: e.ID, RoutingKey: key, Type: key, CorrelationID: orderID, Body: body, Attempt: 1}
+}
+
 func TestHandleRestaurantEvent(t *testing.T) {
 	db := testenv.MustDB(t)
-	h := handleRestaurantEvent(db)
+	h := handleRestaurantEvent(zaptest.NewLogger(t), db)
 	ctx := context.Background()
-	restaurant, orderID := "r-"+uuid.NewString(), uuid.NewString()
-	deliver := func(key string, data any) broker.Delivery {
-		e, err := events.New(uuid.NewString(), key, orderID, time.Now(), data)
-		if err != nil {
+	count := func(t *testing.T, restaurant, event string) int {
+		t.Helper()
+		var n int
+		if err := db.QueryRow(ctx, "SELECT count(*) FROM restaurant_notifications WHERE restaurant_id = $1 AND event_type = $2",
+			restaurant, event).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
-		body, _ := json.Marshal(e)
-		return broker.Delivery{MessageID: e.ID, RoutingKey: key, Body: body, Attempt: 1}
+		return n
 	}
-	placed := deliver(events.OrderPlaced, events.Placed{RestaurantID: restaurant, TotalCents: 500})
-	cancelled := deliver(events.OrderCancelled, events.StatusChanged{Status: "cancelled", RestaurantID: restaurant})
-	for _, d := range []broker.Delivery{placed, placed, cancelled} { // placed delivered twice
-		if err := h(ctx, d); err != nil {
+
+	t.Run("OKOncePerEvent", func(t *testing.T) {
+		restaurant, orderID := "r-"+uuid.NewString(), uuid.NewString()
+		placed := eventDelivery(t, events.OrderPlaced, orderID, events.Placed{RestaurantID: restaurant, TotalCents: 500})
+		// order.paid as the payment service publishes it, and as events.Paid
+		// alone (no restaurant: found from order.placed).
+		paid := eventDelivery(t, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_1", AmountCents: 500, RestaurantID: restaurant})
+		paidBare := eventDelivery(t, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_1", AmountCents: 500})
+		cancelled := eventDelivery(t, events.OrderCancelled, orderID, events.StatusChanged{Status: "cancelled", From: "paid", RestaurantID: restaurant})
+		for _, d := range []broker.Delivery{placed, placed, paid, paidBare, paidBare, cancelled, cancelled} {
+			if err := h(ctx, d); err != nil {
+				t.Fatalf("%s: %v", d.RoutingKey, err)
+			}
+		}
+		for event, want := range map[string]int{events.OrderPlaced: 1, events.OrderPaid: 2, events.OrderCancelled: 1} {
+			if n := count(t, restaurant, event); n != want {
+				t.Errorf("%d %s notifications, want %d", n, event, want)
+			}
+		}
+	})
+
+	t.Run("ErrPaidBeforePlacedIsRetried", func(t *testing.T) {
+		restaurant, orderID := "r-"+uuid.NewString(), uuid.NewString()
+		paid := eventDelivery(t, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_2", AmountCents: 700})
+		if err := h(ctx, paid); err == nil || broker.IsPermanent(err) {
+			t.Fatalf("order.paid before order.placed: err = %v, want a transient error", err)
+		}
+		// The failed attempt left no inbox row behind: once order.placed
+		// is in, the retry records the payment.
+		if err := h(ctx, eventDelivery(t, events.OrderPlaced, orderID, events.Placed{RestaurantID: restaurant, TotalCents: 700})); err != nil {
 			t.Fatal(err)
 		}
-	}
-	var n int
-	if err := db.QueryRow(ctx, "SELECT count(*) FROM restaurant_notifications WHERE restaurant_id = $1", restaurant).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	if n != 2 {
-		t.Fatalf("%d notifications, want 2 (placed once, cancelled once)", n)
-	}
-	if err := h(ctx, deliver(events.OrderPlaced, events.Placed{})); !broker.IsPermanent(err) {
-		t.Fatalf("an order.placed without restaurant: err = %v, want permanent", err)
-	}
+		if err := h(ctx, paid); err != nil {
+			t.Fatal(err)
+		}
+		if n := count(t, restaurant, events.OrderPaid); n != 1 {
+			t.Fatalf("%d order.paid notifications, want 1", n)
+		}
+	})
+
+	t.Run("ErrMalformedIsPermanent", func(t *testing.T) {
+		orderID := uuid.NewString()
+		tests := []struct {
+			name string
+			give broker.Delivery
+		}{
+			{"NotJSON", broker.Delivery{MessageID: uuid.NewString(), Body: []byte("{")}},
+			{"PlacedWithoutRestaurant", eventDelivery(t, events.OrderPlaced, orderID, events.Placed{TotalCents: 1})},
+			{"OrderIDNotUUID", eventDelivery(t, events.OrderPlaced, "order-1", events.Placed{RestaurantID: "r", TotalCents: 1})},
+			{"NotForThisQueue", eventDelivery(t, events.OrderAccepted, orderID, events.StatusChanged{Status: "accepted"})},
+			{"DataOfAnotherShape", eventDelivery(t, events.OrderPlaced, orderID, map[string]any{"total_cents": "lots"})},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if err := h(ctx, tt.give); !broker.IsPermanent(err) {
+					t.Fatalf("err = %v, want permanent", err)
+				}
+			})
+		}
+	})
 }

@@ -1,14 +1,12 @@
-// Command restaurant keeps each restaurant's feed of orders: new, paid and
-// cancelled ones, as the order events arrive.
+// Command restaurant keeps the restaurant-side feed: it consumes the
+// restaurant-notify queue (order.placed, order.paid, order.cancelled), records
+// one notification per event for the order's restaurant, and serves the feed
+// at GET /v1/restaurants/{id}/orders.
 package main
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"golang.org/x/sync/errgroup"
 
@@ -16,31 +14,30 @@ import (
 	"github.com/dabba/dabba/shared/service"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "restaurant: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { service.Main("restaurant", run) }
 
+// run starts the service and blocks until ctx is done, then drains it: the
+// HTTP server finishes its requests and the consumer its messages in hand.
 func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Writer) error {
 	base, err := service.Open(ctx, "restaurant", getenv)
 	if err != nil {
 		return err
 	}
 	defer base.Close()
+	log := base.Log
+
 	r := base.Router()
-	addRoutes(r, base.Log, base.DB)
+	addRoutes(r, log, base.DB)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8083"), r, base.Log, nil)
+		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8083"), r, log, nil)
 	})
 	g.Go(func() error {
-		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueRestaurant, Prefetch: 100, Concurrency: 8},
-			handleRestaurantEvent(base.DB), base.Log)
+		// Each message is one short insert: a moderate window keeps the
+		// database busy without much to redeliver after a crash.
+		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueRestaurant, Prefetch: 50, Concurrency: 4},
+			handleRestaurantEvent(log, base.DB), log)
 	})
 	return g.Wait()
 }

@@ -88,15 +88,21 @@ type Placed struct {
 	DeliveryAddress Address `json:"delivery_address"`
 }
 
-// Paid is the payload of order.paid.
+// Paid is the payload of order.paid. It repeats the order's restaurant and
+// e-mail so the restaurant and e-mail consumers need nothing but the event.
 type Paid struct {
-	ChargeID    string `json:"charge_id"`
-	AmountCents int64  `json:"amount_cents"`
+	ChargeID     string `json:"charge_id"`
+	AmountCents  int64  `json:"amount_cents"`
+	RestaurantID string `json:"restaurant_id,omitempty"`
+	Email        string `json:"email,omitempty"`
 }
 
-// PaymentFailed is the payload of order.payment_failed.
+// PaymentFailed is the payload of order.payment_failed, with the same
+// repeated fields as Paid.
 type PaymentFailed struct {
-	Reason string `json:"reason"`
+	Reason       string `json:"reason"`
+	RestaurantID string `json:"restaurant_id,omitempty"`
+	Email        string `json:"email,omitempty"`
 }
 
 // StatusChanged is the payload of the events a status move publishes

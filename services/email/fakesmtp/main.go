@@ -1,11 +1,17 @@
 // Command fakesmtp runs the SMTP sink (package smtpsink) as its own server:
-// the mail provider of make run and the end-to-end tests, with its inbox on
+// the mail provider of make run and the end-to-end tests, which read its
+// inbox (GET /messages) and make it refuse mail (PUT /admin/refuse) over
 // HTTP.
 package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -15,7 +21,14 @@ import (
 	"github.com/dabba/dabba/shared/service"
 )
 
-func main() { service.Main("fakesmtp", run) }
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "fakesmtp: %v\n", err)
+		os.Exit(1)
+	}
+}
 
 func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Writer) error {
 	env := config.Env(getenv)
@@ -23,11 +36,23 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	if err != nil {
 		return err
 	}
+	defer func() { _ = log.Sync() }()
 	sink, err := smtpsink.Start(env.String("SMTP_ADDR", ":1025"))
 	if err != nil {
 		return err
 	}
 	defer sink.Close()
 	log.Info("smtp listening", zap.String("addr", sink.Addr()))
-	return service.Serve(ctx, env.String("HTTP_ADDR", ":8025"), sink.Handler(), log, nil)
+
+	err = service.Serve(ctx, env.String("HTTP_ADDR", ":8025"), sink, log, nil)
+
+	// Let sessions in progress finish their message; one that idles past
+	// the grace period is cut off by the deferred Close. Not an error: the
+	// sink was asked to stop and it has.
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if serr := sink.Shutdown(sctx); serr != nil {
+		log.Warn("smtp sessions cut off at shutdown", zap.Error(serr))
+	}
+	return err
 }

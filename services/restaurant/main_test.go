@@ -1,0 +1,130 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/testenv"
+)
+
+// getFeed reads a restaurant's feed.
+func getFeed(tb testing.TB, url string) (int, Feed) {
+	tb.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var f Feed
+	if resp.StatusCode == http.StatusOK {
+		if err := json.NewDecoder(resp.Body).Decode(&f); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return resp.StatusCode, f
+}
+
+// TestRun runs the service against the real broker and database: events
+// published to the orders exchange show up in the restaurant's feed, newest
+// first; garbage is dead-lettered at once.
+func TestRun(t *testing.T) {
+	base := testenv.MustRun(t, run, nil)
+	conn := testenv.MustBroker(t)
+	pub := broker.NewPublisher(conn, zaptest.NewLogger(t))
+	defer pub.Close()
+
+	t.Run("OK", func(t *testing.T) {
+		restaurant, orderID := "r-"+uuid.NewString(), uuid.NewString()
+		feedURL := base + "/v1/restaurants/" + restaurant + "/orders"
+		steps := []struct {
+			key  string
+			data any
+		}{
+			{events.OrderPlaced, events.Placed{RestaurantID: restaurant, TotalCents: 1200, Email: "e@example.com"}},
+			{events.OrderPaid, events.Paid{ChargeID: "ch_9", AmountCents: 1200}}, // no restaurant: looked up
+			{events.OrderCancelled, events.StatusChanged{Status: "cancelled", From: "paid", RestaurantID: restaurant}},
+		}
+		// One at a time, so the feed's order is known.
+		for i, s := range steps {
+			e, err := events.New(uuid.NewString(), s.key, orderID, time.Now(), s.data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := json.Marshal(e)
+			testenv.Publish(t, pub, broker.ExchangeOrders, s.key, e.ID, orderID, body)
+			testenv.Eventually(t, 20*time.Second, s.key+" in the feed", func() bool {
+				_, f := getFeed(t, feedURL)
+				return len(f.Notifications) == i+1
+			})
+		}
+		code, f := getFeed(t, feedURL)
+		var got []string
+		for _, n := range f.Notifications {
+			if n.OrderID != orderID {
+				t.Fatalf("notification for order %s, want %s", n.OrderID, orderID)
+			}
+			got = append(got, n.Event)
+		}
+		want := []string{events.OrderCancelled, events.OrderPaid, events.OrderPlaced}
+		if code != http.StatusOK || f.RestaurantID != restaurant || len(got) != 3 || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
+			t.Fatalf("feed = %d %+v, want events %v", code, f, want)
+		}
+		if p := f.Notifications[2].TotalCents; p == nil || *p != 1200 {
+			t.Fatalf("order.placed total = %v, want 1200", p)
+		}
+
+		if _, f := getFeed(t, feedURL+"?limit=1"); len(f.Notifications) != 1 || f.Notifications[0].Event != events.OrderCancelled {
+			t.Fatalf("?limit=1 feed = %+v, want the newest only", f)
+		}
+	})
+
+	t.Run("EmptyFeed", func(t *testing.T) {
+		resp, err := http.Get(base + "/v1/restaurants/r-" + uuid.NewString() + "/orders")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var raw struct {
+			Notifications json.RawMessage `json:"notifications"`
+		}
+		if err := json.Unmarshal(b, &raw); resp.StatusCode != http.StatusOK || err != nil || string(raw.Notifications) != "[]" {
+			t.Fatalf("empty feed = %d %s", resp.StatusCode, b)
+		}
+	})
+
+	t.Run("ErrBadLimit", func(t *testing.T) {
+		for _, limit := range []string{"0", "-1", "501", "ten"} {
+			resp, err := http.Get(base + "/v1/restaurants/r-1/orders?limit=" + limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var p struct {
+				Field string `json:"field"`
+			}
+			_ = json.NewDecoder(resp.Body).Decode(&p)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/problem+json" || p.Field != "limit" {
+				t.Errorf("limit=%s: %d %s field %q, want a 400 problem naming limit", limit, resp.StatusCode, resp.Header.Get("Content-Type"), p.Field)
+			}
+		}
+	})
+
+	t.Run("ErrMalformedDeadLettered", func(t *testing.T) {
+		id := uuid.NewString()
+		// Straight to the restaurant-notify queue, so no other consumer gets it.
+		testenv.Publish(t, pub, "", broker.QueueRestaurant, id, "", []byte(`[1, 2, 3]`))
+		m := testenv.MustDeadLettered(t, conn, broker.QueueRestaurant, id)
+		if m.Headers[broker.HeaderReason] != broker.ReasonPermanent {
+			t.Fatalf("dead-letter reason = %v, want %s", m.Headers[broker.HeaderReason], broker.ReasonPermanent)
+		}
+	})
+}
