@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 	"go.uber.org/zap/zaptest"
@@ -13,21 +11,6 @@ import (
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
 )
-
-// eventDelivery wraps a new event about orderID as a delivery from the
-// analytics queue.
-func eventDelivery(tb testing.TB, key, orderID string, data any) broker.Delivery {
-	tb.Helper()
-	e, err := events.New(uuid.NewString(), key, orderID, time.Now(), data)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	body, err := json.Marshal(e)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return broker.Delivery{Queue: broker.QueueAnalytics, MessageID: e.ID, RoutingKey: key, Type: key, CorrelationID: orderID, Body: body, Attempt: 1}
-}
 
 func TestHandleEventBatch(t *testing.T) {
 	db := testenv.MustDB(t)
@@ -47,14 +30,14 @@ func TestHandleEventBatch(t *testing.T) {
 		orderID := uuid.NewString()
 		var batch []broker.Delivery
 		for _, key := range []string{events.OrderPlaced, events.OrderPaid, events.OrderAccepted} {
-			batch = append(batch, eventDelivery(t, key, orderID, map[string]string{"k": key}))
+			batch = append(batch, testenv.Delivery(t, broker.QueueAnalytics, key, orderID, map[string]string{"k": key}))
 		}
 		if err := h(ctx, batch); err != nil {
 			t.Fatal(err)
 		}
 		// A redelivered part of the batch, with a new event and one
 		// delivered twice within the same batch.
-		delivered := eventDelivery(t, events.OrderDelivered, orderID, events.StatusChanged{Status: "delivered"})
+		delivered := testenv.Delivery(t, broker.QueueAnalytics, events.OrderDelivered, orderID, events.StatusChanged{Status: "delivered"})
 		if err := h(ctx, append(batch[1:], delivered, delivered)); err != nil {
 			t.Fatal(err)
 		}
@@ -69,16 +52,16 @@ func TestHandleEventBatch(t *testing.T) {
 
 	t.Run("ErrMalformedIsPermanent", func(t *testing.T) {
 		orderID := uuid.NewString()
-		good := eventDelivery(t, events.OrderPlaced, orderID, map[string]string{})
+		good := testenv.Delivery(t, broker.QueueAnalytics, events.OrderPlaced, orderID, map[string]string{})
 		tests := []struct {
 			name string
 			give []broker.Delivery
 		}{
 			{"NotJSON", []broker.Delivery{{MessageID: uuid.NewString(), Body: []byte("{")}}},
 			{"InABatch", []broker.Delivery{good, {MessageID: uuid.NewString(), Body: []byte(`{"id":"x"}`)}}},
-			{"OrderIDNotUUID", []broker.Delivery{eventDelivery(t, events.OrderPlaced, "o-1", map[string]string{})}},
+			{"OrderIDNotUUID", []broker.Delivery{testenv.Delivery(t, broker.QueueAnalytics, events.OrderPlaced, "o-1", map[string]string{})}},
 			// Valid JSON that jsonb refuses.
-			{"NulInData", []broker.Delivery{eventDelivery(t, events.OrderPlaced, orderID, map[string]string{"s": "a\x00b"})}},
+			{"NulInData", []broker.Delivery{testenv.Delivery(t, broker.QueueAnalytics, events.OrderPlaced, orderID, map[string]string{"s": "a\x00b"})}},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {

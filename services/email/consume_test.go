@@ -48,21 +48,6 @@ func mustRenderer(tb testing.TB) *Renderer {
 	return r
 }
 
-// eventDelivery wraps a new event about orderID as a delivery from the
-// email queue.
-func eventDelivery(tb testing.TB, key, orderID string, data any) broker.Delivery {
-	tb.Helper()
-	e, err := events.New(uuid.NewString(), key, orderID, time.Now(), data)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	body, err := json.Marshal(e)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return broker.Delivery{Queue: broker.QueueEmail, MessageID: e.ID, RoutingKey: key, Type: key, CorrelationID: orderID, Body: body, Attempt: 1}
-}
-
 func placedData(email string) events.Placed {
 	return events.Placed{CustomerID: "c-1", RestaurantID: "r-1", Email: email, TotalCents: 1350,
 		Items:           []events.Item{{SKU: "dosa", Name: "Masala dosa", Quantity: 3, UnitPriceCents: 450}},
@@ -108,7 +93,7 @@ func TestHandleOrderEmail(t *testing.T) {
 
 	t.Run("OKOnceWhenDeliveredTwice", func(t *testing.T) {
 		orderID := uuid.NewString()
-		d := eventDelivery(t, events.OrderPlaced, orderID, placedData("eater@example.com"))
+		d := testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, orderID, placedData("eater@example.com"))
 		for i := 0; i < 2; i++ {
 			if err := h(ctx, d); err != nil {
 				t.Fatal(err)
@@ -135,7 +120,7 @@ func TestHandleOrderEmail(t *testing.T) {
 		// others get past the inbox check.
 		slow := handleOrderEmail(zaptest.NewLogger(t), db, rate.NewLimiter(rate.Inf, 1),
 			slowSender{mustSender(t, sink.Addr()), 200 * time.Millisecond}, mustRenderer(t))
-		d := eventDelivery(t, events.OrderPlaced, uuid.NewString(), placedData("eater@example.com"))
+		d := testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, uuid.NewString(), placedData("eater@example.com"))
 		var wg sync.WaitGroup
 		errs := make([]error, 4)
 		for i := range errs {
@@ -159,14 +144,14 @@ func TestHandleOrderEmail(t *testing.T) {
 			wantSubj string
 			wantBody string
 		}{
-			{"Placed", eventDelivery(t, events.OrderPlaced, orderID, placedData("first@example.com")), "is placed", "Delivery to: 12 Linking Road"},
+			{"Placed", testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, orderID, placedData("first@example.com")), "is placed", "Delivery to: 12 Linking Road"},
 			// As the payment service publishes it: with the address.
-			{"PaidWithAddress", eventDelivery(t, events.OrderPaid, orderID, map[string]any{"charge_id": "ch_7", "amount_cents": 1350, "email": "first@example.com"}),
+			{"PaidWithAddress", testenv.Delivery(t, broker.QueueEmail, events.OrderPaid, orderID, map[string]any{"charge_id": "ch_7", "amount_cents": 1350, "email": "first@example.com"}),
 				"Payment received", "INR 13.50"},
 			// events.Paid alone: the address of the order.placed mail.
-			{"PaidWithoutAddress", eventDelivery(t, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_7", AmountCents: 1350}), "Payment received", "ch_7"},
-			{"PaymentFailed", eventDelivery(t, events.OrderPaymentFailed, orderID, events.PaymentFailed{Reason: "card declined"}), "Payment failed", "card declined"},
-			{"Delivered", eventDelivery(t, events.OrderDelivered, orderID, events.StatusChanged{Status: "delivered", From: "picked_up", Email: "first@example.com"}),
+			{"PaidWithoutAddress", testenv.Delivery(t, broker.QueueEmail, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_7", AmountCents: 1350}), "Payment received", "ch_7"},
+			{"PaymentFailed", testenv.Delivery(t, broker.QueueEmail, events.OrderPaymentFailed, orderID, events.PaymentFailed{Reason: "card declined"}), "Payment failed", "card declined"},
+			{"Delivered", testenv.Delivery(t, broker.QueueEmail, events.OrderDelivered, orderID, events.StatusChanged{Status: "delivered", From: "picked_up", Email: "first@example.com"}),
 				"delivered", "Enjoy your meal"},
 		}
 		for _, tt := range tests {
@@ -185,11 +170,11 @@ func TestHandleOrderEmail(t *testing.T) {
 
 	t.Run("ErrRecipientUnknownIsRetried", func(t *testing.T) {
 		orderID := uuid.NewString()
-		paid := eventDelivery(t, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_8", AmountCents: 100})
+		paid := testenv.Delivery(t, broker.QueueEmail, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_8", AmountCents: 100})
 		if err := h(ctx, paid); err == nil || broker.IsPermanent(err) {
 			t.Fatalf("order.paid without address before order.placed: err = %v, want transient", err)
 		}
-		if err := h(ctx, eventDelivery(t, events.OrderPlaced, orderID, placedData("late@example.com"))); err != nil {
+		if err := h(ctx, testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, orderID, placedData("late@example.com"))); err != nil {
 			t.Fatal(err)
 		}
 		if err := h(ctx, paid); err != nil {
@@ -203,7 +188,7 @@ func TestHandleOrderEmail(t *testing.T) {
 	t.Run("ErrTemporaryRefusalIsRetried", func(t *testing.T) {
 		sink.SetRefuse(451)
 		defer sink.SetRefuse(0)
-		d := eventDelivery(t, events.OrderPlaced, uuid.NewString(), placedData("eater@example.com"))
+		d := testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, uuid.NewString(), placedData("eater@example.com"))
 		if err := h(ctx, d); err == nil || broker.IsPermanent(err) {
 			t.Fatalf("err = %v, want transient", err)
 		}
@@ -219,7 +204,7 @@ func TestHandleOrderEmail(t *testing.T) {
 	t.Run("ErrPermanentRefusalDeadLetters", func(t *testing.T) {
 		sink.SetRefuse(550)
 		defer sink.SetRefuse(0)
-		d := eventDelivery(t, events.OrderPlaced, uuid.NewString(), placedData("eater@example.com"))
+		d := testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, uuid.NewString(), placedData("eater@example.com"))
 		if err := h(ctx, d); !broker.IsPermanent(err) || !errors.Is(err, ErrRejected) {
 			t.Fatalf("err = %v, want permanent ErrRejected", err)
 		}
@@ -235,10 +220,10 @@ func TestHandleOrderEmail(t *testing.T) {
 			give broker.Delivery
 		}{
 			{"NotJSON", broker.Delivery{MessageID: uuid.NewString(), Body: []byte("{")}},
-			{"OrderIDNotUUID", eventDelivery(t, events.OrderPlaced, "o-1", placedData("a@example.com"))},
-			{"NotForThisQueue", eventDelivery(t, events.OrderAccepted, orderID, events.StatusChanged{Status: "accepted"})},
-			{"HeaderInjection", eventDelivery(t, events.OrderPlaced, orderID, placedData("a@example.com\r\nBcc: b@example.com"))},
-			{"NamedAddress", eventDelivery(t, events.OrderDelivered, orderID, events.StatusChanged{Email: "Eater <a@example.com>"})},
+			{"OrderIDNotUUID", testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, "o-1", placedData("a@example.com"))},
+			{"NotForThisQueue", testenv.Delivery(t, broker.QueueEmail, events.OrderAccepted, orderID, events.StatusChanged{Status: "accepted"})},
+			{"HeaderInjection", testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, orderID, placedData("a@example.com\r\nBcc: b@example.com"))},
+			{"NamedAddress", testenv.Delivery(t, broker.QueueEmail, events.OrderDelivered, orderID, events.StatusChanged{Email: "Eater <a@example.com>"})},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -260,7 +245,7 @@ func TestRateLimitDelaysInsteadOfFailing(t *testing.T) {
 	const n = 4
 	ds := make([]broker.Delivery, n)
 	for i := range ds {
-		ds[i] = eventDelivery(t, events.OrderPlaced, uuid.NewString(), placedData("burst@example.com"))
+		ds[i] = testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, uuid.NewString(), placedData("burst@example.com"))
 	}
 	start := time.Now()
 	var wg sync.WaitGroup

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 	"go.uber.org/zap/zaptest"
@@ -13,21 +11,6 @@ import (
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
 )
-
-// eventDelivery wraps a new event about orderID as a delivery from the
-// restaurant-notify queue.
-func eventDelivery(tb testing.TB, key, orderID string, data any) broker.Delivery {
-	tb.Helper()
-	e, err := events.New(uuid.NewString(), key, orderID, time.Now(), data)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	body, err := json.Marshal(e)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return broker.Delivery{Queue: broker.QueueRestaurant, MessageID: e.ID, RoutingKey: key, Type: key, CorrelationID: orderID, Body: body, Attempt: 1}
-}
 
 func TestHandleRestaurantEvent(t *testing.T) {
 	db := testenv.MustDB(t)
@@ -45,12 +28,12 @@ func TestHandleRestaurantEvent(t *testing.T) {
 
 	t.Run("OKOncePerEvent", func(t *testing.T) {
 		restaurant, orderID := "r-"+uuid.NewString(), uuid.NewString()
-		placed := eventDelivery(t, events.OrderPlaced, orderID, events.Placed{RestaurantID: restaurant, TotalCents: 500})
+		placed := testenv.Delivery(t, broker.QueueRestaurant, events.OrderPlaced, orderID, events.Placed{RestaurantID: restaurant, TotalCents: 500})
 		// order.paid as the payment service publishes it, and as events.Paid
 		// alone (no restaurant: found from order.placed).
-		paid := eventDelivery(t, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_1", AmountCents: 500, RestaurantID: restaurant})
-		paidBare := eventDelivery(t, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_1", AmountCents: 500})
-		cancelled := eventDelivery(t, events.OrderCancelled, orderID, events.StatusChanged{Status: "cancelled", From: "paid", RestaurantID: restaurant})
+		paid := testenv.Delivery(t, broker.QueueRestaurant, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_1", AmountCents: 500, RestaurantID: restaurant})
+		paidBare := testenv.Delivery(t, broker.QueueRestaurant, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_1", AmountCents: 500})
+		cancelled := testenv.Delivery(t, broker.QueueRestaurant, events.OrderCancelled, orderID, events.StatusChanged{Status: "cancelled", From: "paid", RestaurantID: restaurant})
 		for _, d := range []broker.Delivery{placed, placed, paid, paidBare, paidBare, cancelled, cancelled} {
 			if err := h(ctx, d); err != nil {
 				t.Fatalf("%s: %v", d.RoutingKey, err)
@@ -65,13 +48,13 @@ func TestHandleRestaurantEvent(t *testing.T) {
 
 	t.Run("ErrPaidBeforePlacedIsRetried", func(t *testing.T) {
 		restaurant, orderID := "r-"+uuid.NewString(), uuid.NewString()
-		paid := eventDelivery(t, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_2", AmountCents: 700})
+		paid := testenv.Delivery(t, broker.QueueRestaurant, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_2", AmountCents: 700})
 		if err := h(ctx, paid); err == nil || broker.IsPermanent(err) {
 			t.Fatalf("order.paid before order.placed: err = %v, want a transient error", err)
 		}
 		// The failed attempt left no inbox row behind: once order.placed
 		// is in, the retry records the payment.
-		if err := h(ctx, eventDelivery(t, events.OrderPlaced, orderID, events.Placed{RestaurantID: restaurant, TotalCents: 700})); err != nil {
+		if err := h(ctx, testenv.Delivery(t, broker.QueueRestaurant, events.OrderPlaced, orderID, events.Placed{RestaurantID: restaurant, TotalCents: 700})); err != nil {
 			t.Fatal(err)
 		}
 		if err := h(ctx, paid); err != nil {
@@ -89,10 +72,10 @@ func TestHandleRestaurantEvent(t *testing.T) {
 			give broker.Delivery
 		}{
 			{"NotJSON", broker.Delivery{MessageID: uuid.NewString(), Body: []byte("{")}},
-			{"PlacedWithoutRestaurant", eventDelivery(t, events.OrderPlaced, orderID, events.Placed{TotalCents: 1})},
-			{"OrderIDNotUUID", eventDelivery(t, events.OrderPlaced, "order-1", events.Placed{RestaurantID: "r", TotalCents: 1})},
-			{"NotForThisQueue", eventDelivery(t, events.OrderAccepted, orderID, events.StatusChanged{Status: "accepted"})},
-			{"DataOfAnotherShape", eventDelivery(t, events.OrderPlaced, orderID, map[string]any{"total_cents": "lots"})},
+			{"PlacedWithoutRestaurant", testenv.Delivery(t, broker.QueueRestaurant, events.OrderPlaced, orderID, events.Placed{TotalCents: 1})},
+			{"OrderIDNotUUID", testenv.Delivery(t, broker.QueueRestaurant, events.OrderPlaced, "order-1", events.Placed{RestaurantID: "r", TotalCents: 1})},
+			{"NotForThisQueue", testenv.Delivery(t, broker.QueueRestaurant, events.OrderAccepted, orderID, events.StatusChanged{Status: "accepted"})},
+			{"DataOfAnotherShape", testenv.Delivery(t, broker.QueueRestaurant, events.OrderPlaced, orderID, map[string]any{"total_cents": "lots"})},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {

@@ -2,14 +2,17 @@ package testenv
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/service"
 )
 
@@ -106,4 +109,19 @@ func takeDead(tb testing.TB, conn *broker.Conn, dlq, messageID string) (amqp.Del
 			return m, true
 		}
 	}
+}
+
+// Delivery wraps a new event about orderID, with data as its payload, as a
+// first delivery from queue: what a handler receives.
+func Delivery(tb testing.TB, queue, key, orderID string, data any) broker.Delivery {
+	tb.Helper()
+	e, err := events.New(uuid.NewString(), key, orderID, time.Now(), data)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	body, err := json.Marshal(e)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return broker.Delivery{Queue: queue, MessageID: e.ID, RoutingKey: key, Type: key, CorrelationID: orderID, Body: body, Attempt: 1}
 }
