@@ -20,6 +20,9 @@ import (
 var ports = stack.Ports{Orders: 18080, Tracking: 18081, Payment: 18082, Restaurant: 18083, Email: 18084, Analytics: 18085,
 	Gateway: 18090, SMTPHTTP: 18025, SMTP: 11025}
 
+// e2eSecret signs the stack's tokens, so the suite can mint rider tokens.
+const e2eSecret = "e2e-secret"
+
 // dabba is the stack the suite runs against.
 var dabba *stack.Stack
 
@@ -58,7 +61,7 @@ func runSuite(m *testing.M) int {
 	}
 	defer logs.Close()
 	dabba, err = stack.Start(ctx, svcs, bin, stack.Environ(map[string]string{
-		"TOKEN_SECRET":          "e2e-secret",
+		"TOKEN_SECRET":          e2eSecret,
 		"LOG_FORMAT":            "json",
 		"EMAIL_RATE_PER_MINUTE": "60000", // the rate limit has its own test
 		"GATEWAY_LATENCY":       "5ms",

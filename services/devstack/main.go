@@ -45,6 +45,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 Dabba is running. Ctrl-C stops it.
   orders API        http://127.0.0.1:8080/v1/orders
   restaurant feed   http://127.0.0.1:8083/v1/restaurants/{id}/orders
+  tracking socket   ws://127.0.0.1:8081/v1/orders/{id}/track?token=<tracking_token>
   RabbitMQ UI       http://127.0.0.1:15672  (guest / guest)
   fake SMTP inbox   http://127.0.0.1:8025/messages
   fake gateway      http://127.0.0.1:8090/v1/charges

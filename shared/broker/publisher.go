@@ -62,8 +62,9 @@ func (m Message) publishing() amqp.Publishing {
 // lazily and replaced after a reconnect. It is safe for concurrent use;
 // batches are serialised because a channel is not.
 type Publisher struct {
-	conn *Conn
-	log  *zap.Logger
+	conn     *Conn
+	log      *zap.Logger
+	confirms bool
 
 	mu   sync.Mutex
 	ch   *amqp.Channel
@@ -72,6 +73,13 @@ type Publisher struct {
 
 // NewPublisher returns a publisher on conn.
 func NewPublisher(conn *Conn, log *zap.Logger) *Publisher {
+	return &Publisher{conn: conn, log: log, confirms: true}
+}
+
+// NewTransientPublisher returns a publisher without confirms, for messages
+// that are worthless once a newer one exists (rider fixes): it never waits
+// for the broker, and a message lost in a reset is simply superseded.
+func NewTransientPublisher(conn *Conn, log *zap.Logger) *Publisher {
 	return &Publisher{conn: conn, log: log}
 }
 
@@ -90,9 +98,11 @@ func (p *Publisher) channel(ctx context.Context) (*amqp.Channel, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ch.Confirm(false); err != nil {
-		p.conn.Release(ch)
-		return nil, fmt.Errorf("enable confirms: %w", err)
+	if p.confirms {
+		if err := ch.Confirm(false); err != nil {
+			p.conn.Release(ch)
+			return nil, fmt.Errorf("enable confirms: %w", err)
+		}
 	}
 	p.ch, p.lost = ch, ChannelLost(ch)
 	return ch, nil
@@ -141,7 +151,7 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (acked []b
 			p.drop()
 			break
 		}
-		if m.Transient {
+		if m.Transient || !p.confirms {
 			acked[i] = true
 			continue
 		}

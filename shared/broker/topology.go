@@ -34,6 +34,7 @@ const (
 	QueueEmail       = "email"
 	QueueAnalytics   = "analytics"
 	QueueOrderStatus = "order-status"
+	QueueTracking    = "tracking"
 )
 
 // WorkQueue is a durable quorum queue fed by the orders exchange, with its
@@ -60,6 +61,7 @@ var WorkQueues = []WorkQueue{
 	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered}},
 	{Name: QueueAnalytics, Bindings: []string{"order.#"}},
 	{Name: QueueOrderStatus, Bindings: []string{events.OrderPaid, events.OrderPaymentFailed}},
+	{Name: QueueTracking, Bindings: []string{"order.#"}},
 }
 
 // RetryDelays is the ladder a transiently failing message climbs: attempt n

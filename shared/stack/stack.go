@@ -52,6 +52,7 @@ func Services(p Ports) []Service {
 		{Name: "restaurant", Pkg: "./services/restaurant", Addr: addr(p.Restaurant)},
 		{Name: "email", Pkg: "./services/email", Addr: addr(p.Email), Env: map[string]string{"SMTP_ADDR": addr(p.SMTP)}},
 		{Name: "analytics", Pkg: "./services/analytics", Addr: addr(p.Analytics)},
+		{Name: "tracking", Pkg: "./services/tracking", Addr: addr(p.Tracking)},
 	}
 }
 

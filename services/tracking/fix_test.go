@@ -1,0 +1,67 @@
+package main
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dabba/dabba/shared/httpx"
+)
+
+func TestDecodeFix(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	good := `{"lat":19.02,"lng":72.84,"heading":90,"speed_kmh":22.5,"seq":7,"ts":"2026-11-23T11:59:59Z"}`
+	tests := []struct {
+		name, give, wantField string
+		wantStatus            int
+	}{
+		{"OK", good, "", 0},
+		{"ErrLatRange", strings.Replace(good, "19.02", "91", 1), "lat", 400},
+		{"ErrLngMissing", strings.Replace(good, `"lng":72.84,`, "", 1), "lng", 400},
+		{"ErrHeading", strings.Replace(good, `"heading":90`, `"heading":-1`, 1), "heading", 400},
+		{"ErrSeqZero", strings.Replace(good, `"seq":7`, `"seq":0`, 1), "seq", 400},
+		{"ErrFuture", strings.Replace(good, "11:59:59", "12:05:00", 1), "ts", 400},
+		{"ErrUnknownField", strings.Replace(good, `"seq"`, `"sequence"`, 1), "sequence", 400},
+		{"ErrNotJSON", `lat=1`, "", 400},
+		{"ErrHuge", `{"lat":` + strings.Repeat("1", 2000) + `}`, "", 413},
+		{"ErrNaNAsString", strings.Replace(good, "19.02", `"NaN"`, 1), "lat", 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := decodeFix([]byte(tt.give), now)
+			if tt.wantStatus == 0 {
+				if err != nil || f.Seq != 7 || f.Lat != 19.02 {
+					t.Fatalf("decodeFix = %+v, %v", f, err)
+				}
+				return
+			}
+			var p *httpx.Problem
+			if !errors.As(err, &p) || p.Status != tt.wantStatus || p.Field != tt.wantField {
+				t.Fatalf("decodeFix error = %v (%+v), want %d on %q", err, p, tt.wantStatus, tt.wantField)
+			}
+		})
+	}
+}
+
+// FuzzDecodeFix: no input panics the fix decoder, every rejection is a
+// problem, and nothing out of range is accepted.
+func FuzzDecodeFix(f *testing.F) {
+	f.Add([]byte(`{"lat":19.02,"lng":72.84,"heading":90,"speed_kmh":22.5,"seq":7,"ts":"2026-11-23T11:59:59Z"}`))
+	f.Add([]byte(`{"lat":1e309}`))
+	f.Add([]byte(`{"seq":-9223372036854775808}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fix, err := decodeFix(body, time.Now())
+		var p *httpx.Problem
+		if err != nil {
+			if !errors.As(err, &p) {
+				t.Fatalf("rejection %v is not a problem", err)
+			}
+			return
+		}
+		if fix.Lat < -90 || fix.Lat > 90 || fix.Lng < -180 || fix.Lng > 180 || fix.Seq < 1 {
+			t.Fatalf("accepted %+v", fix)
+		}
+	})
+}
