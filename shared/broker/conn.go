@@ -241,31 +241,38 @@ func (c *Conn) Close() error {
 }
 
 // Release closes a channel the caller is done with. A channel closed while
-// the connection is recovering would make the library's recovery fail on it
-// for ever (it reopens every registered channel and gives up on one that is
-// closing), so Release waits until the connection is open again, or closed
-// for good, before closing ch.
+// the connection is recovering makes the library's recovery fail on it for
+// ever (it reopens every registered channel and gives up on one that is
+// closing), and a channel's "lost" notification can come a moment before
+// the connection counts as recovering. So Release lets a grace period pass,
+// then waits until the connection and the channel are both open again (or
+// the connection is gone for good) before it closes ch.
 func (c *Conn) Release(ch *amqp.Channel) {
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
-	if conn == nil || !conn.IsClosed() {
+	if conn == nil {
 		_ = ch.Close()
 		return
 	}
 	go func() {
-		for conn.IsClosed() && !c.closed.Load() {
-			time.Sleep(100 * time.Millisecond)
+		time.Sleep(releaseGrace)
+		deadline := time.Now().Add(10 * time.Minute)
+		for (conn.IsClosed() || ch.IsClosed()) && !c.closed.Load() && time.Now().Before(deadline) {
 			c.mu.Lock()
 			replaced := c.conn != conn
 			c.mu.Unlock()
 			if replaced {
 				break // that connection is gone, and its channels with it
 			}
+			time.Sleep(100 * time.Millisecond)
 		}
 		_ = ch.Close()
 	}()
 }
+
+// releaseGrace is how long Release waits before it looks at the connection.
+const releaseGrace = time.Second
 
 // ChannelLost returns a channel that is closed once ch stops being usable:
 // the connection or channel went into recovery, or closed. The caller should
