@@ -98,62 +98,62 @@ func handleOrderGet(log *zap.Logger, store *Store) http.Handler {
 	})
 }
 
+// statusRequest is the body of POST /v1/orders/{id}/status.
+type statusRequest struct {
+	Status string `json:"status"`
+}
+
 // handleOrderStatus handles "POST /v1/orders/{id}/status": the restaurant's
 // and the rider's moves.
 func handleOrderStatus(log *zap.Logger, store *Store) http.Handler {
-	type request struct {
-		Status string `json:"status"`
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := orderID(r)
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		req, err := httpx.Decode[request](w, r, 4<<10)
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
+	return orderUpdate(log, func(req statusRequest) error {
 		if !apiMoves[req.Status] {
-			writeError(w, r, log, httpx.FieldProblem("status", "must be one of accepted, picked_up, delivered, cancelled"))
-			return
+			return httpx.FieldProblem("status", "must be one of accepted, picked_up, delivered, cancelled")
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
-		defer cancel()
-		o, err := store.Move(ctx, id, req.Status, time.Now().UTC())
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		httpx.Encode(w, http.StatusOK, o)
+		return nil
+	}, func(ctx context.Context, id string, req statusRequest) (Order, error) {
+		return store.Move(ctx, id, req.Status, time.Now().UTC())
 	})
+}
+
+// riderRequest is the body of POST /v1/orders/{id}/rider.
+type riderRequest struct {
+	RiderID string `json:"rider_id"`
 }
 
 // handleRiderAssign handles "POST /v1/orders/{id}/rider".
 func handleRiderAssign(log *zap.Logger, store *Store) http.Handler {
-	type request struct {
-		RiderID string `json:"rider_id"`
-	}
+	return orderUpdate(log, func(req riderRequest) error {
+		if req.RiderID == "" || len(req.RiderID) > maxIDLen || strings.ContainsAny(req.RiderID, ".*#/ ") {
+			// The id becomes a routing key ("rider.<id>"): no dots or wildcards.
+			return httpx.FieldProblem("rider_id", "must be 1 to 128 characters without '.', '*', '#', '/' or spaces")
+		}
+		return nil
+	}, func(ctx context.Context, id string, req riderRequest) (Order, error) {
+		return store.AssignRider(ctx, id, req.RiderID, time.Now().UTC())
+	})
+}
+
+// orderUpdate serves a change to one order: it decodes the request, checks
+// it, applies it within dbTimeout and answers with the order as it is now.
+func orderUpdate[T any](log *zap.Logger, check func(T) error, apply func(ctx context.Context, id string, req T) (Order, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := orderID(r)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		req, err := httpx.Decode[request](w, r, 4<<10)
+		req, err := httpx.Decode[T](w, r, 4<<10)
+		if err == nil {
+			err = check(req)
+		}
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		if req.RiderID == "" || len(req.RiderID) > maxIDLen || strings.ContainsAny(req.RiderID, ".*#/ ") {
-			// The id becomes a routing key ("rider.<id>"): no dots or wildcards.
-			writeError(w, r, log, httpx.FieldProblem("rider_id", "must be 1 to 128 characters without '.', '*', '#', '/' or spaces"))
-			return
-		}
 		ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
 		defer cancel()
-		o, err := store.AssignRider(ctx, id, req.RiderID, time.Now().UTC())
+		o, err := apply(ctx, id, req)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
