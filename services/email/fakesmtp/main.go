@@ -6,11 +6,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,14 +17,7 @@ import (
 	"github.com/dabba/dabba/shared/service"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "fakesmtp: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { service.Main("fakesmtp", run) }
 
 func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Writer) error {
 	env := config.Env(getenv)
