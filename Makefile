@@ -9,37 +9,58 @@ export RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/
 # suite, which drives built binaries.
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /tmpdeps)
 
-.PHONY: run test test-faults deps build vet fmt fuzz clean
+# Fault tests restart the shared broker, which disturbs every other test on
+# the machine: they skip unless DABBA_FAULTS=1 and carry Fault or Restart in
+# their name. FAULT_PKGS are the packages that have any.
+FAULT_RUN  = Fault|Restart
+FAULT_PKGS = $(shell grep -rl --include='*_test.go' DABBA_FAULTS . | xargs -r -n1 dirname | sort -u)
+
+# How long `make fuzz` gives each fuzz target.
+FUZZTIME ?= 20s
+
+.PHONY: run demo test test-faults deps build vet fmt fuzz clean
 
 ## run: start PostgreSQL and RabbitMQ if needed, then every service, until Ctrl-C
 run: deps build
 	@$(BIN)/devstack
 
-## test: vet, unit and integration tests (race detector), then the e2e suite
+## demo: with `make run` going in another terminal, drive three riders to their customers
+demo: build
+	@$(BIN)/tracking simulate
+
+## test: vet, unit and integration tests (race detector), then the e2e suite (which also validates compose.yaml)
 test: deps vet
 	$(GO) test -race -count=1 -timeout 15m $(UNIT_PKGS)
 	$(GO) test -count=1 -p 1 -timeout 20m ./e2e/...
 
-## test-faults: the slow fault cases that restart the broker
+## test-faults: the slow fault cases that stop and start the broker
 test-faults: deps
-	DABBA_FAULTS=1 $(GO) test -count=1 -p 1 -timeout 30m -run 'Restart' ./shared/broker/
+	$(if $(FAULT_PKGS),DABBA_FAULTS=1 $(GO) test -count=1 -p 1 -timeout 30m -run '$(FAULT_RUN)' $(FAULT_PKGS),@echo "test-faults: no fault tests")
 
+## deps: install (Debian), start and set up PostgreSQL and RabbitMQ; quick when all is in place
 deps:
 	@.ci/services.sh
 
+## build: every binary into bin/
 build:
 	$(GO) build -o $(BIN)/ ./services/...
 
+## vet: gofmt and go vet
 vet:
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting (make fmt)"; exit 1; }
 	$(GO) vet ./...
 
 fmt:
-	gofmt -w $$(git ls-files '*.go')
+	gofmt -w .
 
-## fuzz: run each fuzz target for a short while (make test runs their seed corpora)
+## fuzz: run each fuzz target for FUZZTIME (make test runs their seed corpora)
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./shared/events/
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+	  for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' "$$f" | cut -d' ' -f2); do \
+	    echo "fuzz: $$t in $$(dirname "$$f") for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) "$$(dirname "$$f")"; \
+	  done; \
+	done
 
 clean:
 	rm -rf $(BIN)

@@ -1,53 +1,119 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL and RabbitMQ are installed, running and set up for
 # Dabba on this (Debian) machine: the bring-up shared by `make run`,
-# `make test` and CI. Idempotent, and quick when all is in place already.
+# `make test` (both through `make deps`) and CI. Idempotent, and quick (a
+# second or two) when all is in place already.
+#
+# Extra Debian packages to install alongside, if absent, can be named in
+# EXTRA_PACKAGES as command:package pairs (CI adds chromium and
+# docker-compose), so a fresh machine needs one apt-get update.
 set -euo pipefail
 
-say() { echo "services: $*"; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# Plugins: the UI and its API (the e2e suite reads queue depths from it),
+# per-key ordering for the location feed, and metrics.
+RABBITMQ_PLUGINS=(rabbitmq_management rabbitmq_consistent_hash_exchange rabbitmq_prometheus)
+PLUGINS_FILE=${RABBITMQ_ENABLED_PLUGINS_FILE:-/etc/rabbitmq/enabled_plugins}
+PG_WAIT=60     # seconds for PostgreSQL to accept connections
+RABBIT_WAIT=120 # seconds for RabbitMQ to boot (a first boot is slow)
 
-apt_install() {
-  say "installing $*"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+say() { echo "services: $*"; }
+die() { echo "services: $*" >&2; exit 1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+have() { command -v "$1" >/dev/null 2>&1; }
+# systemd runs the daemons where it is PID 1; containers and CI images
+# without it get them started directly.
+with_systemd() { [ -d /run/systemd/system ]; }
+
+# wait_for SECONDS WHAT CMD...: polls CMD once a second, for a bounded time.
+wait_for() {
+  local secs=$1 what=$2
+  shift 2
+  for ((i = 0; i < secs; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  die "$what not up after ${secs}s"
 }
 
-# PostgreSQL
-command -v pg_ctlcluster >/dev/null 2>&1 || apt_install postgresql
-if ! pg_isready -q -h 127.0.0.1 -p 5432; then
-  version=$(ls /etc/postgresql | sort -V | tail -n1)
-  say "starting PostgreSQL $version"
-  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
-  for _ in $(seq 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
-  pg_isready -h 127.0.0.1 -p 5432
+# --- packages -------------------------------------------------------------
+missing=()
+have pg_ctlcluster || missing+=(postgresql)
+have rabbitmq-server || missing+=(rabbitmq-server)
+for pair in ${EXTRA_PACKAGES:-}; do
+  have "${pair%%:*}" || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  have apt-get || die "please install ${missing[*]} (this script knows only Debian's apt)"
+  say "installing ${missing[*]}"
+  as_root apt-get update -qq
+  # No recommends: docker-compose would bring a Docker engine, chromium a
+  # desktop's worth of fonts and helpers.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Local development trusts loopback; a fresh Debian install asks for a password.
+
+# --- PostgreSQL -----------------------------------------------------------
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
+if ! pg_up; then
+  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1)
+  [ -n "$version" ] || die "no PostgreSQL cluster in /etc/postgresql"
+  say "starting PostgreSQL $version"
+  if with_systemd; then
+    as_root systemctl start "postgresql@$version-main"
+  else
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  fi
+  wait_for "$PG_WAIT" PostgreSQL pg_up
+fi
+# Local development trusts loopback, as the default DATABASE_URL (no
+# password) expects; a fresh Debian install asks for one.
 if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; then
   say "allowing trust auth on loopback for local development"
   hba=$(as_root su postgres -c "psql -Atc 'SHOW hba_file'")
   as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
   as_root su postgres -c "psql -Atc 'SELECT pg_reload_conf()'" >/dev/null
+  psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null
 fi
 if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'dabba'")" != 1 ]; then
   say "creating database dabba"
   psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE DATABASE dabba'
 fi
 
-# RabbitMQ
-command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
-rabbit_up() { rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; }
-if ! rabbit_up; then
-  say "starting RabbitMQ"
-  rabbitmqctl -q start_app >/dev/null 2>&1 || as_root rabbitmq-server -detached || true
-  for _ in $(seq 90); do rabbit_up && break; sleep 1; done
-  rabbit_up || { echo "RabbitMQ did not come up" >&2; exit 1; }
-fi
-enabled=$(rabbitmq-plugins -q list -e -m 2>/dev/null || true)
-for plugin in rabbitmq_management rabbitmq_prometheus; do
-  if ! grep -qx "$plugin" <<<"$enabled"; then
-    say "enabling $plugin"
-    rabbitmq-plugins -q enable "$plugin" >/dev/null
+# --- RabbitMQ -------------------------------------------------------------
+# The CLI tools need the node's Erlang cookie, which only root and the
+# rabbitmq user can read.
+rabbit_up() { as_root rabbitmq-diagnostics -q check_port_connectivity; }
+# missing_plugins reads the enabled-plugins file rather than asking the
+# node: rabbitmq-plugins takes seconds, the file a moment.
+missing_plugins() {
+  local p
+  for p in "${RABBITMQ_PLUGINS[@]}"; do
+    grep -qw "$p" "$PLUGINS_FILE" 2>/dev/null || echo "$p"
+  done
+}
+mapfile -t plugins < <(missing_plugins)
+if ! rabbit_up >/dev/null 2>&1; then
+  if as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    # The node runs but its app was stopped (rabbitmqctl stop_app, as the
+    # fault tests do): start the app only.
+    say "starting the RabbitMQ app"
+    as_root rabbitmqctl -q start_app
+  else
+    if [ ${#plugins[@]} -gt 0 ]; then
+      say "enabling ${plugins[*]} (offline)"
+      as_root rabbitmq-plugins -q enable --offline "${plugins[@]}" >/dev/null
+      plugins=()
+    fi
+    say "starting RabbitMQ"
+    if with_systemd; then
+      as_root systemctl start rabbitmq-server
+    else
+      as_root rabbitmq-server -detached
+    fi
   fi
-done
+  wait_for "$RABBIT_WAIT" RabbitMQ rabbit_up
+fi
+if [ ${#plugins[@]} -gt 0 ]; then
+  say "enabling ${plugins[*]}"
+  as_root rabbitmq-plugins -q enable "${plugins[@]}" >/dev/null
+fi
 say "PostgreSQL and RabbitMQ are ready"

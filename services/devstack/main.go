@@ -2,10 +2,15 @@
 // machine against the local PostgreSQL and RabbitMQ, prints where to look,
 // and on Ctrl-C stops them all gracefully (consumers finish the messages in
 // hand; what they had not started goes back to the queues).
+//
+// It expects the services' binaries next to its own (make build puts them
+// all in bin/), and PostgreSQL and RabbitMQ running (make run's deps step
+// sees to that).
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,44 +23,68 @@ import (
 	"github.com/dabba/dabba/shared/stack"
 )
 
+// startTimeout bounds the wait for every service to be ready: a first run
+// migrates the database, and a broker still booting can take a while.
+const startTimeout = 90 * time.Second
+
+// stopTimeout is each service's time to drain after SIGTERM before it is
+// killed; the HTTP servers alone allow themselves 10 s.
+const stopTimeout = 20 * time.Second
+
 func main() { service.Main("devstack", run) }
 
 func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer) error {
 	env := config.Env(getenv)
-	// Create the database first, so the services do not race to do it.
+	// Create the database first, so the services do not race to do it and
+	// a server that is down shows up as one clear error.
 	if err := postgres.EnsureDatabase(ctx, env.DatabaseURL()); err != nil {
-		return err
+		return fmt.Errorf("database (is PostgreSQL running? make deps starts it): %w", err)
 	}
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return fmt.Errorf("find own binary: %w", err)
 	}
 	binDir := filepath.Dir(self)
-	svcs := stack.Services(stack.DefaultPorts)
-	startCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	ports := stack.DefaultPorts()
+	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	s, err := stack.Start(startCtx, svcs, binDir, stack.Environ(map[string]string{
+	fmt.Fprintln(stdout, "devstack: starting the services…")
+	s, err := stack.Start(startCtx, stack.Services(ports), binDir, stack.Environ(map[string]string{
 		"DATABASE_URL": env.DatabaseURL(),
 		"RABBITMQ_URL": env.String("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"),
 	}), stdout)
 	if err != nil {
 		return err
 	}
-	fmt.Fprint(stdout, `
-Dabba is running. Ctrl-C stops it.
-  orders API        http://127.0.0.1:8080/v1/orders
-  restaurant feed   http://127.0.0.1:8083/v1/restaurants/{id}/orders
-  tracking socket   ws://127.0.0.1:8081/v1/orders/{id}/track?token=<tracking_token>
-  RabbitMQ UI       http://127.0.0.1:15672  (guest / guest)
-  fake SMTP inbox   http://127.0.0.1:8025/messages
-  fake gateway      http://127.0.0.1:8090/v1/charges
-Try:
-  curl -si localhost:8080/v1/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
-    -d '{"customer_id":"c1","restaurant_id":"r1","email":"me@example.com","items":[{"sku":"thali","name":"Thali","quantity":1,"unit_price_cents":25000}],"delivery_address":{"line1":"Dadar","lat":19.02,"lng":72.84}}'
+	printWelcome(stdout, ports)
 
-`)
-	<-ctx.Done()
-	fmt.Fprintln(stdout, "stopping…")
-	s.Stop(15 * time.Second)
-	return nil
+	waitErr := s.Wait(ctx)
+	if waitErr != nil {
+		fmt.Fprintln(stdout, "devstack: a service exited by itself; stopping the others…")
+	} else {
+		fmt.Fprintln(stdout, "devstack: stopping (each service finishes what it holds)…")
+	}
+	stopErr := s.Stop(stopTimeout)
+	if waitErr == nil && stopErr == nil {
+		fmt.Fprintln(stdout, "devstack: all stopped cleanly")
+	}
+	return errors.Join(waitErr, stopErr)
+}
+
+// printWelcome tells the user where everything is and how to try it.
+func printWelcome(w io.Writer, p stack.Ports) {
+	fmt.Fprintf(w, `
+Dabba is running. Ctrl-C stops it.
+  orders API        http://127.0.0.1:%[1]d/v1/orders
+  restaurant feed   http://127.0.0.1:%[2]d/v1/restaurants/{id}/orders
+  tracking page     http://127.0.0.1:%[3]d/track/{order_id}?token={tracking_token}
+  RabbitMQ UI       http://127.0.0.1:15672  (guest / guest)
+  fake SMTP inbox   http://127.0.0.1:%[4]d/messages
+  fake gateway      http://127.0.0.1:%[5]d/v1/charges
+Place an order:
+  curl -si localhost:%[1]d/v1/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
+    -d '{"customer_id":"c1","restaurant_id":"r1","email":"me@example.com","items":[{"sku":"thali","name":"Thali","quantity":1,"unit_price_cents":25000}],"delivery_address":{"line1":"Dadar","lat":19.02,"lng":72.84}}'
+Watch riders move (in another terminal): make demo
+
+`, p.Orders, p.Restaurant, p.Tracking, p.SMTPHTTP, p.Gateway)
 }

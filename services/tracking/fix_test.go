@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -45,22 +46,39 @@ func TestDecodeFix(t *testing.T) {
 }
 
 // FuzzDecodeFix: no input panics the fix decoder, every rejection is a
-// problem, and nothing out of range is accepted.
+// problem naming what is wrong, and nothing out of range is accepted. The
+// seeds run with go test; make fuzz explores from them.
 func FuzzDecodeFix(f *testing.F) {
-	f.Add([]byte(`{"lat":19.02,"lng":72.84,"heading":90,"speed_kmh":22.5,"seq":7,"ts":"2026-11-23T11:59:59Z"}`))
-	f.Add([]byte(`{"lat":1e309}`))
-	f.Add([]byte(`{"seq":-9223372036854775808}`))
-	f.Add([]byte(`[]`))
+	for _, seed := range []string{
+		`{"lat":19.02,"lng":72.84,"heading":90,"speed_kmh":22.5,"seq":7,"ts":"2026-11-23T11:59:59Z"}`,
+		`{"lat":-90,"lng":-180,"heading":0,"speed_kmh":0,"seq":1,"ts":"2026-11-23T11:59:59.123456789+05:30"}`,
+		`{"lat":1e309,"lng":0,"heading":0,"speed_kmh":0,"seq":1,"ts":"2026-11-23T11:59:59Z"}`,
+		`{"lat":"NaN","lng":0,"heading":0,"speed_kmh":0,"seq":1,"ts":"2026-11-23T11:59:59Z"}`,
+		`{"lat":1,"lng":2,"heading":3,"speed_kmh":4,"seq":9223372036854775808,"ts":"2026-11-23T11:59:59Z"}`,
+		`{"lat":1,"lng":2,"heading":3,"speed_kmh":4,"seq":1,"ts":"9999-12-31T23:59:59Z"}`,
+		`{"lat":1,"lat":2,"lng":2,"heading":3,"speed_kmh":4,"seq":1,"ts":"2026-11-23T11:59:59Z"}`,
+		`{"lat":1,"lng":2,"heading":3,"speed_kmh":4,"seq":1,"ts":"2026-11-23T11:59:59Z"} {}`,
+		`{"seq":-9223372036854775808}`,
+		`null`, `[]`, `""`, `{`, "\xff\xfe",
+	} {
+		f.Add([]byte(seed))
+	}
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		fix, err := decodeFix(body, time.Now())
-		var p *httpx.Problem
+		fix, err := decodeFix(body, now)
 		if err != nil {
-			if !errors.As(err, &p) {
-				t.Fatalf("rejection %v is not a problem", err)
+			var p *httpx.Problem
+			if !errors.As(err, &p) || p.Status < 400 || p.Status > 499 || p.Detail == "" {
+				t.Fatalf("rejection %v is not a clear client error", err)
 			}
 			return
 		}
-		if fix.Lat < -90 || fix.Lat > 90 || fix.Lng < -180 || fix.Lng > 180 || fix.Seq < 1 {
+		for _, v := range []float64{fix.Lat, fix.Lng, fix.Heading, fix.SpeedKmh} {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				t.Fatalf("accepted a non-finite number: %+v", fix)
+			}
+		}
+		if fix.Lat < -90 || fix.Lat > 90 || fix.Lng < -180 || fix.Lng > 180 || fix.Seq < 1 || fix.TS.After(now.Add(maxClockSkew)) {
 			t.Fatalf("accepted %+v", fix)
 		}
 	})

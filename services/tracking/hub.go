@@ -4,18 +4,49 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dabba/dabba/shared/events"
 )
 
-// maxPendingStatuses bounds the status messages a slow customer may have
-// waiting; past it the connection is closed as too slow.
+// maxPendingStatuses bounds the status messages a customer may have waiting;
+// past it the connection is closed as too slow. Statuses only move forward,
+// so a healthy connection never comes near it.
 const maxPendingStatuses = 16
+
+// Destination is where an order is delivered.
+type Destination struct {
+	Lat   float64 `json:"lat"`
+	Lng   float64 `json:"lng"`
+	Line1 string  `json:"line1,omitempty"`
+}
+
+// orderUpdate is what tracking knows of an order: loaded from
+// tracking_orders when a customer connects, and published live as
+// "order.<id>" on the locations exchange each time the consumer stores an
+// order event. Zero fields are unknown.
+type orderUpdate struct {
+	OrderID     string       `json:"order_id"`
+	RiderID     string       `json:"rider_id,omitempty"`
+	RiderAt     time.Time    `json:"rider_at,omitzero"`
+	Status      string       `json:"status,omitempty"`
+	StatusAt    time.Time    `json:"status_at,omitzero"`
+	Destination *Destination `json:"destination,omitempty"`
+}
+
+// finished reports whether status ends the delivery: the customer then
+// stops receiving the rider's fixes (the rider's later whereabouts are none
+// of their business).
+func finished(status string) bool {
+	return status == events.StatusDelivered || status == events.StatusCancelled || status == events.StatusPaymentFailed
+}
 
 // statusMsg is a status change as a customer receives it.
 type statusMsg struct {
-	Type    string    `json:"type"` // "status"
-	OrderID string    `json:"order_id"`
-	Status  string    `json:"status"`
-	At      time.Time `json:"at"`
+	Type        string       `json:"type"` // "status"
+	OrderID     string       `json:"order_id"`
+	Status      string       `json:"status"`
+	At          time.Time    `json:"at"`
+	Destination *Destination `json:"destination,omitempty"`
 }
 
 // locationMsg is a fix as a customer receives it.
@@ -24,133 +55,243 @@ type locationMsg struct {
 	Fix
 }
 
-// watcher is one customer connection: what it watches and what waits to be
-// written to it. Fixes coalesce: only the newest unsent one is kept, so a
-// slow reader costs one fix of memory, not a backlog.
+// watcher is one customer connection as the hub sees it: the order it
+// watches and what waits to be written to it. Fixes coalesce: only the
+// newest unsent one is kept, so a slow reader costs one fix of memory, not a
+// backlog, and a fix is never older than one already handed over.
 type watcher struct {
 	orderID string
+	// attached is the rider whose watcher list holds w; only the hub
+	// touches it, under Hub.mu.
+	attached string
 
 	mu       sync.Mutex
+	start    func() // writes what is pending, in its own goroutine; nil until the socket is up
+	writing  bool   // start is running and will take what is pending
+	closed   bool
 	riderID  string
-	fix      *Fix  // newest fix not yet written
-	lastSeq  int64 // highest seq handed to this watcher
+	riderAt  time.Time
+	done     bool  // the order finished: no more fixes
+	lastSeq  int64 // highest seq handed to this watcher for riderID
+	fix      Fix
+	hasFix   bool
 	statuses []statusMsg
+	statusAt time.Time
+	dest     *Destination
 	overflow bool
-	wake     chan struct{} // capacity 1: something is pending
 }
 
-func newWatcher(orderID, riderID string) *watcher {
-	return &watcher{orderID: orderID, riderID: riderID, wake: make(chan struct{}, 1)}
+func newWatcher(orderID string) *watcher {
+	return &watcher{orderID: orderID}
 }
 
-func (w *watcher) signal() {
-	select {
-	case w.wake <- struct{}{}:
-	default:
+// setStart attaches the writer; anything already pending is written at once.
+func (w *watcher) setStart(start func()) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.start = start
+	w.kickLocked()
+}
+
+// kickLocked starts the writer when something is pending and none runs.
+func (w *watcher) kickLocked() {
+	if w.start == nil || w.writing || w.closed || (!w.hasFix && len(w.statuses) == 0 && !w.overflow) {
+		return
 	}
+	w.writing = true
+	go w.start()
 }
 
 // offerFix keeps f if it is newer than anything this watcher was given,
-// replacing an older unsent fix; it reports whether f was older (stale) and
-// whether it replaced an unsent one (coalesced).
+// replacing an older unsent fix; it reports whether f was stale and whether
+// it replaced an unsent one (coalesced).
 func (w *watcher) offerFix(f Fix) (stale, coalesced bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if f.Seq <= w.lastSeq {
+	if w.done || f.RiderID != w.riderID || f.Seq <= w.lastSeq {
 		return true, false
 	}
-	coalesced = w.fix != nil
-	w.lastSeq = f.Seq
-	w.fix = &f
-	w.signal()
+	coalesced = w.hasFix
+	w.lastSeq, w.fix, w.hasFix = f.Seq, f, true
+	w.kickLocked()
 	return false, coalesced
 }
 
-func (w *watcher) offerStatus(m statusMsg) {
+// apply takes in what u says about the order and returns the rider the
+// watcher should now follow ("" for none).
+func (w *watcher) apply(u orderUpdate) string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.statuses) >= maxPendingStatuses {
-		w.overflow = true
-	} else {
-		w.statuses = append(w.statuses, m)
+	if u.Destination != nil {
+		w.dest = u.Destination
 	}
-	w.signal()
-}
-
-// take returns what is pending and clears it.
-func (w *watcher) take() (fix *Fix, statuses []statusMsg, overflow bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	fix, statuses, overflow = w.fix, w.statuses, w.overflow
-	w.fix, w.statuses = nil, nil
-	return fix, statuses, overflow
-}
-
-func (w *watcher) rider() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	if u.RiderID != "" && u.RiderID != w.riderID && (u.RiderAt.IsZero() || u.RiderAt.After(w.riderAt)) {
+		// Another rider's seq says nothing about this one's.
+		w.riderID, w.riderAt, w.lastSeq, w.hasFix = u.RiderID, u.RiderAt, 0, false
+	}
+	if u.Status != "" && u.StatusAt.After(w.statusAt) {
+		w.statusAt = u.StatusAt
+		if finished(u.Status) {
+			w.done, w.hasFix = true, false
+		}
+		if len(w.statuses) >= maxPendingStatuses {
+			w.overflow = true
+		} else {
+			w.statuses = append(w.statuses, statusMsg{Type: "status", OrderID: w.orderID, Status: u.Status, At: u.StatusAt, Destination: w.dest})
+		}
+		w.kickLocked()
+	}
+	if w.done {
+		return ""
+	}
 	return w.riderID
+}
+
+// take returns what is pending and clears it; ok is false when nothing is,
+// and the writer must then stop (the next offer starts it again).
+func (w *watcher) take() (fix Fix, hasFix bool, statuses []statusMsg, overflow, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed || (!w.hasFix && len(w.statuses) == 0 && !w.overflow) {
+		w.writing = false
+		return Fix{}, false, nil, false, false
+	}
+	fix, hasFix, statuses, overflow = w.fix, w.hasFix, w.statuses, w.overflow
+	w.fix, w.hasFix, w.statuses = Fix{}, false, nil
+	return fix, hasFix, statuses, overflow, true
+}
+
+// close stops the writer from being started again.
+func (w *watcher) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
 }
 
 // HubStats counts what the hub did with fixes.
 type HubStats struct {
-	In, Out, Stale, Coalesced atomic.Int64
+	In        atomic.Int64 // fixes from the relay
+	Stale     atomic.Int64 // dropped: not newer than one already seen or sent
+	Coalesced atomic.Int64 // replaced an unsent older fix
+	Unwatched atomic.Int64 // arrived for a rider no one here watches (any more)
+	Sent      atomic.Int64 // written to a customer
+	Dropped   atomic.Int64 // customers closed as too slow or stalled
 }
 
-// Hub routes fixes and status changes to the customers watching them on
-// this instance. It tells its Binder when a rider gains a first watcher or
-// loses the last, so the instance only receives the riders it needs.
+// Binder subscribes this instance to a routing key of the live feed, or ends
+// that. Calls must not block: the hub makes them under its lock.
+type Binder interface {
+	Bind(key string)
+	Unbind(key string)
+}
+
+// Routing keys on the locations exchange.
+func riderKey(riderID string) string { return "rider." + riderID }
+func orderKey(orderID string) string { return "order." + orderID }
+
+// riderWatch is a rider someone on this instance watches.
+type riderWatch struct {
+	latest   Fix
+	has      bool
+	watchers []*watcher
+}
+
+// Hub routes fixes and order updates to the customers watching them on this
+// instance. It tells its Binder when a rider or an order gains a first
+// watcher or loses the last, so the instance receives only what it needs.
+// It never blocks on a customer: offering a message is a few assignments
+// under a lock, and writing happens in each connection's own goroutine.
 type Hub struct {
 	binder Binder
 	Stats  HubStats
 
-	mu      sync.Mutex
-	byRider map[string]map[*watcher]bool
-	byOrder map[string]map[*watcher]bool
-	latest  map[string]Fix // newest fix seen per watched rider
-}
-
-// Binder subscribes this instance to a rider's fixes, or ends that.
-type Binder interface {
-	Bind(riderID string)
-	Unbind(riderID string)
+	mu     sync.Mutex
+	riders map[string]*riderWatch
+	orders map[string][]*watcher
 }
 
 // NewHub returns an empty hub.
 func NewHub(b Binder) *Hub {
-	return &Hub{binder: b, byRider: map[string]map[*watcher]bool{}, byOrder: map[string]map[*watcher]bool{}, latest: map[string]Fix{}}
+	return &Hub{binder: b, riders: map[string]*riderWatch{}, orders: map[string][]*watcher{}}
 }
 
-// Add registers w.
+// Add registers w for its order's updates.
 func (h *Hub) Add(w *watcher) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	add(h.byOrder, w.orderID, w)
-	if r := w.rider(); r != "" {
-		h.watchRider(r, w)
-	}
-}
-
-func (h *Hub) watchRider(rider string, w *watcher) {
-	if add(h.byRider, rider, w) {
-		h.binder.Bind(rider)
-	}
-}
-
-func (h *Hub) unwatchRider(rider string, w *watcher) {
-	if remove(h.byRider, rider, w) {
-		delete(h.latest, rider)
-		h.binder.Unbind(rider)
+	h.orders[w.orderID] = append(h.orders[w.orderID], w)
+	if len(h.orders[w.orderID]) == 1 {
+		h.binder.Bind(orderKey(w.orderID))
 	}
 }
 
 // Remove unregisters w.
 func (h *Hub) Remove(w *watcher) {
+	w.close()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	remove(h.byOrder, w.orderID, w)
-	if r := w.rider(); r != "" {
-		h.unwatchRider(r, w)
+	ws, found := without(h.orders[w.orderID], w)
+	if !found {
+		return
+	}
+	if len(ws) == 0 {
+		delete(h.orders, w.orderID)
+		h.binder.Unbind(orderKey(w.orderID))
+	} else {
+		h.orders[w.orderID] = ws
+	}
+	h.follow(w, "")
+}
+
+// Update hands an order update to the watchers of its order.
+func (h *Hub) Update(u orderUpdate) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range h.orders[u.OrderID] {
+		h.follow(w, w.apply(u))
+	}
+}
+
+// Apply hands u to w alone: what a newly connected customer is told first.
+func (h *Hub) Apply(w *watcher, u orderUpdate) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, x := range h.orders[w.orderID] {
+		if x == w {
+			h.follow(w, w.apply(u))
+			return
+		}
+	}
+}
+
+// follow moves w to rider's watcher list ("" for none), binding and
+// unbinding as riders gain their first watcher or lose their last. A rider
+// already watched here hands w its latest fix at once. h.mu must be held.
+func (h *Hub) follow(w *watcher, rider string) {
+	if w.attached == rider {
+		return
+	}
+	if old := w.attached; old != "" {
+		rw := h.riders[old]
+		rw.watchers, _ = without(rw.watchers, w)
+		if len(rw.watchers) == 0 {
+			delete(h.riders, old)
+			h.binder.Unbind(riderKey(old))
+		}
+	}
+	w.attached = rider
+	if rider == "" {
+		return
+	}
+	rw := h.riders[rider]
+	if rw == nil {
+		rw = &riderWatch{}
+		h.riders[rider] = rw
+		h.binder.Bind(riderKey(rider))
+	}
+	rw.watchers = append(rw.watchers, w)
+	if rw.has {
+		w.offerFix(rw.latest)
 	}
 }
 
@@ -158,28 +299,30 @@ func (h *Hub) Remove(w *watcher) {
 func (h *Hub) Latest(rider string) (Fix, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	f, ok := h.latest[rider]
-	return f, ok
+	if rw := h.riders[rider]; rw != nil && rw.has {
+		return rw.latest, true
+	}
+	return Fix{}, false
 }
 
-// Fix hands a fix to every watcher of its rider. Fixes older than the
-// newest seen are dropped: the broker may deliver them out of order, and two
+// Fix hands a fix to every watcher of its rider. A fix not newer than the
+// newest seen is dropped: the broker may deliver fixes out of order, and two
 // ingest instances may publish a rider's fixes.
 func (h *Hub) Fix(f Fix) {
 	h.Stats.In.Add(1)
 	h.mu.Lock()
-	if prev, ok := h.latest[f.RiderID]; ok && f.Seq <= prev.Seq {
-		h.mu.Unlock()
+	defer h.mu.Unlock()
+	rw := h.riders[f.RiderID]
+	switch {
+	case rw == nil:
+		h.Stats.Unwatched.Add(1)
+		return
+	case rw.has && f.Seq <= rw.latest.Seq:
 		h.Stats.Stale.Add(1)
 		return
 	}
-	ws := h.byRider[f.RiderID]
-	if ws != nil {
-		h.latest[f.RiderID] = f
-	}
-	targets := keys(ws)
-	h.mu.Unlock()
-	for _, w := range targets {
+	rw.latest, rw.has = f, true
+	for _, w := range rw.watchers {
 		stale, coalesced := w.offerFix(f)
 		switch {
 		case stale:
@@ -190,75 +333,25 @@ func (h *Hub) Fix(f Fix) {
 	}
 }
 
-// Status hands a status change to the watchers of its order.
-func (h *Hub) Status(m statusMsg) {
-	h.mu.Lock()
-	targets := keys(h.byOrder[m.OrderID])
-	h.mu.Unlock()
-	for _, w := range targets {
-		w.offerStatus(m)
-	}
-}
-
-// Assign moves the watchers of an order to its (new) rider.
-func (h *Hub) Assign(orderID, rider string) {
+// Counts returns how many customers, orders and riders are watched here.
+func (h *Hub) Counts() (customers, orders, riders int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, w := range keys(h.byOrder[orderID]) {
-		w.mu.Lock()
-		old := w.riderID
-		w.riderID = rider
-		w.mu.Unlock()
-		if old == rider {
-			continue
+	for _, ws := range h.orders {
+		customers += len(ws)
+	}
+	return customers, len(h.orders), len(h.riders)
+}
+
+// without removes w from ws (order does not matter) and reports whether it
+// was there.
+func without(ws []*watcher, w *watcher) ([]*watcher, bool) {
+	for i, x := range ws {
+		if x == w {
+			last := len(ws) - 1
+			ws[i], ws[last] = ws[last], nil
+			return ws[:last], true
 		}
-		if old != "" {
-			h.unwatchRider(old, w)
-		}
-		h.watchRider(rider, w)
 	}
-}
-
-// Riders lists the riders watched on this instance.
-func (h *Hub) Riders() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	rs := make([]string, 0, len(h.byRider))
-	for r := range h.byRider {
-		rs = append(rs, r)
-	}
-	return rs
-}
-
-// add puts w in m[k] and reports whether it is the first there.
-func add(m map[string]map[*watcher]bool, k string, w *watcher) bool {
-	set := m[k]
-	if set == nil {
-		set = map[*watcher]bool{}
-		m[k] = set
-	}
-	set[w] = true
-	return len(set) == 1
-}
-
-// remove takes w out of m[k] and reports whether it was the last there.
-func remove(m map[string]map[*watcher]bool, k string, w *watcher) bool {
-	set := m[k]
-	if !set[w] {
-		return false
-	}
-	delete(set, w)
-	if len(set) == 0 {
-		delete(m, k)
-		return true
-	}
-	return false
-}
-
-func keys(set map[*watcher]bool) []*watcher {
-	out := make([]*watcher, 0, len(set))
-	for w := range set {
-		out = append(out, w)
-	}
-	return out
+	return ws, false
 }

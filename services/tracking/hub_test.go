@@ -4,6 +4,10 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap/zaptest"
 )
 
 type recordingBinder struct {
@@ -11,40 +15,66 @@ type recordingBinder struct {
 	calls []string
 }
 
-func (b *recordingBinder) Bind(r string) {
+func (b *recordingBinder) Bind(k string) {
 	b.mu.Lock()
-	b.calls = append(b.calls, "+"+r)
+	b.calls = append(b.calls, "+"+k)
 	b.mu.Unlock()
 }
-func (b *recordingBinder) Unbind(r string) {
+
+func (b *recordingBinder) Unbind(k string) {
 	b.mu.Lock()
-	b.calls = append(b.calls, "-"+r)
+	b.calls = append(b.calls, "-"+k)
 	b.mu.Unlock()
+}
+
+var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+// mustWatch adds a watcher of order following rider.
+func mustWatch(tb testing.TB, h *Hub, order, rider string) *watcher {
+	tb.Helper()
+	w := newWatcher(order)
+	h.Add(w)
+	h.Apply(w, orderUpdate{OrderID: order, RiderID: rider, RiderAt: t0})
+	return w
+}
+
+// pendingSeq returns the seq of the fix waiting for w (0 for none) and
+// clears what is pending.
+func pendingSeq(w *watcher) int64 {
+	fix, has, _, _, _ := w.take()
+	if !has {
+		return 0
+	}
+	return fix.Seq
 }
 
 func TestHubBindsWhileWatched(t *testing.T) {
 	b := &recordingBinder{}
 	h := NewHub(b)
-	w1, w2 := newWatcher("o1", "r1"), newWatcher("o2", "r1")
-	h.Add(w1)
-	h.Add(w2)
+	w1 := mustWatch(t, h, "o1", "r1")
+	w2 := mustWatch(t, h, "o2", "r1")
+	w3 := mustWatch(t, h, "o2", "r1")
 	h.Remove(w1)
 	h.Remove(w2)
-	if want := []string{"+r1", "-r1"}; !slices.Equal(b.calls, want) {
+	h.Remove(w3)
+	h.Remove(w3) // twice is harmless
+	want := []string{"+order.o1", "+rider.r1", "+order.o2", "-order.o1", "-order.o2", "-rider.r1"}
+	if !slices.Equal(b.calls, want) {
 		t.Fatalf("binder calls %v, want %v", b.calls, want)
+	}
+	if c, o, r := h.Counts(); c+o+r != 0 {
+		t.Fatalf("counts %d %d %d after everyone left", c, o, r)
 	}
 }
 
 func TestHubDropsStaleFixes(t *testing.T) {
 	h := NewHub(&recordingBinder{})
-	w := newWatcher("o1", "r1")
-	h.Add(w)
+	w := mustWatch(t, h, "o1", "r1")
 	for _, seq := range []int64{5, 3, 5, 6, 4} {
 		h.Fix(Fix{RiderID: "r1", Seq: seq})
 	}
-	fix, _, _ := w.take()
-	if fix == nil || fix.Seq != 6 {
-		t.Fatalf("pending fix %+v, want seq 6", fix)
+	if got := pendingSeq(w); got != 6 {
+		t.Fatalf("pending fix seq %d, want 6", got)
 	}
 	if got := h.Stats.Stale.Load(); got != 3 {
 		t.Fatalf("stale = %d, want 3", got)
@@ -53,33 +83,152 @@ func TestHubDropsStaleFixes(t *testing.T) {
 		t.Fatalf("coalesced = %d, want 1 (5 replaced by 6 unsent)", got)
 	}
 	h.Fix(Fix{RiderID: "r1", Seq: 6})
-	if fix, _, _ := w.take(); fix != nil {
-		t.Fatalf("a fix delivered twice: %+v", fix)
+	if got := pendingSeq(w); got != 0 {
+		t.Fatalf("seq 6 offered twice")
+	}
+	h.Fix(Fix{RiderID: "nobody", Seq: 1})
+	if got := h.Stats.Unwatched.Load(); got != 1 {
+		t.Fatalf("unwatched = %d, want 1", got)
 	}
 }
 
-func TestHubAssignMovesWatchers(t *testing.T) {
+func TestHubNewWatcherGetsLatestAtOnce(t *testing.T) {
+	h := NewHub(&recordingBinder{})
+	mustWatch(t, h, "o1", "r1")
+	h.Fix(Fix{RiderID: "r1", Seq: 9})
+	w := mustWatch(t, h, "o2", "r1")
+	if got := pendingSeq(w); got != 9 {
+		t.Fatalf("new watcher has seq %d pending, want 9", got)
+	}
+	if f, ok := h.Latest("r1"); !ok || f.Seq != 9 {
+		t.Fatalf("Latest = %+v %v", f, ok)
+	}
+	// What the table says is older than what the hub saw: never sent.
+	if stale, _ := w.offerFix(Fix{RiderID: "r1", Seq: 8}); !stale {
+		t.Fatal("an older stored position was offered after a newer one")
+	}
+}
+
+func TestHubReassignment(t *testing.T) {
 	b := &recordingBinder{}
 	h := NewHub(b)
-	w := newWatcher("o1", "")
-	h.Add(w)
-	h.Assign("o1", "r9")
-	h.Fix(Fix{RiderID: "r9", Seq: 1})
-	if fix, _, _ := w.take(); fix == nil {
-		t.Fatal("watcher did not follow the assignment")
+	w := mustWatch(t, h, "o1", "r1")
+	h.Fix(Fix{RiderID: "r1", Seq: 100})
+	pendingSeq(w)
+	// An older assignment delivered late changes nothing.
+	h.Update(orderUpdate{OrderID: "o1", RiderID: "r0", RiderAt: t0.Add(-time.Minute)})
+	h.Update(orderUpdate{OrderID: "o1", RiderID: "r2", RiderAt: t0.Add(time.Minute)})
+	// The new rider's seq starts afresh; the old rider's fixes no longer come.
+	h.Fix(Fix{RiderID: "r1", Seq: 101})
+	h.Fix(Fix{RiderID: "r2", Seq: 1})
+	fix, has, _, _, _ := w.take()
+	if !has || fix.RiderID != "r2" || fix.Seq != 1 {
+		t.Fatalf("pending %+v, want r2's seq 1", fix)
 	}
-	h.Remove(w)
-	if want := []string{"+r9", "-r9"}; !slices.Equal(b.calls, want) {
+	want := []string{"+order.o1", "+rider.r1", "-rider.r1", "+rider.r2"}
+	if !slices.Equal(b.calls, want) {
 		t.Fatalf("binder calls %v, want %v", b.calls, want)
 	}
 }
 
-func TestSlowWatcherOverflows(t *testing.T) {
-	w := newWatcher("o1", "")
-	for i := 0; i < maxPendingStatuses+1; i++ {
-		w.offerStatus(statusMsg{Status: "paid"})
+func TestHubStatuses(t *testing.T) {
+	b := &recordingBinder{}
+	h := NewHub(b)
+	w := mustWatch(t, h, "o1", "r1")
+	dest := &Destination{Lat: 19, Lng: 72}
+	h.Update(orderUpdate{OrderID: "o1", Status: "paid", StatusAt: t0.Add(time.Second), Destination: dest})
+	h.Update(orderUpdate{OrderID: "o1", Status: "placed", StatusAt: t0})                    // older
+	h.Update(orderUpdate{OrderID: "o1", Status: "paid", StatusAt: t0.Add(time.Second)})     // again
+	h.Update(orderUpdate{OrderID: "o1", Status: "accepted", StatusAt: t0.Add(time.Minute)}) // newer
+	_, _, statuses, _, _ := w.take()
+	var got []string
+	for _, s := range statuses {
+		got = append(got, s.Status)
 	}
-	if _, st, overflow := w.take(); !overflow || len(st) != maxPendingStatuses {
+	if !slices.Equal(got, []string{"paid", "accepted"}) {
+		t.Fatalf("statuses %v, want [paid accepted]", got)
+	}
+	if statuses[1].Destination == nil || statuses[1].Destination.Lat != 19 {
+		t.Fatalf("destination not carried: %+v", statuses[1])
+	}
+	// Delivered: the customer stops following the rider.
+	h.Update(orderUpdate{OrderID: "o1", Status: "delivered", StatusAt: t0.Add(time.Hour)})
+	h.Fix(Fix{RiderID: "r1", Seq: 5})
+	if fix, has, _, _, _ := w.take(); has {
+		t.Fatalf("fix %+v sent after delivery", fix)
+	}
+	if want := "-rider.r1"; b.calls[len(b.calls)-1] != want {
+		t.Fatalf("last binder call %v, want %s", b.calls, want)
+	}
+}
+
+func TestWatcherWriterRunsOnlyWhileBusy(t *testing.T) {
+	h := NewHub(&recordingBinder{})
+	w := mustWatch(t, h, "o1", "r1")
+	started := make(chan struct{}, 10)
+	h.Fix(Fix{RiderID: "r1", Seq: 1}) // pending before the socket is up
+	w.setStart(func() { started <- struct{}{} })
+	<-started
+	h.Fix(Fix{RiderID: "r1", Seq: 2}) // the writer runs: no second one
+	select {
+	case <-started:
+		t.Fatal("a second writer started while one runs")
+	case <-time.After(20 * time.Millisecond):
+	}
+	if got := pendingSeq(w); got != 2 {
+		t.Fatalf("coalesced seq %d, want 2", got)
+	}
+	if _, _, _, _, ok := w.take(); ok {
+		t.Fatal("take reported work with nothing pending")
+	}
+	h.Fix(Fix{RiderID: "r1", Seq: 3}) // the writer had stopped: a new one starts
+	select {
+	case <-started:
+	case <-time.After(time.Second):
+		t.Fatal("no writer started for a new fix")
+	}
+}
+
+func TestWatcherOverflow(t *testing.T) {
+	w := newWatcher("o1")
+	for i := range maxPendingStatuses + 1 {
+		w.apply(orderUpdate{OrderID: "o1", Status: "paid", StatusAt: t0.Add(time.Duration(i) * time.Second)})
+	}
+	if _, _, st, overflow, _ := w.take(); !overflow || len(st) != maxPendingStatuses {
 		t.Fatalf("statuses %d overflow %v", len(st), overflow)
+	}
+}
+
+type recordingSink struct {
+	fixes   []Fix
+	updates []orderUpdate
+}
+
+func (s *recordingSink) Fix(f Fix)            { s.fixes = append(s.fixes, f) }
+func (s *recordingSink) Update(u orderUpdate) { s.updates = append(s.updates, u) }
+
+func TestRelayHandle(t *testing.T) {
+	r := NewRelay(nil, zaptest.NewLogger(t))
+	sink := &recordingSink{}
+	tests := []struct {
+		name, key, body string
+		wantFix, wantUp int
+	}{
+		{"OKFix", "rider.r1", `{"rider_id":"r1","lat":1,"lng":2,"seq":3,"ts":"2026-11-23T12:00:00Z"}`, 1, 0},
+		{"OKUpdate", "order.o1", `{"order_id":"o1","status":"paid","status_at":"2026-11-23T12:00:00Z"}`, 0, 1},
+		{"ErrRiderMismatch", "rider.r2", `{"rider_id":"r1","seq":3}`, 0, 0},
+		{"ErrOrderMismatch", "order.o2", `{"order_id":"o1"}`, 0, 0},
+		{"ErrNoSeq", "rider.r1", `{"rider_id":"r1"}`, 0, 0},
+		{"ErrGarbage", "rider.r1", `{`, 0, 0},
+		{"ErrOtherKey", "something", `{}`, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sink.fixes, sink.updates = nil, nil
+			r.handle(amqp.Delivery{RoutingKey: tt.key, Body: []byte(tt.body)}, sink)
+			if len(sink.fixes) != tt.wantFix || len(sink.updates) != tt.wantUp {
+				t.Fatalf("fixes %d updates %d, want %d %d", len(sink.fixes), len(sink.updates), tt.wantFix, tt.wantUp)
+			}
+		})
 	}
 }

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -22,53 +24,234 @@ import (
 	"github.com/dabba/dabba/shared/token"
 )
 
-// Limits on a rider's stream: a phone sends a fix every 500 ms or so.
+// Limits on riders' streams. A phone sends a fix every 500 ms or so.
 const (
-	riderRate     = 10 // fixes per second, sustained
-	riderBurst    = 20
-	maxBadFrames  = 10 // consecutive bad frames before the socket is closed (1008)
-	publishTimout = 2 * time.Second
+	// riderIdle closes a rider socket that sent nothing for this long.
+	riderIdle = 2 * time.Minute
+	// Bad frames (malformed, invalid, over the rate) are answered with an
+	// error frame; more than badFrameBurst of them faster than one per
+	// badFrameEvery is abuse and closes the socket (1008).
+	badFrameBurst = 10
+	badFrameEvery = 6 * time.Second
+	// publishWorkers publish fixes, each on its own channel; a rider always
+	// goes through the same one, so its fixes stay in order.
+	publishWorkers = 4
+	// publishQueue bounds the fixes waiting for a worker; past it fixes are
+	// refused (503 or an error frame) rather than piling up in memory.
+	publishQueue = 4096
+	publishBatch = 256
+	// takeWait is how long a fix may wait for room in a full queue.
+	takeWait = time.Second
 )
 
-// Ingest takes riders' fixes and publishes them to the locations exchange,
-// never to a customer directly.
-type Ingest struct {
-	pub       *broker.Publisher
-	positions *PositionWriter
-	log       *zap.Logger
+// Errors a rider sees when a fix cannot be taken.
+var (
+	errFeedDown = errors.New("the location feed is unavailable; retry shortly")
+	errFeedBusy = errors.New("the location feed is overloaded; fix dropped")
+)
+
+// IngestStats counts what the ingest did with fixes.
+type IngestStats struct {
+	Accepted  atomic.Int64 // taken for publishing
+	Published atomic.Int64
+	Refused   atomic.Int64 // feed down or overloaded
+	Failed    atomic.Int64 // lost in a failed publish
+	Invalid   atomic.Int64 // rejected by the decoder
+	Limited   atomic.Int64 // over a rider's rate
 }
 
-// publish sends a fix to "locations" as rider.<id>, transient, and notes it
-// as the rider's latest position.
-func (in *Ingest) publish(ctx context.Context, f Fix) error {
-	body, _ := json.Marshal(f)
-	ctx, cancel := context.WithTimeout(ctx, publishTimout)
-	defer cancel()
-	if err := in.pub.Publish(ctx, broker.Message{Exchange: broker.ExchangeLocations, RoutingKey: "rider." + f.RiderID,
-		Body: body, Transient: true}); err != nil {
-		return fmt.Errorf("publish fix: %w", err)
+// Ingest takes riders' fixes and publishes them to the locations exchange;
+// it never writes to a customer directly.
+type Ingest struct {
+	conn      *broker.Conn
+	positions *PositionWriter
+	limits    *RiderLimits
+	log       *zap.Logger
+	Stats     IngestStats
+
+	seed   maphash.Seed
+	queues [publishWorkers]chan Fix
+	warn   rate.Sometimes // a broker outage would otherwise log every batch
+}
+
+// NewIngest returns an ingest publishing on conn; Run must be running.
+func NewIngest(conn *broker.Conn, positions *PositionWriter, limits *RiderLimits, log *zap.Logger) *Ingest {
+	in := &Ingest{conn: conn, positions: positions, limits: limits, log: log.With(zap.String("component", "ingest")), seed: maphash.MakeSeed(),
+		warn: rate.Sometimes{Interval: 10 * time.Second}}
+	for i := range in.queues {
+		in.queues[i] = make(chan Fix, publishQueue/publishWorkers)
 	}
-	in.positions.Note(f)
+	return in
+}
+
+// take queues f for publishing. When the broker is down the fix is refused
+// at once; when the workers are behind, take waits up to takeWait (the
+// rider's stream slows down: backpressure) and then refuses it, so fixes
+// never pile up in memory.
+func (in *Ingest) take(ctx context.Context, f Fix) error {
+	if !in.conn.Ready() {
+		in.Stats.Refused.Add(1)
+		return errFeedDown
+	}
+	q := in.queues[maphash.String(in.seed, f.RiderID)%publishWorkers]
+	select {
+	case q <- f:
+		in.Stats.Accepted.Add(1)
+		return nil
+	default:
+	}
+	t := time.NewTimer(takeWait)
+	defer t.Stop()
+	select {
+	case q <- f:
+		in.Stats.Accepted.Add(1)
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	in.Stats.Refused.Add(1)
+	return errFeedBusy
+}
+
+// Run publishes queued fixes until ctx is done.
+func (in *Ingest) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, q := range in.queues {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in.work(ctx, q)
+		}()
+	}
+	wg.Wait()
 	return nil
+}
+
+// work publishes fixes from q in batches: transient, without confirms (a
+// fix lost in a reset is superseded by the next one within a second).
+func (in *Ingest) work(ctx context.Context, q <-chan Fix) {
+	pub := broker.NewTransientPublisher(in.conn, in.log)
+	defer pub.Close()
+	batch := make([]Fix, 0, publishBatch)
+	msgs := make([]broker.Message, 0, publishBatch)
+	for {
+		batch, msgs = batch[:0], msgs[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case f := <-q:
+			batch = append(batch, f)
+		}
+	fill:
+		for len(batch) < publishBatch {
+			select {
+			case f := <-q:
+				batch = append(batch, f)
+			default:
+				break fill
+			}
+		}
+		for _, f := range batch {
+			body, err := json.Marshal(f)
+			if err != nil {
+				continue
+			}
+			msgs = append(msgs, broker.Message{Exchange: broker.ExchangeLocations, RoutingKey: riderKey(f.RiderID), Body: body,
+				Transient: true, Timestamp: f.TS})
+		}
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		acked, err := pub.PublishBatch(pctx, msgs)
+		cancel()
+		for i, ok := range acked {
+			if ok {
+				in.positions.Note(batch[i])
+			}
+		}
+		lost := countFalse(acked)
+		in.Stats.Published.Add(int64(len(msgs)) - lost)
+		if err != nil {
+			in.Stats.Failed.Add(lost)
+			in.warn.Do(func() { in.log.Warn("fixes not published", zap.Int64("lost", lost), zap.Error(err)) })
+		}
+	}
+}
+
+func countFalse(bs []bool) int64 {
+	var n int64
+	for _, b := range bs {
+		if !b {
+			n++
+		}
+	}
+	return n
+}
+
+// RiderLimits holds each rider's rate limiter, shared by the rider's socket
+// and POSTs so neither way round the limit works.
+type RiderLimits struct {
+	perSecond rate.Limit
+	burst     int
+
+	mu     sync.Mutex
+	riders map[string]*rate.Limiter
+}
+
+// NewRiderLimits allows each rider perSecond fixes, with bursts of burst.
+func NewRiderLimits(perSecond float64, burst int) *RiderLimits {
+	return &RiderLimits{perSecond: rate.Limit(perSecond), burst: burst, riders: map[string]*rate.Limiter{}}
+}
+
+// Allow reports whether rider may send a fix now.
+func (l *RiderLimits) Allow(rider string) bool {
+	l.mu.Lock()
+	lim := l.riders[rider]
+	if lim == nil {
+		lim = rate.NewLimiter(l.perSecond, l.burst)
+		l.riders[rider] = lim
+	}
+	l.mu.Unlock()
+	return lim.Allow()
+}
+
+// Run forgets riders whose bucket has refilled (they would start afresh
+// anyway), so the map holds only the riders active lately.
+func (l *RiderLimits) Run(ctx context.Context) error {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			l.mu.Lock()
+			for r, lim := range l.riders {
+				if lim.Tokens() >= float64(l.burst) {
+					delete(l.riders, r)
+				}
+			}
+			l.mu.Unlock()
+		}
+	}
 }
 
 // bearer returns the request's token: Authorization: Bearer, else ?token=.
 func bearer(r *http.Request) string {
-	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
-		return strings.TrimPrefix(h, "Bearer ")
+	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
+		return strings.TrimSpace(h[7:])
 	}
 	return r.URL.Query().Get("token")
 }
 
 // authRider checks that the request carries a rider token for the rider in
 // its path: 401 without a valid token, 403 for another rider's path.
-func authRider(r *http.Request, signer *token.Signer) (string, error) {
+func authRider(w http.ResponseWriter, r *http.Request, signer *token.Signer) (string, error) {
 	rider := chi.URLParam(r, "rider_id")
 	if !validRiderID(rider) {
 		return "", httpx.FieldProblem("rider_id", "must be 1 to 128 characters without '.', '*', '#', '/' or spaces")
 	}
 	sub, err := signer.VerifyRider(bearer(r))
 	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="rider"`)
 		return "", httpx.NewProblem(http.StatusUnauthorized, "a valid rider token is required")
 	}
 	if sub != rider {
@@ -77,12 +260,20 @@ func authRider(r *http.Request, signer *token.Signer) (string, error) {
 	return rider, nil
 }
 
-// handleRiderLocation handles "POST /v1/riders/{rider_id}/location": one fix.
+// handleRiderLocation handles "POST /v1/riders/{rider_id}/location": one
+// fix, answered 202 once it is queued for the feed.
 func handleRiderLocation(log *zap.Logger, in *Ingest, signer *token.Signer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rider, err := authRider(r, signer)
+		rider, err := authRider(w, r, signer)
 		if err != nil {
 			httpx.Error(w, r, log, err)
+			return
+		}
+		if !in.limits.Allow(rider) {
+			in.Stats.Limited.Add(1)
+			p := httpx.NewProblem(http.StatusTooManyRequests, fmt.Sprintf("at most %g fixes a second", float64(in.limits.perSecond)))
+			p.RetryAfter = 1
+			httpx.WriteProblem(w, p)
 			return
 		}
 		body, err := readBody(w, r)
@@ -92,13 +283,13 @@ func handleRiderLocation(log *zap.Logger, in *Ingest, signer *token.Signer) http
 		}
 		f, err := decodeFix(body, time.Now())
 		if err != nil {
+			in.Stats.Invalid.Add(1)
 			httpx.Error(w, r, log, err)
 			return
 		}
 		f.RiderID = rider
-		if err := in.publish(r.Context(), f); err != nil {
-			log.Warn("fix not published", zap.String("rider_id", rider), zap.Error(err))
-			p := httpx.NewProblem(http.StatusServiceUnavailable, "the location feed is unavailable; retry shortly")
+		if err := in.take(r.Context(), f); err != nil {
+			p := httpx.NewProblem(http.StatusServiceUnavailable, err.Error())
 			p.RetryAfter = 1
 			httpx.WriteProblem(w, p)
 			return
@@ -122,64 +313,101 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return body, nil
 }
 
+// errorFrame is what a rider's socket answers a fix it could not take.
+type errorFrame struct {
+	Type   string `json:"type"` // "error"
+	Status int    `json:"status"`
+	Field  string `json:"field,omitempty"`
+	Error  string `json:"error"`
+}
+
 // handleRiderSocket handles "GET /v1/riders/{rider_id}/ws": a rider's app
-// streaming fixes. A bad frame gets an error frame and the stream goes on;
-// repeated abuse closes it (1008); an oversized frame closes it (1009).
-func handleRiderSocket(log *zap.Logger, in *Ingest, signer *token.Signer) http.Handler {
+// streaming fixes, one JSON fix per text message. A fix that cannot be taken
+// gets an error frame and the stream goes on; repeated abuse closes the
+// socket (1008), an oversized message too (1009).
+func handleRiderSocket(log *zap.Logger, in *Ingest, signer *token.Signer, sockets *Sockets) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rider, err := authRider(r, signer)
+		rider, err := authRider(w, r, signer)
 		if err != nil {
 			httpx.Error(w, r, log, err)
 			return
 		}
-		c, err := websocket.Accept(w, r, nil)
+		release, err := sockets.Reserve(r)
+		if err != nil {
+			p := httpx.NewProblem(http.StatusTooManyRequests, "too many open sockets from this address")
+			p.RetryAfter = 5
+			httpx.WriteProblem(w, p)
+			return
+		}
+		defer release()
+		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 		if err != nil {
 			return
 		}
 		defer c.CloseNow()
-		c.SetReadLimit(maxFixBytes)
+		defer sockets.Track(c)()
+		c.SetReadLimit(maxFixBytes) // over it the library closes with 1009
+		idle := time.AfterFunc(riderIdle, func() { _ = c.Close(websocket.StatusGoingAway, "idle") })
+		defer idle.Stop()
+		abuse := rate.NewLimiter(rate.Every(badFrameEvery), badFrameBurst)
 		ctx := r.Context()
-		limiter := rate.NewLimiter(riderRate, riderBurst)
-		bad := 0
 		for {
-			_, data, err := c.Read(ctx)
+			typ, data, err := c.Read(ctx)
 			if err != nil {
 				return // closed, oversized (1009 sent by the library), or gone
 			}
-			f, err := decodeFix(data, time.Now())
-			if err == nil && !limiter.Allow() {
-				err = errors.New("too many fixes: at most 10 a second")
-			}
-			if err == nil {
-				f.RiderID = rider
-				err = in.publish(ctx, f)
-			}
-			if err != nil {
-				if bad++; bad >= maxBadFrames {
-					c.Close(websocket.StatusPolicyViolation, "too many bad frames")
-					return
-				}
-				msg, _ := json.Marshal(map[string]string{"type": "error", "error": err.Error()})
-				if werr := writeWithin(ctx, c, msg); werr != nil {
-					return
-				}
+			idle.Reset(riderIdle)
+			frame, abusive := in.takeFrame(ctx, rider, typ, data)
+			if frame == nil {
 				continue
 			}
-			bad = 0
+			if abusive && !abuse.Allow() {
+				_ = c.Close(websocket.StatusPolicyViolation, "too many bad frames")
+				return
+			}
+			msg, _ := json.Marshal(frame)
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = c.Write(wctx, websocket.MessageText, msg)
+			cancel()
+			if err != nil {
+				return
+			}
 		}
 	})
 }
 
-func writeWithin(ctx context.Context, c *websocket.Conn, msg []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	return c.Write(ctx, websocket.MessageText, msg)
+// takeFrame handles one message from a rider's socket. It returns the error
+// frame to answer with, if any, and whether the frame was the rider's fault.
+func (in *Ingest) takeFrame(ctx context.Context, rider string, typ websocket.MessageType, data []byte) (*errorFrame, bool) {
+	if typ != websocket.MessageText {
+		in.Stats.Invalid.Add(1)
+		return &errorFrame{Type: "error", Status: http.StatusBadRequest, Error: "a fix is a JSON text message"}, true
+	}
+	f, err := decodeFix(data, time.Now())
+	if err != nil {
+		in.Stats.Invalid.Add(1)
+		var p *httpx.Problem
+		if errors.As(err, &p) {
+			return &errorFrame{Type: "error", Status: p.Status, Field: p.Field, Error: p.Error()}, true
+		}
+		return &errorFrame{Type: "error", Status: http.StatusBadRequest, Error: err.Error()}, true
+	}
+	if !in.limits.Allow(rider) {
+		in.Stats.Limited.Add(1)
+		return &errorFrame{Type: "error", Status: http.StatusTooManyRequests,
+			Error: fmt.Sprintf("at most %g fixes a second; fix %d dropped", float64(in.limits.perSecond), f.Seq)}, true
+	}
+	f.RiderID = rider
+	if err := in.take(ctx, f); err != nil {
+		return &errorFrame{Type: "error", Status: http.StatusServiceUnavailable, Error: fmt.Sprintf("%v (fix %d)", err, f.Seq)}, false
+	}
+	return nil, false
 }
 
 // PositionWriter keeps each rider's latest fix in PostgreSQL, so a customer
-// connecting to any instance gets the rider's position at once. It writes at
-// most every flush interval, one statement for all riders, and never lets a
-// fix replace a newer one.
+// connecting to an instance that never saw the rider still gets the rider's
+// position at once. It writes at most once per interval, one statement for
+// all riders, and never lets a fix replace a newer one.
 type PositionWriter struct {
 	db  *pgxpool.Pool
 	log *zap.Logger
@@ -211,7 +439,10 @@ func (p *PositionWriter) Run(ctx context.Context, interval time.Duration) error 
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			return p.flush(fctx)
+			if err := p.flush(fctx); err != nil {
+				p.log.Warn("write rider positions", zap.Error(err))
+			}
+			return nil
 		case <-t.C:
 			if err := p.flush(ctx); err != nil {
 				p.log.Warn("write rider positions", zap.Error(err))
@@ -223,15 +454,15 @@ func (p *PositionWriter) Run(ctx context.Context, interval time.Duration) error 
 func (p *PositionWriter) flush(ctx context.Context) error {
 	p.mu.Lock()
 	batch := p.pending
-	p.pending = map[string]Fix{}
-	p.mu.Unlock()
 	if len(batch) == 0 {
+		p.mu.Unlock()
 		return nil
 	}
-	var riders []string
-	var lat, lng, heading, speed []float64
-	var seq []int64
-	var ts []time.Time
+	p.pending = make(map[string]Fix, len(batch))
+	p.mu.Unlock()
+	n := len(batch)
+	riders, seq, ts := make([]string, 0, n), make([]int64, 0, n), make([]time.Time, 0, n)
+	lat, lng, heading, speed := make([]float64, 0, n), make([]float64, 0, n), make([]float64, 0, n), make([]float64, 0, n)
 	for _, f := range batch {
 		riders, lat, lng, heading = append(riders, f.RiderID), append(lat, f.Lat), append(lng, f.Lng), append(heading, f.Heading)
 		speed, seq, ts = append(speed, f.SpeedKmh), append(seq, f.Seq), append(ts, f.TS)
@@ -246,7 +477,7 @@ func (p *PositionWriter) flush(ctx context.Context) error {
 		for _, f := range batch {
 			p.Note(f)
 		}
-		return err
+		return fmt.Errorf("upsert rider positions: %w", err)
 	}
 	return nil
 }

@@ -1,10 +1,16 @@
-// Command tracking relays riders' GPS fixes through RabbitMQ to the customers
-// watching their orders, over WebSocket.
+// Command tracking carries riders' GPS fixes through RabbitMQ to the
+// customers watching their orders over WebSocket, and serves the tracking
+// page.
+//
+// Subcommands: "mint-rider-token <rider_id>" prints a rider token (demos,
+// tests); "simulate" places orders on the orders API and drives riders to
+// them (make demo).
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -19,11 +25,25 @@ import (
 
 func main() { service.Main("tracking", run) }
 
-// run serves the tracking API, or with "mint-rider-token <rider_id>" prints
-// a rider token (for demos and tests).
+// positionEvery is how often the ingest stores riders' latest positions: at
+// most one row write per rider per interval, all riders in one statement.
+const positionEvery = time.Second
+
+// run serves the tracking API until ctx is done, or runs a subcommand.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	if len(args) > 1 && args[1] == "mint-rider-token" {
-		return mintRiderToken(args[2:], getenv, stdout)
+	if len(args) > 1 {
+		switch args[1] {
+		case "mint-rider-token":
+			return mintRiderToken(args[2:], getenv, stdout)
+		case "simulate":
+			log, err := logging.New(getenv, "tracking")
+			if err != nil {
+				return err
+			}
+			return simulate(ctx, getenv, stdout, log)
+		default:
+			return fmt.Errorf("unknown subcommand %q (want mint-rider-token or simulate)", args[1])
+		}
 	}
 	base, err := service.Open(ctx, "tracking", getenv)
 	if err != nil {
@@ -31,39 +51,66 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	defer base.Close()
 	log := base.Log
+	perIP, err := base.Env.Int("TRACKING_MAX_CONNS_PER_IP", 1000)
+	if err != nil {
+		return err
+	}
+	maxSockets, err := base.Env.Int("TRACKING_MAX_SOCKETS", 100_000)
+	if err != nil {
+		return err
+	}
+	riderRate, err := base.Env.Float("TRACKING_RIDER_RATE", 10)
+	if err != nil {
+		return err
+	}
 	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
 
 	relay := NewRelay(base.Broker, log)
 	hub := NewHub(relay)
-	relay.SetHub(hub)
-	pub := broker.NewTransientPublisher(base.Broker, log)
-	defer pub.Close()
 	positions := NewPositionWriter(base.DB, log)
-	ingest := &Ingest{pub: pub, positions: positions, log: log}
+	limits := NewRiderLimits(riderRate, int(2*riderRate))
+	ingest := NewIngest(base.Broker, positions, limits, log)
+	sockets := NewSockets(perIP, maxSockets)
+	live := broker.NewTransientPublisher(base.Broker, log)
+	defer live.Close()
 
 	r := base.Router()
-	addRoutes(r, log, base.DB, hub, ingest, signer)
+	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, signer)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8081"), r, log, nil) })
-	g.Go(func() error { return relay.Run(ctx) })
-	g.Go(func() error { return positions.Run(ctx, 500*time.Millisecond) })
+	g.Go(func() error { return relay.Run(ctx, hub) })
+	g.Go(func() error { return ingest.Run(ctx) })
+	g.Go(func() error { return limits.Run(ctx) })
+	g.Go(func() error { return positions.Run(ctx, positionEvery) })
 	g.Go(func() error {
 		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueTracking, Prefetch: 100, Concurrency: 4},
-			handleOrderEvent(base.DB), log)
+			handleOrderEvent(base.DB, live, log), log)
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sockets.CloseAll()
+		return nil
 	})
 	return g.Wait()
 }
 
+// mintRiderToken handles "tracking mint-rider-token [-ttl 24h] <rider_id>":
+// it prints a rider token signed with TOKEN_SECRET.
 func mintRiderToken(args []string, getenv func(string) string, stdout io.Writer) error {
-	if len(args) != 1 || !validRiderID(args[0]) {
-		return errors.New("usage: tracking mint-rider-token <rider_id>")
+	fs := flag.NewFlagSet("mint-rider-token", flag.ContinueOnError)
+	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || !validRiderID(fs.Arg(0)) {
+		return errors.New("usage: tracking mint-rider-token [-ttl 24h] <rider_id> (no '.', '*', '#', '/' or spaces)")
 	}
 	log, err := logging.New(getenv, "tracking")
 	if err != nil {
 		return err
 	}
-	tok, err := token.NewSigner(token.SecretFromEnv(getenv, log)).Rider(args[0], 24*time.Hour)
+	tok, err := token.NewSigner(token.SecretFromEnv(getenv, log)).Rider(fs.Arg(0), *ttl)
 	if err != nil {
 		return err
 	}

@@ -4,74 +4,104 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/dabba/dabba/shared/broker"
-	"github.com/dabba/dabba/shared/events"
 )
 
+// The relay queue's bounds. A fix is worthless once a newer one exists, so
+// when the relay falls behind the broker drops the oldest messages first,
+// and a message older than the TTL is not worth showing at all.
+const (
+	relayMaxLength = 10_000
+	relayTTL       = 5 * time.Second
+	relayPrefetch  = 1000
+	// relayAckEvery bounds how long handled messages stay unacked: acks go
+	// out in batches (multiple=true), not one frame per fix.
+	relayAckEvery = 100 * time.Millisecond
+)
+
+// Sink is what the relay feeds: the hub.
+type Sink interface {
+	Fix(f Fix)
+	Update(u orderUpdate)
+}
+
 // Relay feeds this instance's hub from RabbitMQ. It owns one exclusive,
-// auto-delete queue, bound to "locations" with "rider.<id>" only for the
-// riders some customer here watches, and to "orders" for status changes.
-// The queue is bounded and drops its oldest fixes first: a fix is worthless
-// once a newer one exists. After a broker reset it declares the queue and
-// every binding again; connected customers keep their sockets.
+// auto-delete classic queue on the locations exchange, bound to
+// "rider.<id>" and "order.<id>" only while some customer connected here
+// watches that rider or order, so N instances do not each receive the whole
+// city. After a broker reset it declares a new queue and binds every key
+// again; the customers' sockets never notice beyond a gap in fixes.
 type Relay struct {
 	conn *broker.Conn
-	hub  *Hub
 	log  *zap.Logger
 
-	mu     sync.Mutex
-	ch     *amqp.Channel // current session's channel, nil between sessions
-	queue  string
-	riders map[string]bool // bindings wanted
+	mu      sync.Mutex
+	want    map[string]struct{} // keys some customer here needs
+	dirty   map[string]struct{} // keys whose binding may have to change
+	changed chan struct{}       // capacity 1: dirty is not empty
+
+	// Sessions counts the queue sessions started (1 + broker resets).
+	Sessions  atomic.Int64
+	Malformed atomic.Int64
+	bound     atomic.Int64
+	warn      rate.Sometimes
 }
 
-// NewRelay returns a relay feeding hub, which must be set with SetHub
-// before Run (the two refer to each other).
+// NewRelay returns a relay on conn.
 func NewRelay(conn *broker.Conn, log *zap.Logger) *Relay {
-	return &Relay{conn: conn, log: log.With(zap.String("component", "relay")), riders: map[string]bool{}}
+	return &Relay{conn: conn, log: log.With(zap.String("component", "relay")),
+		want: map[string]struct{}{}, dirty: map[string]struct{}{}, changed: make(chan struct{}, 1),
+		warn: rate.Sometimes{Interval: 10 * time.Second}}
 }
 
-// SetHub sets the hub the relay feeds.
-func (r *Relay) SetHub(h *Hub) { r.hub = h }
+// Bind asks for key's messages. It does not block: the binding is made by
+// the session's binder goroutine.
+func (r *Relay) Bind(key string) { r.mark(key, true) }
 
-// Bind subscribes this instance to a rider's fixes.
-func (r *Relay) Bind(rider string) {
+// Unbind ends the need for key's messages.
+func (r *Relay) Unbind(key string) { r.mark(key, false) }
+
+func (r *Relay) mark(key string, want bool) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.riders[rider] = true
-	if r.ch != nil {
-		if err := r.ch.QueueBind(r.queue, "rider."+rider, broker.ExchangeLocations, false, nil); err != nil {
-			r.log.Warn("bind rider; the next session binds it", zap.String("rider_id", rider), zap.Error(err))
-		}
+	if want {
+		r.want[key] = struct{}{}
+	} else {
+		delete(r.want, key)
+	}
+	r.dirty[key] = struct{}{}
+	r.mu.Unlock()
+	select {
+	case r.changed <- struct{}{}:
+	default:
 	}
 }
 
-// Unbind ends this instance's subscription to a rider's fixes.
-func (r *Relay) Unbind(rider string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.riders, rider)
-	if r.ch != nil {
-		if err := r.ch.QueueUnbind(r.queue, "rider."+rider, broker.ExchangeLocations, nil); err != nil {
-			r.log.Warn("unbind rider", zap.String("rider_id", rider), zap.Error(err))
-		}
-	}
-}
+// Bound returns how many keys the current queue is bound to.
+func (r *Relay) Bound() int64 { return r.bound.Load() }
 
-// Run relays until ctx is done, starting a new session after each reset.
-func (r *Relay) Run(ctx context.Context) error {
+// Run relays into sink until ctx is done, starting a new session after each
+// loss of the channel (a broker restart, a connection reset).
+func (r *Relay) Run(ctx context.Context, sink Sink) error {
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		err := r.session(ctx)
+		start := time.Now()
+		err := r.session(ctx, sink)
 		if ctx.Err() != nil {
 			return nil
 		}
-		r.log.Warn("relay session ended, starting another", zap.Error(err))
+		if time.Since(start) > time.Minute {
+			wait = 100 * time.Millisecond
+		}
+		r.log.Warn("relay session ended, starting another", zap.Error(err), zap.Duration("in", wait))
 		select {
 		case <-ctx.Done():
 			return nil
@@ -80,91 +110,141 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
-func (r *Relay) session(ctx context.Context) error {
+func (r *Relay) session(ctx context.Context, sink Sink) error {
 	ch, err := r.conn.Channel(ctx)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		r.mu.Lock()
-		r.ch = nil
-		r.mu.Unlock()
-		r.conn.Release(ch)
-	}()
+	defer r.conn.Release(ch)
 	lost := broker.ChannelLost(ch)
 	q, err := ch.QueueDeclare("", false, true, true, false, amqp.Table{
-		"x-max-length":  10_000,
+		"x-queue-type":  "classic",
+		"x-max-length":  relayMaxLength,
 		"x-overflow":    "drop-head",
-		"x-message-ttl": 10_000, // a fix older than 10 s is not worth showing
+		"x-message-ttl": relayTTL.Milliseconds(),
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("declare relay queue: %w", err)
 	}
-	if err := ch.QueueBind(q.Name, "order.#", broker.ExchangeOrders, false, nil); err != nil {
-		return err
+	if err := ch.Qos(relayPrefetch, 0, false); err != nil {
+		return fmt.Errorf("qos: %w", err)
 	}
-	r.mu.Lock()
-	for rider := range r.riders {
-		if err := ch.QueueBind(q.Name, "rider."+rider, broker.ExchangeLocations, false, nil); err != nil {
-			r.mu.Unlock()
-			return err
-		}
-	}
-	r.ch, r.queue = ch, q.Name
-	r.mu.Unlock()
-	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	deliveries, err := ch.Consume(q.Name, "", false, true, false, false, nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("consume relay queue: %w", err)
 	}
+	r.Sessions.Add(1)
 	r.log.Info("relaying", zap.String("queue", q.Name))
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bindErr := make(chan error, 1)
+	go func() { bindErr <- r.binder(sctx, ch, q.Name) }()
+
+	tick := time.NewTicker(relayAckEvery)
+	defer tick.Stop()
+	var unacked int
+	var last uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-lost:
 			return errors.New("channel lost")
+		case err := <-bindErr:
+			return err
+		case <-tick.C:
+			if unacked > 0 {
+				if err := ch.Ack(last, true); err != nil {
+					return fmt.Errorf("ack: %w", err)
+				}
+				unacked = 0
+			}
 		case d, ok := <-deliveries:
 			if !ok {
 				return errors.New("deliveries closed")
 			}
-			r.handle(d)
+			r.handle(d, sink)
+			last = d.DeliveryTag
+			if unacked++; unacked >= relayPrefetch/2 {
+				if err := ch.Ack(last, true); err != nil {
+					return fmt.Errorf("ack: %w", err)
+				}
+				unacked = 0
+			}
 		}
 	}
 }
 
-func (r *Relay) handle(d amqp.Delivery) {
-	if d.Exchange == broker.ExchangeLocations {
+// binder keeps the queue's bindings equal to the keys wanted. It is the
+// only goroutine making calls that wait for an answer on ch (a channel
+// answers one call at a time).
+func (r *Relay) binder(ctx context.Context, ch *amqp.Channel, queue string) error {
+	r.mu.Lock()
+	for k := range r.want {
+		r.dirty[k] = struct{}{}
+	}
+	r.mu.Unlock()
+	bound := map[string]struct{}{}
+	defer r.bound.Store(0)
+	for {
+		r.mu.Lock()
+		dirty := r.dirty
+		r.dirty = map[string]struct{}{}
+		r.mu.Unlock()
+		for k := range dirty {
+			r.mu.Lock()
+			_, want := r.want[k]
+			r.mu.Unlock()
+			_, has := bound[k]
+			switch {
+			case want && !has:
+				if err := ch.QueueBind(queue, k, broker.ExchangeLocations, false, nil); err != nil {
+					return fmt.Errorf("bind %s: %w", k, err)
+				}
+				bound[k] = struct{}{}
+			case !want && has:
+				if err := ch.QueueUnbind(queue, k, broker.ExchangeLocations, nil); err != nil {
+					return fmt.Errorf("unbind %s: %w", k, err)
+				}
+				delete(bound, k)
+			}
+		}
+		r.bound.Store(int64(len(bound)))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.changed:
+		}
+	}
+}
+
+// handle passes one message to the sink; a message that does not match its
+// routing key is dropped (nothing else publishes there legitimately).
+func (r *Relay) handle(d amqp.Delivery, sink Sink) {
+	switch {
+	case strings.HasPrefix(d.RoutingKey, "rider."):
 		var f Fix
-		if err := json.Unmarshal(d.Body, &f); err != nil || f.RiderID == "" || "rider."+f.RiderID != d.RoutingKey {
-			r.log.Warn("malformed fix dropped", zap.String("routing_key", d.RoutingKey), zap.Error(err))
+		if err := json.Unmarshal(d.Body, &f); err != nil || riderKey(f.RiderID) != d.RoutingKey || f.Seq < 1 {
+			r.malformed(d, err)
 			return
 		}
-		r.hub.Fix(f)
-		return
-	}
-	e, err := events.Decode(d.Body)
-	if err != nil {
-		r.log.Warn("malformed order event dropped", zap.Error(err))
-		return
-	}
-	if e.Type == events.OrderRiderAssigned {
-		var a events.RiderAssigned
-		if err := events.DecodeData(e, &a); err == nil && validRiderID(a.RiderID) {
-			r.hub.Assign(e.OrderID, a.RiderID)
+		sink.Fix(f)
+	case strings.HasPrefix(d.RoutingKey, "order."):
+		var u orderUpdate
+		if err := json.Unmarshal(d.Body, &u); err != nil || orderKey(u.OrderID) != d.RoutingKey {
+			r.malformed(d, err)
+			return
 		}
-		return
-	}
-	if status, ok := statusOf(e.Type); ok {
-		r.hub.Status(statusMsg{Type: "status", OrderID: e.OrderID, Status: status, At: e.OccurredAt})
+		sink.Update(u)
+	default:
+		r.malformed(d, nil)
 	}
 }
 
-// statusOf maps an order event's routing key to the status it announces.
-func statusOf(routingKey string) (string, bool) {
-	for status, key := range events.StatusEvent {
-		if key == routingKey {
-			return status, true
-		}
-	}
-	return "", false
+func (r *Relay) malformed(d amqp.Delivery, err error) {
+	r.Malformed.Add(1)
+	r.warn.Do(func() {
+		r.log.Warn("malformed live message dropped", zap.String("routing_key", d.RoutingKey), zap.Error(err))
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"net/http"
 	"time"
 
@@ -14,20 +15,32 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/httpx"
+	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/token"
 )
 
 // Customer socket timing.
 const (
-	pingEvery    = 20 * time.Second // keeps idle connections open, finds dead ones
-	writeTimeout = 5 * time.Second  // a customer slower than this is closed
+	pingEvery = 25 * time.Second // keeps idle connections (and proxies) open, finds dead peers
+	pongWait  = 10 * time.Second // a ping unanswered this long means the peer is gone
+	// writeTimeout bounds one write: a customer whose socket takes no data
+	// for this long has stalled, and is dropped.
+	writeTimeout = 10 * time.Second
+	// slowLimit is how long a customer may stay continuously behind (its
+	// writer never catching up) before it is closed as too slow.
+	slowLimit = 10 * time.Second
 )
 
-// handleTrack handles "GET /v1/orders/{id}/track": a customer's live view
-// of an order, authorised by its tracking token. On connect it sends the
-// order's status and the rider's latest position, then every newer fix and
-// status change. Nothing older than what was sent is ever sent.
-func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Signer) http.Handler {
+// handleTrack handles "GET /v1/orders/{id}/track": a customer's live view of
+// an order, authorised by its tracking token. On connect it sends the
+// order's status and the rider's latest known position, then every newer
+// fix and status change. A fix older than one sent is never sent.
+//
+// To keep an idle connection small (issue 4 asks for at most 16 KiB) the
+// handler returns once the socket is set up: what remains is one goroutine
+// reading control frames, 512-byte buffers and a ping timer; a writer
+// goroutine exists only while something is being sent.
+func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Signer, sockets *Sockets) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := uuid.Parse(chi.URLParam(r, "id"))
 		if err != nil {
@@ -36,96 +49,163 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Sign
 		}
 		orderID := id.String()
 		if err := signer.VerifyTracking(bearer(r), orderID); err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tracking"`)
 			httpx.WriteProblem(w, httpx.NewProblem(http.StatusUnauthorized, "a valid tracking token for this order is required"))
 			return
 		}
+		release, err := sockets.Reserve(r)
+		if err != nil {
+			p := httpx.NewProblem(http.StatusTooManyRequests, "too many open sockets from this address")
+			p.RetryAfter = 5
+			httpx.WriteProblem(w, p)
+			return
+		}
+		// Registered before the state is read, so no update published in
+		// between is missed; updates are ordered by time and seq, so one
+		// arriving twice (live and from the table) is sent once.
+		wt := newWatcher(orderID)
+		hub.Add(wt)
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		o, err := loadOrder(ctx, db, orderID)
+		var fix Fix
+		var hasFix bool
+		if err == nil && o.RiderID != "" && !finished(o.Status) {
+			fix, hasFix, err = latestFix(ctx, db, hub, o.RiderID)
+		}
 		cancel()
 		if err != nil && !errors.Is(err, errUnknownOrder) {
+			hub.Remove(wt)
+			release()
+			if postgres.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
+				p := httpx.NewProblem(http.StatusServiceUnavailable, "tracking is unavailable; retry shortly")
+				p.RetryAfter = 2
+				httpx.WriteProblem(w, p)
+				return
+			}
 			httpx.Error(w, r, log, err)
 			return
 		}
-		c, err := websocket.Accept(w, r, nil)
+		c, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 		if err != nil {
+			hub.Remove(wt)
+			release()
 			return
 		}
-		defer c.CloseNow()
-		wt := newWatcher(orderID, o.RiderID)
-		hub.Add(wt)
-		defer hub.Remove(wt)
-		if o.Status != "" {
-			wt.offerStatus(statusMsg{Type: "status", OrderID: orderID, Status: o.Status, At: o.StatusAt})
+		c.SetReadLimit(socketBufferSize) // a customer sends nothing but control frames
+		cc := &customerConn{c: c, w: wt, log: log, stats: &hub.Stats}
+		forget := sockets.Track(c)
+		hub.Apply(wt, o)
+		if hasFix {
+			wt.offerFix(fix)
 		}
-		if o.RiderID != "" {
-			if f, ok := latestFix(r.Context(), db, hub, o.RiderID); ok {
-				wt.offerFix(f)
+		wt.setStart(cc.flush)
+		cc.ping = time.AfterFunc(pingEvery/2+rand.N(pingEvery/2), cc.sendPing)
+		// The customer sends nothing. This read answers pings and the close
+		// handshake and returns when the socket ends; it is the one
+		// goroutine an idle connection keeps. (CloseRead would do the same
+		// with two more contexts per connection.)
+		go func() {
+			if _, _, err := c.Reader(context.Background()); err == nil {
+				_ = c.Close(websocket.StatusPolicyViolation, "this socket takes no messages")
 			}
-		}
-		// The customer sends nothing; CloseRead answers pings and closes
-		// and cancels ctx when the customer goes.
-		serveWatcher(c.CloseRead(r.Context()), c, wt, log)
+			hub.Remove(wt)
+			cc.ping.Stop()
+			forget()
+			release()
+			c.CloseNow()
+		}()
 	})
 }
 
-// latestFix is the newer of what this instance saw and what is stored.
-func latestFix(ctx context.Context, db *pgxpool.Pool, hub *Hub, rider string) (Fix, bool) {
+// latestFix is the newer of what this instance saw and what is stored: an
+// instance that watches the rider already knows; one that does not reads
+// the position the ingest stores (at most once a second).
+func latestFix(ctx context.Context, db *pgxpool.Pool, hub *Hub, rider string) (Fix, bool, error) {
 	mem, inMem := hub.Latest(rider)
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
 	stored, inDB, err := loadPosition(ctx, db, rider)
 	switch {
-	case err != nil || !inDB:
-		return mem, inMem
-	case inMem && mem.Seq >= stored.Seq:
-		return mem, true
+	case err != nil:
+		return Fix{}, false, err
+	case !inDB || (inMem && mem.Seq >= stored.Seq):
+		return mem, inMem, nil
 	}
-	return stored, true
+	return stored, true, nil
 }
 
-// serveWatcher writes what is pending for wt until the customer goes, or is
-// too slow to keep up.
-func serveWatcher(ctx context.Context, c *websocket.Conn, wt *watcher, log *zap.Logger) {
-	ping := time.NewTicker(pingEvery)
-	defer ping.Stop()
+// customerConn writes a watcher's messages to its socket.
+type customerConn struct {
+	c     *websocket.Conn
+	w     *watcher
+	log   *zap.Logger
+	stats *HubStats
+	ping  *time.Timer
+}
+
+// flush writes what is pending until nothing is: statuses first, then the
+// newest fix. It runs only while there is something to write.
+func (cc *customerConn) flush() {
+	since := time.Now()
 	for {
-		select {
-		case <-ctx.Done():
+		fix, hasFix, statuses, overflow, ok := cc.w.take()
+		if !ok {
 			return
-		case <-ping.C:
-			pctx, cancel := context.WithTimeout(ctx, writeTimeout)
-			err := c.Ping(pctx)
-			cancel()
-			if err != nil {
+		}
+		if overflow {
+			cc.tooSlow("status updates piled up")
+			return
+		}
+		for _, m := range statuses {
+			if !cc.send(m) {
 				return
 			}
-		case <-wt.wake:
-			fix, statuses, overflow := wt.take()
-			if overflow {
-				c.Close(websocket.StatusPolicyViolation, "too slow: status updates piled up")
+		}
+		if hasFix {
+			if !cc.send(locationMsg{Type: "location", Fix: fix}) {
 				return
 			}
-			for _, m := range statuses {
-				if !send(ctx, c, m) {
-					return
-				}
-			}
-			if fix != nil && !send(ctx, c, locationMsg{Type: "location", Fix: *fix}) {
-				return
-			}
+			cc.stats.Sent.Add(1)
+		}
+		if time.Since(since) > slowLimit {
+			cc.tooSlow("cannot keep up with the rider's fixes")
+			return
 		}
 	}
 }
 
-func send(ctx context.Context, c *websocket.Conn, v any) bool {
-	msg, _ := json.Marshal(v)
-	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+func (cc *customerConn) send(v any) bool {
+	msg, err := json.Marshal(v)
+	if err != nil {
+		cc.log.Error("encode message", zap.Error(err))
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	if err := c.Write(wctx, websocket.MessageText, msg); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			c.Close(websocket.StatusPolicyViolation, "too slow to keep up")
+	if err := cc.c.Write(ctx, websocket.MessageText, msg); err != nil {
+		if ctx.Err() != nil {
+			// The library closed the connection: no close frame can get
+			// through a stalled socket anyway.
+			cc.stats.Dropped.Add(1)
+			cc.log.Info("customer socket stalled, closed", zap.String("order_id", cc.w.orderID))
 		}
 		return false
 	}
 	return true
+}
+
+// tooSlow closes the connection with a reason the customer's app can show.
+func (cc *customerConn) tooSlow(why string) {
+	cc.stats.Dropped.Add(1)
+	cc.log.Info("customer too slow, closed", zap.String("order_id", cc.w.orderID), zap.String("why", why))
+	go func() { _ = cc.c.Close(websocket.StatusPolicyViolation, "too slow: "+why) }()
+}
+
+// sendPing pings the customer; no pong in time closes the socket.
+func (cc *customerConn) sendPing() {
+	ctx, cancel := context.WithTimeout(context.Background(), pongWait)
+	defer cancel()
+	if err := cc.c.Ping(ctx); err != nil {
+		cc.c.CloseNow()
+		return
+	}
+	cc.ping.Reset(pingEvery)
 }

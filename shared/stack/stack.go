@@ -4,19 +4,17 @@
 package stack
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -30,16 +28,23 @@ type Service struct {
 	Env map[string]string
 }
 
-// Ports are the HTTP ports of the stack's services.
+// ReadyURL is where the service answers whether it can do its work.
+func (s Service) ReadyURL() string { return "http://" + s.Addr + "/readyz" }
+
+// Ports are the ports of the stack's services: HTTP for each, and the fake
+// mail provider's SMTP port.
 type Ports struct {
 	Orders, Tracking, Payment, Restaurant, Email, Analytics, Gateway, SMTPHTTP, SMTP int
 }
 
-// DefaultPorts are the ports of make run.
-var DefaultPorts = Ports{Orders: 8080, Tracking: 8081, Payment: 8082, Restaurant: 8083, Email: 8084, Analytics: 8085,
-	Gateway: 8090, SMTPHTTP: 8025, SMTP: 1025}
+// DefaultPorts are the ports of make run, the services' own defaults.
+func DefaultPorts() Ports {
+	return Ports{Orders: 8080, Tracking: 8081, Payment: 8082, Restaurant: 8083, Email: 8084, Analytics: 8085,
+		Gateway: 8090, SMTPHTTP: 8025, SMTP: 1025}
+}
 
-// Services lists the stack on the given ports, the fake third parties first.
+// Services lists the stack on the given loopback ports, the fake third
+// parties first, each service pointed at the others.
 func Services(p Ports) []Service {
 	addr := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
 	return []Service{
@@ -56,8 +61,13 @@ func Services(p Ports) []Service {
 	}
 }
 
-// Build compiles the services' binaries into binDir, from the module at root.
+// Build compiles the services' binaries into binDir (created if need be),
+// from the module at root. One go build for all shares the compilation of
+// the packages they have in common.
 func Build(ctx context.Context, root, binDir string, svcs []Service) error {
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return fmt.Errorf("bin dir: %w", err)
+	}
 	args := []string{"build", "-o", binDir + string(filepath.Separator)}
 	for _, s := range svcs {
 		args = append(args, s.Pkg)
@@ -70,155 +80,37 @@ func Build(ctx context.Context, root, binDir string, svcs []Service) error {
 	return nil
 }
 
-// Proc is a service running as a child process.
-type Proc struct {
-	Service
-	bin string
-	env []string
-	out io.Writer
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// NewProc prepares svc, whose binary is in binDir, to run with env (plus
-// the service's own) and its output, prefixed with its name, written to out.
-func NewProc(svc Service, binDir string, env []string, out io.Writer) *Proc {
-	e := append([]string{}, env...)
-	e = append(e, "HTTP_ADDR="+svc.Addr)
-	keys := make([]string, 0, len(svc.Env))
-	for k := range svc.Env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		e = append(e, k+"="+svc.Env[k])
-	}
-	return &Proc{Service: svc, bin: filepath.Join(binDir, svc.Name), env: e, out: out}
-}
-
-// Start starts the process.
-func (p *Proc) Start() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cmd := exec.Command(p.bin)
-	cmd.Env = p.env
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", p.Name, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			fmt.Fprintf(p.out, "%-11s| %s\n", p.Name, sc.Text())
-		}
-		_ = cmd.Wait()
-		close(done)
-	}()
-	p.cmd, p.done = cmd, done
-	return nil
-}
-
-// Running reports whether the process has been started and not yet exited.
-func (p *Proc) Running() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.done == nil {
-		return false
-	}
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// Kill sends SIGKILL, as a crash would, and waits for the process to go.
-func (p *Proc) Kill() {
-	p.signal(syscall.SIGKILL, 0)
-}
-
-// Stop sends SIGTERM and waits up to timeout for a graceful exit, then
-// SIGKILL.
-func (p *Proc) Stop(timeout time.Duration) {
-	p.signal(syscall.SIGTERM, timeout)
-}
-
-func (p *Proc) signal(sig syscall.Signal, grace time.Duration) {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-		return
-	case <-time.After(grace):
-	}
-	_ = cmd.Process.Kill()
-	<-done
-}
-
-// WaitReady polls /readyz until it answers 200, the process exits, or ctx
-// is done.
-func (p *Proc) WaitReady(ctx context.Context) error {
-	client := &http.Client{Timeout: time.Second}
-	for {
-		resp, err := client.Get("http://" + p.Addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if !p.Running() {
-			return fmt.Errorf("%s exited before it was ready", p.Name)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready: %w", p.Name, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 // Stack is a set of running services.
 type Stack struct {
 	Procs []*Proc
 }
 
-// Start starts every service and waits until all are ready. On failure it
-// stops what it started.
+// Start starts every service and waits until all are ready. They start
+// together: each declares the topology and migrates the database itself
+// (both idempotent), so the order does not matter. On failure it stops
+// what it started.
 func Start(ctx context.Context, svcs []Service, binDir string, env []string, out io.Writer) (*Stack, error) {
+	lw := &lockedWriter{w: out}
 	s := &Stack{}
 	for _, svc := range svcs {
-		p := NewProc(svc, binDir, env, out)
+		p := newProc(svc, binDir, env, lw)
 		if err := p.Start(); err != nil {
-			s.Stop(5 * time.Second)
+			_ = s.Stop(5 * time.Second)
 			return nil, err
 		}
 		s.Procs = append(s.Procs, p)
 	}
 	for _, p := range s.Procs {
 		if err := p.WaitReady(ctx); err != nil {
-			s.Stop(5 * time.Second)
+			_ = s.Stop(5 * time.Second)
 			return nil, err
 		}
 	}
 	return s, nil
 }
 
-// Proc returns the named service's process.
+// Proc returns the named service's process. It panics on a name the stack
+// does not have: that is a mistake in the caller, not a runtime condition.
 func (s *Stack) Proc(name string) *Proc {
 	for _, p := range s.Procs {
 		if p.Name == name {
@@ -228,17 +120,46 @@ func (s *Stack) Proc(name string) *Proc {
 	panic("stack: no service " + name)
 }
 
-// Stop stops every service gracefully, in reverse order, in parallel.
-func (s *Stack) Stop(timeout time.Duration) {
+// Stop stops every service gracefully and in parallel, so the whole stack
+// takes as long as its slowest drain, not the sum. It returns what went
+// wrong: a service that had to be killed or did not exit cleanly.
+func (s *Stack) Stop(timeout time.Duration) error {
+	errs := make([]error, len(s.Procs))
 	var wg sync.WaitGroup
-	for i := len(s.Procs) - 1; i >= 0; i-- {
+	for i, p := range s.Procs {
 		wg.Add(1)
-		go func(p *Proc) {
+		go func() {
 			defer wg.Done()
-			p.Stop(timeout)
-		}(s.Procs[i])
+			errs[i] = p.Stop(timeout)
+		}()
 	}
 	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Wait blocks until ctx is done (and returns nil) or until one of the
+// services exits by itself (and returns why). A stack with a dead member
+// is not the system the user asked for, so make run stops on it.
+func (s *Stack) Wait(ctx context.Context) error {
+	exited := make(chan *Proc, len(s.Procs))
+	stop := make(chan struct{})
+	defer close(stop)
+	for _, p := range s.Procs {
+		done := p.Done()
+		go func() {
+			select {
+			case <-done:
+				exited <- p
+			case <-stop:
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case p := <-exited:
+		return p.exitError("exited")
+	}
 }
 
 // ModuleRoot finds the directory holding go.mod, from dir upwards.
@@ -255,7 +176,8 @@ func ModuleRoot(dir string) (string, error) {
 	}
 }
 
-// Environ returns the current environment with overrides applied.
+// Environ returns the current environment with overrides applied, in a
+// stable order.
 func Environ(overrides map[string]string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
@@ -264,8 +186,32 @@ func Environ(overrides map[string]string) []string {
 			env = append(env, kv)
 		}
 	}
-	for k, v := range overrides {
-		env = append(env, k+"="+v)
+	keys := make([]string, 0, len(overrides))
+	for k := range overrides {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		env = append(env, k+"="+overrides[k])
 	}
 	return env
+}
+
+// checkFree fails when something already listens on addr: a second make
+// run, or a service left over from an earlier run. Without this check the
+// new process would die on its bind while the old one answered /readyz.
+//
+// It tries for a second before it gives up: a process forking at the
+// moment a port was last probed holds a copy of that listener until its
+// exec closes it, so "in use" can be true for a moment only.
+func checkFree(name, addr string) error {
+	var err error
+	for range 20 {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			return ln.Close()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("start %s: %s is in use (another make run or e2e suite going?): %w", name, addr, err)
 }

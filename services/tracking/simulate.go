@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dabba/dabba/shared/config"
+	"github.com/dabba/dabba/shared/token"
+)
+
+// demoRoutes are deliveries around Mumbai, each from a kitchen to a door
+// by way of one turn, so the riders do not fly in straight lines.
+var demoRoutes = []struct{ from, turn, to [2]float64 }{
+	{[2]float64{19.0176, 72.8562}, [2]float64{19.0260, 72.8530}, [2]float64{19.0330, 72.8400}},
+	{[2]float64{19.0600, 72.8350}, [2]float64{19.0590, 72.8500}, [2]float64{19.0450, 72.8550}},
+	{[2]float64{18.9400, 72.8350}, [2]float64{18.9520, 72.8340}, [2]float64{18.9600, 72.8200}},
+	{[2]float64{19.1000, 72.8700}, [2]float64{19.0900, 72.8720}, [2]float64{19.0850, 72.8850}},
+}
+
+// simulate is "tracking simulate", behind make demo: against a running
+// stack it places a few orders on the orders API, assigns each a rider,
+// prints the tracking pages to open, and drives the riders from the kitchen
+// to the door over the rider WebSocket, one fix every DEMO_INTERVAL,
+// moving the orders along (accepted, picked up, delivered) as it goes.
+//
+// Environment: ORDERS_URL (http://127.0.0.1:8080), TRACKING_URL
+// (http://127.0.0.1:8081), DEMO_RIDERS (3, at most 4), DEMO_STEPS (180),
+// DEMO_INTERVAL (500ms), and TOKEN_SECRET, which must be the stack's: the
+// simulator mints its riders' tokens.
+func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer, log *zap.Logger) error {
+	env := config.Env(getenv)
+	ordersURL := strings.TrimRight(env.String("ORDERS_URL", "http://127.0.0.1:8080"), "/")
+	trackingURL := strings.TrimRight(env.String("TRACKING_URL", "http://127.0.0.1:8081"), "/")
+	riders, err := env.Int("DEMO_RIDERS", 3)
+	if err != nil {
+		return err
+	}
+	steps, err := env.Int("DEMO_STEPS", 180)
+	if err != nil {
+		return err
+	}
+	interval, err := env.Duration("DEMO_INTERVAL", 500*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	riders = max(1, min(riders, len(demoRoutes)))
+	steps = max(steps, 2)
+	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
+	client := &http.Client{Timeout: 5 * time.Second}
+	batch := uuid.NewString()[:4]
+
+	type delivery struct {
+		orderID, rider, riderTok string
+		route                    int
+	}
+	var ds []delivery
+	for i := range riders {
+		to := demoRoutes[i].to
+		body := fmt.Sprintf(`{"customer_id":"demo-%d","restaurant_id":"demo-kitchen","email":"demo%d@example.com",
+			"items":[{"sku":"thali","name":"Veg thali","quantity":1,"unit_price_cents":25000}],
+			"delivery_address":{"line1":"Demo street %d","lat":%f,"lng":%f}}`, i, i, i+1, to[0], to[1])
+		var o struct {
+			ID            string `json:"id"`
+			TrackingToken string `json:"tracking_token"`
+		}
+		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders", uuid.NewString(), "", body, &o); err != nil {
+			return fmt.Errorf("place order (is make run running?): %w", err)
+		}
+		rider := fmt.Sprintf("demo-rider-%s-%d", batch, i+1)
+		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+o.ID+"/rider", "", "", `{"rider_id":"`+rider+`"}`, nil); err != nil {
+			return fmt.Errorf("assign rider: %w", err)
+		}
+		riderTok, err := signer.Rider(rider, 2*time.Hour)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "order %s, rider %s: %s/track/%s?token=%s\n", o.ID[:8], rider, trackingURL, o.ID, o.TrackingToken)
+		ds = append(ds, delivery{orderID: o.ID, rider: rider, riderTok: riderTok, route: i})
+	}
+	fmt.Fprintf(stdout, "driving %d riders, %d fixes each, one every %v; open a page above to watch\n", len(ds), steps, interval)
+
+	g, ctx := errgroup.WithContext(ctx)
+	for _, d := range ds {
+		g.Go(func() error {
+			move := func(status string) {
+				if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+d.orderID+"/status", "", "",
+					`{"status":"`+status+`"}`, nil); err != nil {
+					log.Warn("order not moved", zap.String("order_id", d.orderID), zap.String("status", status), zap.Error(err))
+				}
+			}
+			waitPaid(ctx, client, ordersURL, d.orderID)
+			move("accepted")
+			if err := drive(ctx, trackingURL, d.rider, d.riderTok, d.route, steps, interval, func(step int) {
+				if step == steps/5 {
+					move("picked_up") // a moment at the kitchen, then off
+				}
+			}, log); err != nil {
+				return err
+			}
+			move("delivered")
+			fmt.Fprintf(stdout, "order %s delivered\n", d.orderID[:8])
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// waitPaid waits (up to 15 s) until the payment service has charged the
+// order, so the status moves that follow are legal.
+func waitPaid(ctx context.Context, client *http.Client, ordersURL, orderID string) {
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		var o struct {
+			Status string `json:"status"`
+		}
+		if call(ctx, client, http.MethodGet, ordersURL+"/v1/orders/"+orderID, "", "", "", &o) == nil && o.Status != "placed" {
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// drive streams a rider's fixes along route over the rider WebSocket. The
+// first fifth of the steps the rider waits at the kitchen; then it rides
+// to the turn and on to the door, with a little GPS noise.
+func drive(ctx context.Context, trackingURL, rider, tok string, route, steps int, interval time.Duration, at func(step int), log *zap.Logger) error {
+	ws := strings.Replace(trackingURL, "http", "ws", 1) + "/v1/riders/" + rider + "/ws"
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, _, err := websocket.Dial(dctx, ws, &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}}})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("rider socket: %w", err)
+	}
+	defer c.CloseNow()
+	// Error frames (a fix refused) are logged, not fatal.
+	go func() {
+		for {
+			_, data, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			log.Warn("fix refused", zap.String("rider_id", rider), zap.ByteString("frame", data))
+		}
+	}()
+	rt := demoRoutes[route]
+	wait := steps / 5
+	ride := steps - wait
+	prev := rt.from
+	for step := 1; step <= steps; step++ {
+		at(step)
+		pos := rt.from
+		speed := 0.0
+		if step > wait {
+			f := float64(step-wait) / float64(ride)
+			if f < 0.5 {
+				pos = lerp(rt.from, rt.turn, f*2)
+			} else {
+				pos = lerp(rt.turn, rt.to, (f-0.5)*2)
+			}
+			if step < steps {
+				pos[0] += (rand.Float64() - 0.5) * 0.00008
+				pos[1] += (rand.Float64() - 0.5) * 0.00008
+			}
+			speed = 18 + rand.Float64()*10
+		}
+		heading := math.Mod(math.Atan2((pos[1]-prev[1])*math.Cos(pos[0]*math.Pi/180), pos[0]-prev[0])*180/math.Pi+360, 360)
+		prev = pos
+		fix := fmt.Sprintf(`{"lat":%.6f,"lng":%.6f,"heading":%.1f,"speed_kmh":%.1f,"seq":%d,"ts":%q}`,
+			pos[0], pos[1], heading, speed, step, time.Now().UTC().Format(time.RFC3339Nano))
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := c.Write(wctx, websocket.MessageText, []byte(fix))
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("rider %s: %w", rider, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+	}
+	_ = c.Close(websocket.StatusNormalClosure, "arrived")
+	return nil
+}
+
+func lerp(a, b [2]float64, f float64) [2]float64 {
+	return [2]float64{a[0] + (b[0]-a[0])*f, a[1] + (b[1]-a[1])*f}
+}
+
+// call sends a JSON request and decodes a JSON answer into out (if not nil).
+func call(ctx context.Context, client *http.Client, method, url, idemKey, bearerTok, body string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewBufferString(body))
+	if err != nil {
+		return err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if idemKey != "" {
+		req.Header.Set("Idempotency-Key", idemKey)
+	}
+	if bearerTok != "" {
+		req.Header.Set("Authorization", "Bearer "+bearerTok)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s %s: %d %s", method, url, resp.StatusCode, bytes.TrimSpace(raw))
+	}
+	if out != nil {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
+}

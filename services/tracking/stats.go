@@ -1,0 +1,55 @@
+package main
+
+import (
+	"net/http"
+	"runtime"
+
+	"github.com/dabba/dabba/shared/httpx"
+)
+
+// handleStats handles "GET /stats": this instance's counters, for the
+// benchmark and for operators. With ?gc=1 it collects garbage first, so
+// heap figures show live memory (to measure what an idle socket costs).
+func handleStats(hub *Hub, relay *Relay, in *Ingest, sockets *Sockets) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("gc") == "1" {
+			runtime.GC()
+		}
+		var mem runtime.MemStats
+		runtime.ReadMemStats(&mem)
+		customers, orders, riders := hub.Counts()
+		httpx.Encode(w, http.StatusOK, map[string]any{
+			"sockets_open":   sockets.Open(),
+			"customers":      customers,
+			"orders_watched": orders,
+			"riders_watched": riders,
+			"relay": map[string]int64{
+				"bindings":  relay.Bound(),
+				"sessions":  relay.Sessions.Load(),
+				"malformed": relay.Malformed.Load(),
+			},
+			"fixes_out": map[string]int64{
+				"received":  hub.Stats.In.Load(),
+				"sent":      hub.Stats.Sent.Load(),
+				"stale":     hub.Stats.Stale.Load(),
+				"coalesced": hub.Stats.Coalesced.Load(),
+				"unwatched": hub.Stats.Unwatched.Load(),
+			},
+			"customers_dropped": hub.Stats.Dropped.Load(),
+			"go": map[string]uint64{
+				"goroutines":  uint64(runtime.NumGoroutine()),
+				"heap_alloc":  mem.HeapAlloc,
+				"stack_inuse": mem.StackInuse,
+				"sys":         mem.Sys,
+			},
+			"fixes_in": map[string]int64{
+				"accepted":  in.Stats.Accepted.Load(),
+				"published": in.Stats.Published.Load(),
+				"refused":   in.Stats.Refused.Load(),
+				"failed":    in.Stats.Failed.Load(),
+				"invalid":   in.Stats.Invalid.Load(),
+				"limited":   in.Stats.Limited.Load(),
+			},
+		})
+	})
+}
