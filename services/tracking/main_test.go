@@ -490,9 +490,19 @@ func TestRelayBrokerRestart(t *testing.T) {
 	riderTok, _ := testSigner().Rider(rider, time.Hour)
 	cu := mustDialCustomer(t, base, orderID, trackTok)
 	cu.nextOf("status", 5*time.Second)
-	seq := int64(1)
-	postFix(t, base, rider, riderTok, seq)
-	cu.nextOf("location", 5*time.Second)
+	seq := int64(0)
+	// The relay binds the rider asynchronously: post until a fix gets through.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		seq++
+		postFix(t, base, rider, riderTok, seq)
+		if m, ok, _ := cu.poll(500 * time.Millisecond); ok && m.Type == "location" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no fix reached the customer before the restart")
+		}
+	}
 
 	for _, args := range [][]string{{"stop_app"}, {"start_app"}, {"await_startup"}} {
 		if out, err := exec.Command("rabbitmqctl", args...).CombinedOutput(); err != nil {
@@ -500,7 +510,7 @@ func TestRelayBrokerRestart(t *testing.T) {
 		}
 	}
 	// Post until a fix gets through: the relay needs a moment to come back.
-	deadline := time.Now().Add(60 * time.Second)
+	deadline = time.Now().Add(60 * time.Second)
 	for {
 		seq++
 		postFix(t, base, rider, riderTok, seq) // 503 while the ingest reconnects
