@@ -59,10 +59,9 @@ func handleOrderEmail(log *zap.Logger, db *pgxpool.Pool, limiter *rate.Limiter, 
 		if err != nil {
 			return err
 		}
-		var done bool
-		if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM processed_messages WHERE consumer = $1 AND message_id = $2)",
-			broker.QueueEmail, e.ID).Scan(&done); err != nil {
-			return fmt.Errorf("check inbox: %w", err)
+		done, err := postgres.Processed(ctx, db, broker.QueueEmail, e.ID)
+		if err != nil {
+			return err
 		}
 		if done {
 			log.Info("duplicate event skipped", d.Fields()...)

@@ -60,10 +60,9 @@ func handleOrderPlaced(log *zap.Logger, db *pgxpool.Pool, gw Charger) broker.Han
 		}
 		// Skip the provider for a message already handled; the inbox
 		// check inside the transaction below remains the one that counts.
-		var done bool
-		if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM processed_messages WHERE consumer = $1 AND message_id = $2)",
-			broker.QueuePayment, e.ID).Scan(&done); err != nil {
-			return fmt.Errorf("check inbox: %w", err)
+		done, err := postgres.Processed(ctx, db, broker.QueuePayment, e.ID)
+		if err != nil {
+			return err
 		}
 		if done {
 			log.Info("duplicate order.placed skipped", d.Fields()...)

@@ -122,6 +122,19 @@ func MarkProcessed(ctx context.Context, tx pgx.Tx, consumer, messageID string) (
 	return tag.RowsAffected() == 1, nil
 }
 
+// Processed reports whether consumer has already processed messageID. It is
+// a cheap check before costly work (a charge, an e-mail); MarkProcessed, in
+// the effect's transaction, remains the one that counts.
+func Processed(ctx context.Context, db *pgxpool.Pool, consumer, messageID string) (bool, error) {
+	var done bool
+	err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM processed_messages WHERE consumer = $1 AND message_id = $2)",
+		consumer, messageID).Scan(&done)
+	if err != nil {
+		return false, fmt.Errorf("check inbox: %w", err)
+	}
+	return done, nil
+}
+
 // IsUnavailable reports whether err means the database could not be reached
 // (as opposed to a query it rejected), so an API can answer 503.
 func IsUnavailable(err error) bool {

@@ -81,3 +81,18 @@ func TestMigrateTwice(t *testing.T) {
 		t.Fatalf("second Migrate: %v", err)
 	}
 }
+
+func TestProcessed(t *testing.T) {
+	pool := MustPool(t)
+	ctx := context.Background()
+	id := uuid.NewString()
+	if done, err := Processed(ctx, pool, "test", id); err != nil || done {
+		t.Fatalf("before: done %v, err %v", done, err)
+	}
+	if err := InTx(ctx, pool, func(tx pgx.Tx) error { _, err := MarkProcessed(ctx, tx, "test", id); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if done, err := Processed(ctx, pool, "test", id); err != nil || !done {
+		t.Fatalf("after: done %v, err %v", done, err)
+	}
+}
