@@ -23,6 +23,21 @@ import (
 // relay publishes it once the transaction has committed. It returns the
 // event's id.
 func Enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time.Time, data any) (string, error) {
+	var b pgx.Batch
+	id, err := Add(&b, routingKey, orderID, at, data)
+	if err != nil {
+		return "", err
+	}
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return "", fmt.Errorf("insert outbox event: %w", err)
+	}
+	return id, nil
+}
+
+// Add queues the outbox insert of an event on b, for a caller that sends
+// its transaction's statements in one round trip; sending b inside the
+// transaction is the caller's part. It returns the event's id.
+func Add(b *pgx.Batch, routingKey, orderID string, at time.Time, data any) (string, error) {
 	env, err := events.New(uuid.NewString(), routingKey, orderID, at, data)
 	if err != nil {
 		return "", err
@@ -31,10 +46,8 @@ func Enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time
 	if err != nil {
 		return "", fmt.Errorf("encode event: %w", err)
 	}
-	if _, err := tx.Exec(ctx, "INSERT INTO outbox (event_id, routing_key, order_id, payload) VALUES ($1, $2, $3, $4)",
-		env.ID, routingKey, orderID, payload); err != nil {
-		return "", fmt.Errorf("insert outbox event: %w", err)
-	}
+	b.Queue("INSERT INTO outbox (event_id, routing_key, order_id, payload) VALUES ($1, $2, $3, $4)",
+		env.ID, routingKey, orderID, payload)
 	return env.ID, nil
 }
 
