@@ -18,7 +18,7 @@ FAULT_PKGS = $(shell grep -rl --include='*_test.go' DABBA_FAULTS . | xargs -r -n
 # How long `make fuzz` gives each fuzz target.
 FUZZTIME ?= 20s
 
-.PHONY: run demo test test-faults deps build vet fmt fuzz clean
+.PHONY: run demo test test-faults bench bench-quick deps build vet fmt fuzz clean
 
 ## run: start PostgreSQL and RabbitMQ if needed, then every service, until Ctrl-C
 run: deps build
@@ -36,6 +36,14 @@ test: deps vet
 ## test-faults: the slow fault cases that stop and start the broker
 test-faults: deps
 	$(if $(FAULT_PKGS),DABBA_FAULTS=1 $(GO) test -count=1 -p 1 -timeout 30m -run '$(FAULT_RUN)' $(FAULT_PKGS),@echo "test-faults: no fault tests")
+
+## bench: ceilings, order rate, burst, locations and memory at full size (~15 min); table on stdout, JSON in e2e/bench/results.json
+bench: deps
+	$(GO) run ./e2e/bench
+
+## bench-quick: the same at small sizes, in under a minute; fails only on errors (a lost order), never on speed
+bench-quick: deps
+	$(GO) run ./e2e/bench -quick -out $${TMPDIR:-/tmp}/dabba-bench-quick.json
 
 ## deps: install (Debian), start and set up PostgreSQL and RabbitMQ; quick when all is in place
 deps:

@@ -1,0 +1,175 @@
+// Command bench measures how fast orders and rider fixes flow through a
+// Dabba stack, and states each figure beside the raw ceiling of the same
+// machine measured in the same run: PostgreSQL committing an order and its
+// outbox row, RabbitMQ publishing persistent messages with confirms to four
+// quorum queues and draining them, RabbitMQ publishing transient fixes.
+// Absolute numbers drift between runs on shared machines; ratios within one
+// run do not.
+//
+// It starts its own stack (shared/stack, ports 190xx) against the machine's
+// PostgreSQL and RabbitMQ, prints a table and writes every figure as JSON.
+// make bench runs the full sizes, make bench-quick a scaled-down run of
+// under a minute that fails only on errors (a lost order), never on speed.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/dabba/dabba/shared/config"
+	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/stack"
+)
+
+// sizes are what a run measures; quick scales every one down.
+type sizes struct {
+	Ceiling      time.Duration // each ceiling's measuring time
+	Concurrency  int           // PostgreSQL ceiling's connections
+	Probe        time.Duration // each step of the order-rate search
+	Rates        []int         // the order rates tried, in order
+	Hold         time.Duration // the best rate held this long
+	Burst        int           // orders in the burst
+	BurstOver    time.Duration // ...sent over this long
+	Riders       int           // rider sockets, each sending a fix every FixEvery
+	FixEvery     time.Duration
+	Customers    int // customers watching a sample of the riders
+	LocationsFor time.Duration
+	IdleSockets  int // idle customer sockets for the memory figure
+}
+
+var (
+	full = sizes{Ceiling: 10 * time.Second, Concurrency: 16, Probe: 10 * time.Second,
+		Rates: []int{100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000}, Hold: 60 * time.Second,
+		Burst: 100_000, BurstOver: time.Minute, Riders: 10_000, FixEvery: 500 * time.Millisecond, Customers: 200,
+		LocationsFor: 30 * time.Second, IdleSockets: 10_000}
+	quick = sizes{Ceiling: 2 * time.Second, Concurrency: 16, Probe: 2 * time.Second,
+		Rates: []int{50, 100}, Hold: 3 * time.Second,
+		Burst: 500, BurstOver: 2 * time.Second, Riders: 200, FixEvery: 500 * time.Millisecond, Customers: 20,
+		LocationsFor: 3 * time.Second, IdleSockets: 500}
+)
+
+// benchPorts keep the bench clear of make run and of the e2e suite.
+var benchPorts = stack.Ports{Orders: 19080, Tracking: 19081, Payment: 19082, Restaurant: 19083, Email: 19084, Analytics: 19085,
+	Gateway: 19090, SMTPHTTP: 19025, SMTP: 11925}
+
+// benchSecret signs the stack's tokens, so the bench can mint rider tokens.
+const benchSecret = "bench-secret"
+
+func main() {
+	quickRun := flag.Bool("quick", false, "scale every size down (make bench-quick)")
+	out := flag.String("out", "e2e/bench/results.json", "where to write the results as JSON")
+	riders := flag.Int("riders", 0, "rider sockets (default 10000, quick 200)")
+	flag.Parse()
+	sz := full
+	if *quickRun {
+		sz = quick
+	}
+	if *riders > 0 {
+		sz.Riders = *riders
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, sz, *quickRun, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, sz sizes, quickRun bool, out string) error {
+	raiseFileLimit()
+	env := config.Env(os.Getenv)
+	wd, _ := os.Getwd()
+	root, err := stack.ModuleRoot(wd)
+	if err != nil {
+		return err
+	}
+	bin, err := os.MkdirTemp("", "dabba-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(bin)
+	svcs := stack.Services(benchPorts)
+	fmt.Println("bench: building the services")
+	if err := stack.Build(ctx, root, bin, svcs); err != nil {
+		return err
+	}
+	if err := postgres.EnsureDatabase(ctx, env.DatabaseURL()); err != nil {
+		return err
+	}
+	db, err := postgres.Open(ctx, env.DatabaseURL())
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := postgres.Migrate(ctx, db); err != nil {
+		return err
+	}
+	logs, err := os.Create(filepath.Join(os.TempDir(), "dabba-bench.log"))
+	if err != nil {
+		return err
+	}
+	defer logs.Close()
+	s, err := stack.Start(ctx, svcs, bin, stack.Environ(map[string]string{
+		"TOKEN_SECRET":              benchSecret,
+		"LOG_LEVEL":                 "warn",
+		"LOG_FORMAT":                "json",
+		"ORDERS_RATE_PER_IP":        "0", // one load generator is one address
+		"TRACKING_MAX_CONNS_PER_IP": "0",
+		"EMAIL_RATE_PER_MINUTE":     "6000000", // see the report: the real limit is a business rule
+		"GATEWAY_LATENCY":           "5ms",
+	}), logs)
+	if err != nil {
+		return fmt.Errorf("start the stack: %w (logs in %s)", err, logs.Name())
+	}
+	defer s.Stop(30 * time.Second)
+	fmt.Printf("bench: stack up (logs in %s)\n", logs.Name())
+
+	r := &Results{Date: time.Now().UTC(), Cores: runtime.NumCPU(), Quick: quickRun, Go: runtime.Version(), Versions: versions(ctx, db)}
+	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r}
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"ceilings", b.ceilings},
+		{"memory", b.memory}, // first: the tracking process is fresh, its heap not yet grown by the load
+		{"orders", b.orders},
+		{"burst", b.burst},
+		{"locations", b.locations},
+	}
+	for _, st := range steps {
+		fmt.Printf("bench: %s…\n", st.name)
+		if err := st.fn(ctx); err != nil {
+			return fmt.Errorf("%s: %w", st.name, err)
+		}
+	}
+	b.peakRSS()
+	r.print(os.Stdout)
+	data, _ := json.MarshalIndent(r, "", "  ")
+	if err := os.WriteFile(out, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Println("bench: results in", out)
+	if len(r.Lost) > 0 {
+		return fmt.Errorf("orders lost: %v", r.Lost)
+	}
+	return nil
+}
+
+// raiseFileLimit lifts the open-file limit to its hard maximum: ten
+// thousand rider sockets and as many customers' need it, and the stack's
+// processes inherit it.
+func raiseFileLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Results is every figure of a run, as written to the JSON file.
+type Results struct {
+	Date     time.Time         `json:"date"`
+	Cores    int               `json:"cores"`
+	Quick    bool              `json:"quick"`
+	Go       string            `json:"go"`
+	Versions map[string]string `json:"versions"`
+
+	Ceilings struct {
+		PostgresOrderTxPerS       float64 `json:"postgres_order_tx_per_s"`           // order + outbox row per transaction
+		PostgresConcurrency       int     `json:"postgres_concurrency"`              // connections committing at once
+		RabbitPersistentPerS      float64 `json:"rabbit_persistent_published_per_s"` // confirmed, to 4 quorum queues
+		RabbitPersistentDrainPerS float64 `json:"rabbit_persistent_delivered_per_s"` // deliveries acked, 4 per message
+		RabbitTransientPerS       float64 `json:"rabbit_transient_delivered_per_s"`
+	} `json:"ceilings"`
+
+	Probes []Probe `json:"order_rate_probes"`
+	Orders struct {
+		Rate            int     `json:"rate_per_s"` // the highest rate that passed its probe
+		Seconds         float64 `json:"held_s"`
+		Accepted        int     `json:"accepted"`
+		Errors          int     `json:"errors"`
+		Latency         Lat     `json:"post_latency"`
+		EndToEnd        Lat     `json:"end_to_end_latency"` // POST → the last consumer's committed effect
+		FractionOfPG    float64 `json:"fraction_of_postgres_ceiling"`
+		AllDoneWithin5s bool    `json:"all_paid_and_recorded_within_5s"`
+		AllDoneAfterS   float64 `json:"all_paid_and_recorded_after_s"`
+		MaxQueueBacklog int     `json:"max_queue_backlog"`
+		MaxOutboxUnsent int     `json:"max_outbox_unsent"`
+		LimitedBy       string  `json:"limited_by"`
+	} `json:"orders"`
+
+	Burst struct {
+		Orders              int     `json:"orders"`
+		OverS               float64 `json:"over_s"`
+		Accepted            int     `json:"accepted"`
+		Refused             int     `json:"refused"` // 503 with Retry-After: told to retry, nothing stored
+		Latency             Lat     `json:"post_latency"`
+		DrainS              float64 `json:"drain_s"` // end of the burst → every accepted order's four effects
+		EmailAtDefaultLimit float64 `json:"email_drain_at_25_per_min_h"`
+	} `json:"burst"`
+
+	Locations struct {
+		Riders            int     `json:"riders"`
+		Customers         int     `json:"customers"`
+		OfferedPerS       float64 `json:"fixes_offered_per_s"`
+		IngestedPerS      float64 `json:"fixes_ingested_per_s"`
+		Refused           int64   `json:"fixes_refused"` // error frames: rate limit, broker away
+		Latency           Lat     `json:"rider_to_customer_latency"`
+		Stale             int64   `json:"dropped_stale"`
+		Coalesced         int64   `json:"dropped_coalesced"`
+		FractionOfCeiling float64 `json:"fraction_of_transient_ceiling"`
+	} `json:"locations"`
+
+	Memory struct {
+		PeakRSSKiB         map[string]int64 `json:"peak_rss_kib"`
+		IdleSockets        int              `json:"idle_sockets"`
+		BytesPerIdleSocket float64          `json:"bytes_per_idle_socket"`
+	} `json:"memory"`
+
+	Lost []string `json:"lost,omitempty"`
+}
+
+// Probe is one step of the search for the highest order rate.
+type Probe struct {
+	Rate     int    `json:"rate_per_s"`
+	Latency  Lat    `json:"post_latency"`
+	Errors   int    `json:"errors"`
+	Backlog  int    `json:"queue_backlog"`
+	Unsent   int    `json:"outbox_unsent"`
+	Passed   bool   `json:"passed"`
+	Why      string `json:"why,omitempty"`
+	Accepted int    `json:"accepted"`
+}
+
+// Lat summarises latencies, in milliseconds.
+type Lat struct {
+	N   int     `json:"n"`
+	P50 float64 `json:"p50_ms"`
+	P95 float64 `json:"p95_ms"`
+	P99 float64 `json:"p99_ms"`
+	Max float64 `json:"max_ms"`
+}
+
+func summarize(d []time.Duration) Lat {
+	if len(d) == 0 {
+		return Lat{}
+	}
+	slices.Sort(d)
+	at := func(q float64) float64 { return ms(d[int(q*float64(len(d)-1))]) }
+	return Lat{N: len(d), P50: at(0.50), P95: at(0.95), P99: at(0.99), Max: ms(d[len(d)-1])}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (l Lat) String() string {
+	return fmt.Sprintf("p50 %.1f  p95 %.1f  p99 %.1f  max %.1f ms (n=%d)", l.P50, l.P95, l.P99, l.Max, l.N)
+}
+
+func versions(ctx context.Context, db *pgxpool.Pool) map[string]string {
+	v := map[string]string{}
+	var pg string
+	if db.QueryRow(ctx, "SHOW server_version").Scan(&pg) == nil {
+		v["postgresql"] = pg
+	}
+	return v
+}
+
+// print writes the human table.
+func (r *Results) print(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	c := r.Ceilings
+	fmt.Fprintf(tw, "\nDabba bench, %s, %d cores%s\n", r.Date.Format(time.RFC3339), r.Cores, map[bool]string{true: " (quick sizes)"}[r.Quick])
+	fmt.Fprintln(tw, "figure\tvalue\tceiling (same run)\tratio")
+	fmt.Fprintf(tw, "PostgreSQL: order + outbox row per tx (%d conns)\t%.0f tx/s\t\t\n", c.PostgresConcurrency, c.PostgresOrderTxPerS)
+	fmt.Fprintf(tw, "RabbitMQ: persistent, confirmed, 4 quorum queues\t%.0f msg/s in, %.0f deliveries/s out\t\t\n", c.RabbitPersistentPerS, c.RabbitPersistentDrainPerS)
+	fmt.Fprintf(tw, "RabbitMQ: transient to a topic exchange\t%.0f msg/s delivered\t\t\n", c.RabbitTransientPerS)
+	o := r.Orders
+	fmt.Fprintf(tw, "orders: highest rate passing (p99 ≤ 50 ms, no errors, queues flat)\t%d/s\t%.0f tx/s (PostgreSQL)\t%.0f%%\n", o.Rate, c.PostgresOrderTxPerS, 100*o.FractionOfPG)
+	fmt.Fprintf(tw, "orders: held %.0f s, accepted / errors\t%d / %d\t\t\n", o.Seconds, o.Accepted, o.Errors)
+	fmt.Fprintf(tw, "orders: POST latency\t%s\t\t\n", o.Latency)
+	fmt.Fprintf(tw, "orders: POST → last consumer's effect\t%s\t\t\n", o.EndToEnd)
+	fmt.Fprintf(tw, "orders: all paid and in analytics within 5 s of the end\t%v (after %.1f s)\t\t\n", o.AllDoneWithin5s, o.AllDoneAfterS)
+	fmt.Fprintf(tw, "orders: what stopped the next rate\t%s\t\t\n", o.LimitedBy)
+	bu := r.Burst
+	fmt.Fprintf(tw, "burst: %d orders over %.0f s\t%d accepted, %d refused (503)\t\t\n", bu.Orders, bu.OverS, bu.Accepted, bu.Refused)
+	fmt.Fprintf(tw, "burst: POST latency\t%s\t\t\n", bu.Latency)
+	fmt.Fprintf(tw, "burst: drain after the burst (every effect)\t%.1f s\t\t\n", bu.DrainS)
+	fmt.Fprintf(tw, "burst: e-mail at the default 25/min limit\t%.1f h\t\t\n", bu.EmailAtDefaultLimit)
+	l := r.Locations
+	fmt.Fprintf(tw, "locations: %d riders, %d customers: fixes ingested\t%.0f/s of %.0f/s offered\t%.0f msg/s (transient)\t%.0f%%\n",
+		l.Riders, l.Customers, l.IngestedPerS, l.OfferedPerS, c.RabbitTransientPerS, 100*l.FractionOfCeiling)
+	fmt.Fprintf(tw, "locations: rider → customer\t%s\t\t\n", l.Latency)
+	fmt.Fprintf(tw, "locations: refused / stale / coalesced\t%d / %d / %d\t\t\n", l.Refused, l.Stale, l.Coalesced)
+	m := r.Memory
+	fmt.Fprintf(tw, "memory: per idle customer socket (%d open)\t%.1f KiB\t\t\n", m.IdleSockets, m.BytesPerIdleSocket/1024)
+	var names []string
+	for n := range m.PeakRSSKiB {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var peaks []string
+	for _, n := range names {
+		peaks = append(peaks, fmt.Sprintf("%s %.0f", n, float64(m.PeakRSSKiB[n])/1024))
+	}
+	fmt.Fprintf(tw, "memory: peak RSS (MiB)\t%s\t\t\n", strings.Join(peaks, ", "))
+	if len(r.Lost) > 0 {
+		fmt.Fprintf(tw, "LOST\t%v\t\t\n", r.Lost)
+	}
+	tw.Flush()
+}
