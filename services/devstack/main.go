@@ -63,7 +63,11 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	if err != nil {
 		return err
 	}
-	printWelcome(stdout, ports, adminToken)
+	shown := devAdminToken
+	if adminToken != devAdminToken {
+		shown = "$ADMIN_TOKEN" // a real secret stays off the terminal
+	}
+	printWelcome(stdout, ports, shown)
 
 	waitErr := s.Wait(ctx)
 	if waitErr != nil {
@@ -79,7 +83,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 }
 
 // printWelcome tells the user where everything is and how to try it.
-func printWelcome(w io.Writer, p stack.Ports, adminToken string) {
+func printWelcome(w io.Writer, p stack.Ports, adminToken string) { // adminToken as it may be shown
 	fmt.Fprintf(w, `
 Dabba is running. Ctrl-C stops it.
   orders API        http://127.0.0.1:%[1]d/v1/orders
