@@ -82,8 +82,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	return errors.Join(waitErr, stopErr)
 }
 
-// printWelcome tells the user where everything is and how to try it.
-func printWelcome(w io.Writer, p stack.Ports, adminToken string) { // adminToken as it may be shown
+// printWelcome tells the user where everything is and how to try it;
+// adminToken is the admin token as it may be shown.
+func printWelcome(w io.Writer, p stack.Ports, adminToken string) {
 	fmt.Fprintf(w, `
 Dabba is running. Ctrl-C stops it.
   orders API        http://127.0.0.1:%[1]d/v1/orders

@@ -230,3 +230,50 @@ func TestReplayUnroutableStays(t *testing.T) {
 	}
 	wantLeft(t, conn, queue, []string{id})
 }
+
+// TestClassicDLQ: a classic dead-letter queue (returned messages go back
+// to their old place, not to the back or head as in a quorum queue) keeps
+// its order through a show and a replay too.
+func TestClassicDLQ(t *testing.T) {
+	conn := testenv.MustBroker(t)
+	ch := mustChannel(t, conn)
+	queue := "dlqtest-classic-" + uuid.NewString()[:8]
+	for _, name := range []string{queue, broker.DLQ(queue)} {
+		if _, err := ch.QueueDeclare(name, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeClassic}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		ch := mustChannel(t, conn)
+		for _, name := range []string{queue, broker.DLQ(queue)} {
+			if _, err := ch.QueueDelete(name, false, false, false); err != nil {
+				t.Errorf("delete %s: %v", name, err)
+			}
+		}
+	})
+	pub := broker.NewPublisher(conn, zaptest.NewLogger(t))
+	defer pub.Close()
+	var want []string
+	for i := range 5 {
+		id := fmt.Sprintf("c%d-%s", i, uuid.NewString()[:8])
+		err := pub.Publish(context.Background(), broker.Message{RoutingKey: broker.DLQ(queue), MessageID: id, Body: []byte("{}"),
+			Headers: amqp.Table{broker.HeaderRoutingKey: "order.placed", broker.HeaderReason: broker.ReasonPermanent}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, id)
+	}
+	wantLeft(t, conn, queue, want)
+	if page, err := dlq.Show(context.Background(), conn, queue, 1); err != nil || page.Total != 5 || len(page.Messages) != 1 {
+		t.Fatalf("show 1 = %+v, %v", page, err)
+	}
+	res, err := dlq.Replay(context.Background(), conn, queue, dlq.Selector{IDs: []string{want[0], want[3]}})
+	if err != nil || res.Moved != 2 {
+		t.Fatalf("replay = %+v, %v", res, err)
+	}
+	wantLeft(t, conn, queue, []string{want[1], want[2], want[4]})
+	d, ok, err := ch.Get(queue, true)
+	if err != nil || !ok || d.MessageId != want[0] || d.Headers[broker.HeaderRoutingKey] != "order.placed" || d.Headers[broker.HeaderReason] != nil {
+		t.Fatalf("replayed = %+v, %v, %v", d, ok, err)
+	}
+}
