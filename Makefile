@@ -18,7 +18,7 @@ FAULT_PKGS = $(shell grep -rl --include='*_test.go' DABBA_FAULTS . | xargs -r -n
 # How long `make fuzz` gives each fuzz target.
 FUZZTIME ?= 20s
 
-.PHONY: run demo test test-faults bench bench-quick deps build vet fmt fuzz clean
+.PHONY: run demo test test-faults bench bench-quick deps build vet fmt fuzz definitions clean
 
 ## run: start PostgreSQL and RabbitMQ if needed, then every service, until Ctrl-C
 run: deps build
@@ -52,6 +52,10 @@ deps:
 ## build: every binary into bin/
 build:
 	$(GO) build -o $(BIN)/ ./services/...
+
+## definitions: regenerate services/rabbitmq/definitions.json from shared/broker's topology table
+definitions:
+	$(GO) generate ./services/dabba
 
 ## vet: gofmt and go vet
 vet:

@@ -93,6 +93,18 @@ func checkCompose(t *testing.T, cfg map[string]any, user, pass string) {
 	if u, p := str(rabbit, "environment", "RABBITMQ_DEFAULT_USER"), str(rabbit, "environment", "RABBITMQ_DEFAULT_PASS"); u != user || p != pass {
 		t.Errorf("rabbitmq credentials %s/%s, want %s/%s", u, p, user, pass)
 	}
+	// The topology is imported at boot, with a user from the environment
+	// (boot-time import skips RabbitMQ's default user).
+	vols := fmt.Sprint(lookup(rabbit, "volumes"))
+	for _, mount := range []string{"services/rabbitmq/rabbitmq.conf:/etc/rabbitmq/conf.d/20-dabba.conf:ro",
+		"services/rabbitmq/definitions.json:/etc/dabba/definitions.json:ro", "services/rabbitmq/entrypoint.sh:/etc/dabba/entrypoint.sh:ro"} {
+		if !strings.Contains(vols, mount) {
+			t.Errorf("rabbitmq does not mount %s: %s", mount, vols)
+		}
+	}
+	if ep := fmt.Sprint(lookup(rabbit, "entrypoint")); ep != "[sh /etc/dabba/entrypoint.sh]" {
+		t.Errorf("rabbitmq entrypoint %s, want the one that writes the definitions with the user", ep)
+	}
 	pg := svc("postgres")
 	if img := str(pg, "image"); !strings.HasPrefix(img, "postgres:16") {
 		t.Errorf("postgres image %q", img)

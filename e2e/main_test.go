@@ -24,6 +24,9 @@ var ports = stack.Ports{Orders: 18080, Tracking: 18081, Payment: 18082, Restaura
 // e2eSecret signs the stack's tokens, so the suite can mint rider tokens.
 const e2eSecret = "e2e-secret"
 
+// e2eAdminToken opens the orders service's admin API.
+const e2eAdminToken = "e2e-admin-token"
+
 // dabba is the stack the suite runs against.
 var dabba *stack.Stack
 
@@ -33,6 +36,7 @@ var binDir string
 // stackEnv is the environment every stack of the suite runs with.
 var stackEnv = map[string]string{
 	"TOKEN_SECRET":          e2eSecret,
+	"ADMIN_TOKEN":           e2eAdminToken,
 	"LOG_FORMAT":            "json",
 	"EMAIL_RATE_PER_MINUTE": "60000", // the rate limit has its own test
 	"GATEWAY_LATENCY":       "5ms",
@@ -95,7 +99,7 @@ func secretsLogged(path string) error {
 	if err != nil {
 		return err
 	}
-	for _, secret := range []string{e2eSecret, ":guest@"} {
+	for _, secret := range []string{e2eSecret, e2eAdminToken, ":guest@"} {
 		if bytes.Contains(b, []byte(secret)) {
 			return fmt.Errorf("a secret (%q) appears in the service logs %s", secret, path)
 		}

@@ -31,6 +31,9 @@ const startTimeout = 90 * time.Second
 // killed; the HTTP servers alone allow themselves 10 s.
 const stopTimeout = 20 * time.Second
 
+// devAdminToken is make run's admin token when ADMIN_TOKEN is not set.
+const devAdminToken = "dev-admin-token"
+
 func main() { service.Main("devstack", run) }
 
 func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer) error {
@@ -46,17 +49,25 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	}
 	binDir := filepath.Dir(self)
 	ports := stack.DefaultPorts()
+	// The admin API (dead letters) is on in development, with a token
+	// everyone knows unless ADMIN_TOKEN says otherwise.
+	adminToken := env.String("ADMIN_TOKEN", devAdminToken)
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	fmt.Fprintln(stdout, "devstack: starting the services…")
 	s, err := stack.Start(startCtx, stack.Services(ports), binDir, stack.Environ(map[string]string{
 		"DATABASE_URL": env.DatabaseURL(),
 		"RABBITMQ_URL": env.String("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+		"ADMIN_TOKEN":  adminToken,
 	}), stdout)
 	if err != nil {
 		return err
 	}
-	printWelcome(stdout, ports)
+	shown := devAdminToken
+	if adminToken != devAdminToken {
+		shown = "$ADMIN_TOKEN" // a real secret stays off the terminal
+	}
+	printWelcome(stdout, ports, shown)
 
 	waitErr := s.Wait(ctx)
 	if waitErr != nil {
@@ -71,8 +82,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	return errors.Join(waitErr, stopErr)
 }
 
-// printWelcome tells the user where everything is and how to try it.
-func printWelcome(w io.Writer, p stack.Ports) {
+// printWelcome tells the user where everything is and how to try it;
+// adminToken is the admin token as it may be shown.
+func printWelcome(w io.Writer, p stack.Ports, adminToken string) {
 	fmt.Fprintf(w, `
 Dabba is running. Ctrl-C stops it.
   orders API        http://127.0.0.1:%[1]d/v1/orders
@@ -85,6 +97,8 @@ Place an order:
   curl -si localhost:%[1]d/v1/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
     -d '{"customer_id":"c1","restaurant_id":"r1","email":"me@example.com","items":[{"sku":"thali","name":"Thali","quantity":1,"unit_price_cents":25000}],"delivery_address":{"line1":"Dadar","lat":19.02,"lng":72.84}}'
 Watch riders move (in another terminal): make demo
+Dead letters: bin/dabba dlq list, or
+  curl -s localhost:%[1]d/v1/admin/dlq -H 'Authorization: Bearer %[6]s'
 
-`, p.Orders, p.Restaurant, p.Tracking, p.SMTPHTTP, p.Gateway)
+`, p.Orders, p.Restaurant, p.Tracking, p.SMTPHTTP, p.Gateway, adminToken)
 }

@@ -38,7 +38,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 		return err
 	}
 	r := base.Router()
-	addRoutes(r, log, store, signer, perIP)
+	addRoutes(r, log, store, signer, perIP, base.Env.String("ADMIN_TOKEN", ""), base.Broker)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

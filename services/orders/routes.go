@@ -6,16 +6,24 @@ import (
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/httpx"
 )
 
-// addRoutes lists the orders API.
-func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, perIP int) {
+// addRoutes lists the orders API, and the admin API behind adminToken.
+func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, perIP int, adminToken string, chs dlq.Channels) {
 	r.Route("/v1/orders", func(r chi.Router) {
 		r.Use(httpx.LimitPerIP(perIP))
 		r.Method(http.MethodPost, "/", handleOrderCreate(log, store, tokens))
 		r.Method(http.MethodGet, "/{id}", handleOrderGet(log, store))
 		r.Method(http.MethodPost, "/{id}/status", handleOrderStatus(log, store))
 		r.Method(http.MethodPost, "/{id}/rider", handleRiderAssign(log, store))
+	})
+	r.Route("/v1/admin", func(r chi.Router) {
+		r.Use(requireAdmin(adminToken))
+		r.Method(http.MethodGet, "/dlq", handleDLQList(log, chs))
+		r.Method(http.MethodGet, "/dlq/{queue}/messages", handleDLQMessages(log, chs))
+		r.Method(http.MethodPost, "/dlq/{queue}/replay", handleDLQReplay(log, chs))
+		r.Method(http.MethodPost, "/dlq/{queue}/discard", handleDLQDiscard(log, chs))
 	})
 }

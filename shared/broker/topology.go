@@ -82,45 +82,59 @@ func RetryQueue(queue string, delay time.Duration) string {
 	return fmt.Sprintf("%s.retry.%s", queue, delay)
 }
 
-// Declare declares the whole durable topology. It is idempotent.
-func Declare(ch *amqp.Channel) error {
-	if err := ch.ExchangeDeclare(ExchangeUnroutable, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", ExchangeUnroutable, err)
-	}
-	if err := declareQueue(ch, QueueUnroutable, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum}); err != nil {
-		return err
-	}
-	if err := ch.QueueBind(QueueUnroutable, "", ExchangeUnroutable, false, nil); err != nil {
-		return fmt.Errorf("bind %s: %w", QueueUnroutable, err)
-	}
-	if err := ch.ExchangeDeclare(ExchangeOrders, amqp.ExchangeTopic, true, false, false, false,
-		amqp.Table{"alternate-exchange": ExchangeUnroutable}); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", ExchangeOrders, err)
-	}
-	if err := ch.ExchangeDeclare(ExchangeDLX, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", ExchangeDLX, err)
-	}
-	if err := ch.ExchangeDeclare(ExchangeLocations, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", ExchangeLocations, err)
-	}
-	for _, q := range WorkQueues {
-		if err := DeclareWorkQueue(ch, q); err != nil {
-			return err
-		}
-	}
-	return nil
+// Exchange is one exchange of the topology, as declared and as exported in
+// the definitions file.
+type Exchange struct {
+	Name string
+	Kind string // amqp.ExchangeTopic, ExchangeDirect, ExchangeFanout
+	Args amqp.Table
 }
 
-// DeclareWorkQueue declares one work queue with its bindings, retry queues and
-// dead-letter queue.
-func DeclareWorkQueue(ch *amqp.Channel, q WorkQueue) error {
-	if err := declareQueue(ch, DLQ(q.Name), amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum}); err != nil {
-		return err
+// Queue is one durable queue of the topology.
+type Queue struct {
+	Name string
+	Args amqp.Table
+}
+
+// Binding binds Queue to Exchange with Key.
+type Binding struct {
+	Exchange, Queue, Key string
+}
+
+// Spec is the whole durable topology as data: Declare declares it and
+// Definitions exports it, so the broker and the definitions file cannot
+// drift apart.
+type Spec struct {
+	Exchanges []Exchange
+	Queues    []Queue
+	Bindings  []Binding
+}
+
+// Topology returns the durable topology: the exchanges, then every work
+// queue with its dead-letter queue and retry ladder.
+func Topology() Spec {
+	s := Spec{
+		Exchanges: []Exchange{
+			{Name: ExchangeUnroutable, Kind: amqp.ExchangeFanout},
+			{Name: ExchangeOrders, Kind: amqp.ExchangeTopic, Args: amqp.Table{"alternate-exchange": ExchangeUnroutable}},
+			{Name: ExchangeDLX, Kind: amqp.ExchangeDirect},
+			{Name: ExchangeLocations, Kind: amqp.ExchangeTopic},
+		},
+		Queues:   []Queue{{Name: QueueUnroutable, Args: amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum}}},
+		Bindings: []Binding{{Exchange: ExchangeUnroutable, Queue: QueueUnroutable}},
 	}
-	if err := ch.QueueBind(DLQ(q.Name), q.Name, ExchangeDLX, false, nil); err != nil {
-		return fmt.Errorf("bind %s: %w", DLQ(q.Name), err)
+	for _, q := range WorkQueues {
+		s.add(q)
 	}
-	err := declareQueue(ch, q.Name, amqp.Table{
+	return s
+}
+
+// add adds one work queue with its bindings, retry queues and dead-letter
+// queue.
+func (s *Spec) add(q WorkQueue) {
+	s.Queues = append(s.Queues, Queue{Name: DLQ(q.Name), Args: amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum}})
+	s.Bindings = append(s.Bindings, Binding{Exchange: ExchangeDLX, Queue: DLQ(q.Name), Key: q.Name})
+	s.Queues = append(s.Queues, Queue{Name: q.Name, Args: amqp.Table{
 		amqp.QueueTypeArg: amqp.QueueTypeQuorum,
 		// What the broker itself dead-letters (the delivery limit) goes
 		// to the same DLQ as what the consumer gives up on.
@@ -131,17 +145,12 @@ func DeclareWorkQueue(ch *amqp.Channel, q WorkQueue) error {
 		// confirmed it; it requires reject-publish overflow.
 		"x-dead-letter-strategy": "at-least-once",
 		"x-overflow":             "reject-publish",
-	})
-	if err != nil {
-		return err
-	}
+	}})
 	for _, key := range q.Bindings {
-		if err := ch.QueueBind(q.Name, key, ExchangeOrders, false, nil); err != nil {
-			return fmt.Errorf("bind %s to %s: %w", q.Name, key, err)
-		}
+		s.Bindings = append(s.Bindings, Binding{Exchange: ExchangeOrders, Queue: q.Name, Key: key})
 	}
 	for _, d := range q.retry() {
-		err := declareQueue(ch, RetryQueue(q.Name, d), amqp.Table{
+		s.Queues = append(s.Queues, Queue{Name: RetryQueue(q.Name, d), Args: amqp.Table{
 			amqp.QueueTypeArg: amqp.QueueTypeQuorum,
 			// Nothing consumes a retry queue: each message waits out the
 			// TTL and is dead-lettered back to its work queue through the
@@ -151,19 +160,41 @@ func DeclareWorkQueue(ch *amqp.Channel, q WorkQueue) error {
 			"x-dead-letter-routing-key": q.Name,
 			"x-dead-letter-strategy":    "at-least-once",
 			"x-overflow":                "reject-publish",
-		})
-		if err != nil {
-			return err
+		}})
+	}
+}
+
+// Declare declares the whole durable topology (Topology). It is idempotent.
+func Declare(ch *amqp.Channel) error {
+	return Topology().Declare(ch)
+}
+
+// Declare declares s: exchanges first, then queues, then bindings.
+func (s Spec) Declare(ch *amqp.Channel) error {
+	for _, e := range s.Exchanges {
+		if err := ch.ExchangeDeclare(e.Name, e.Kind, true, false, false, false, e.Args); err != nil {
+			return fmt.Errorf("declare exchange %s: %w", e.Name, err)
+		}
+	}
+	for _, q := range s.Queues {
+		if _, err := ch.QueueDeclare(q.Name, true, false, false, false, q.Args); err != nil {
+			return fmt.Errorf("declare queue %s: %w", q.Name, err)
+		}
+	}
+	for _, b := range s.Bindings {
+		if err := ch.QueueBind(b.Queue, b.Key, b.Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind %s to %s with %q: %w", b.Queue, b.Exchange, b.Key, err)
 		}
 	}
 	return nil
 }
 
-func declareQueue(ch *amqp.Channel, name string, args amqp.Table) error {
-	if _, err := ch.QueueDeclare(name, true, false, false, false, args); err != nil {
-		return fmt.Errorf("declare queue %s: %w", name, err)
-	}
-	return nil
+// DeclareWorkQueue declares one work queue with its bindings, retry queues and
+// dead-letter queue (the exchanges must exist).
+func DeclareWorkQueue(ch *amqp.Channel, q WorkQueue) error {
+	var s Spec
+	s.add(q)
+	return s.Declare(ch)
 }
 
 // DeclareTopology opens a channel on conn, declares the topology and closes

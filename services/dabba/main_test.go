@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/dabba/dabba/shared/broker"
+)
+
+// TestUsageErrors: every malformed command line is a usage error (exit
+// status 2), found before anything dials the broker (the broker URL here
+// leads nowhere).
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		give []string
+	}{
+		{"NoCommand", nil},
+		{"UnknownCommand", []string{"frobnicate"}},
+		{"NoDLQCommand", []string{"dlq"}},
+		{"UnknownDLQCommand", []string{"dlq", "purge", "email"}},
+		{"ShowNoQueue", []string{"dlq", "show"}},
+		{"ShowUnknownQueue", []string{"dlq", "show", "orders"}},
+		{"ShowTwoQueues", []string{"dlq", "show", "email", "payment"}},
+		{"ShowBadN", []string{"dlq", "show", "email", "-n", "many"}},
+		{"ListWithQueue", []string{"dlq", "list", "email"}},
+		{"ReplayNothingChosen", []string{"dlq", "replay", "email"}},
+		{"ReplayTwoWays", []string{"dlq", "replay", "email", "--all", "--id", "x"}},
+		{"ReplayBadAge", []string{"dlq", "replay", "email", "--older-than", "10 minutes"}},
+		{"DiscardNegativeAge", []string{"dlq", "discard", "email", "--older-than", "-1m"}},
+		{"UnknownFlag", []string{"dlq", "list", "--jsn"}},
+	}
+	getenv := func(string) string { return "amqp://nobody:nothing@127.0.0.1:1/" }
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := run(context.Background(), tt.give, getenv, &bytes.Buffer{})
+			var u usageError
+			if !errors.As(err, &u) {
+				t.Fatalf("run(%q) = %v, want a usage error", tt.give, err)
+			}
+		})
+	}
+	t.Run("Help", func(t *testing.T) {
+		for _, args := range [][]string{{"--help"}, {"help"}, {"dlq", "show", "--help"}} {
+			if err := run(context.Background(), args, getenv, &bytes.Buffer{}); !errors.Is(err, flag.ErrHelp) {
+				t.Errorf("run(%q) = %v, want help", args, err)
+			}
+		}
+	})
+	t.Run("ErrBrokerUnreachable", func(t *testing.T) {
+		// Flags after the queue are read too; then the dial fails, with
+		// the password hidden.
+		err := run(context.Background(), []string{"dlq", "replay", "email.dlq", "--older-than", "10m"}, getenv, &bytes.Buffer{})
+		var u usageError
+		if err == nil || errors.As(err, &u) || !bytes.Contains([]byte(err.Error()), []byte("nobody:xxxxx@")) {
+			t.Fatalf("run = %v", err)
+		}
+	})
+}
+
+// TestDefinitionsCommand: dabba definitions prints the generated file and
+// -o writes it.
+func TestDefinitionsCommand(t *testing.T) {
+	want, err := broker.DefinitionsJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"definitions"}, os.Getenv, &out); err != nil || !bytes.Equal(out.Bytes(), want) {
+		t.Fatalf("definitions = %v\n%s", err, out.Bytes())
+	}
+	file := filepath.Join(t.TempDir(), "defs.json")
+	if err := run(context.Background(), []string{"definitions", "-o", file}, os.Getenv, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(file); !bytes.Equal(got, want) {
+		t.Fatalf("-o wrote\n%s", got)
+	}
+}
