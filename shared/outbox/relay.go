@@ -11,17 +11,21 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/trace"
 )
 
 // Enqueue writes an event to the outbox inside the caller's transaction; the
 // relay publishes it once the transaction has committed. It returns the
-// event's id.
+// event's id. The trace ctx carries (trace.FromContext) continues in the
+// event: the row keeps a child traceparent, which the relay sends on.
 func Enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time.Time, data any) (string, error) {
 	env, err := events.New(uuid.NewString(), routingKey, orderID, at, data)
 	if err != nil {
@@ -31,8 +35,12 @@ func Enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time
 	if err != nil {
 		return "", fmt.Errorf("encode event: %w", err)
 	}
-	if _, err := tx.Exec(ctx, "INSERT INTO outbox (event_id, routing_key, order_id, payload) VALUES ($1, $2, $3, $4)",
-		env.ID, routingKey, orderID, payload); err != nil {
+	var tp any // NULL without a trace
+	if parent := trace.FromContext(ctx); parent != "" {
+		tp = trace.Child(parent)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO outbox (event_id, routing_key, order_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
+		env.ID, routingKey, orderID, payload, tp); err != nil {
 		return "", fmt.Errorf("insert outbox event: %w", err)
 	}
 	return env.ID, nil
@@ -95,7 +103,7 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) relayOnce(ctx context.Context) (int, error) {
 	var n int
 	err := postgres.InTx(ctx, r.db, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT id, event_id, routing_key, order_id, payload FROM outbox
+		rows, err := tx.Query(ctx, `SELECT id, event_id, routing_key, order_id, payload, traceparent FROM outbox
 			WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, r.batch)
 		if err != nil {
 			return fmt.Errorf("read outbox: %w", err)
@@ -107,12 +115,17 @@ func (r *Relay) relayOnce(ctx context.Context) (int, error) {
 			var eventID, orderID uuid.UUID
 			var key string
 			var payload []byte
-			if err := rows.Scan(&id, &eventID, &key, &orderID, &payload); err != nil {
+			var tp pgtype.Text
+			if err := rows.Scan(&id, &eventID, &key, &orderID, &payload, &tp); err != nil {
 				return fmt.Errorf("read outbox row: %w", err)
+			}
+			var headers amqp.Table
+			if tp.Valid && trace.Valid(tp.String) {
+				headers = amqp.Table{trace.Header: tp.String}
 			}
 			ids = append(ids, id)
 			msgs = append(msgs, broker.Message{Exchange: broker.ExchangeOrders, RoutingKey: key, MessageID: eventID.String(),
-				Type: key, CorrelationID: orderID.String(), Body: payload})
+				Type: key, CorrelationID: orderID.String(), Body: payload, Headers: headers})
 		}
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("read outbox: %w", err)
