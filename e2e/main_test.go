@@ -63,6 +63,7 @@ func runSuite(m *testing.M) int {
 	dabba, err = stack.Start(ctx, svcs, bin, stack.Environ(map[string]string{
 		"TOKEN_SECRET":          e2eSecret,
 		"LOG_FORMAT":            "json",
+		"LOG_LEVEL":             "debug", // a line per handled message (observability_test)
 		"EMAIL_RATE_PER_MINUTE": "60000", // the rate limit has its own test
 		"GATEWAY_LATENCY":       "5ms",
 	}), logs)
