@@ -123,6 +123,9 @@ func (s *Set) Middleware(next http.Handler) http.Handler {
 		start := time.Now()
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		next.ServeHTTP(ww, r)
+		if ww.Status() == http.StatusSwitchingProtocols {
+			return // a WebSocket's lifetime is no request latency
+		}
 		route := "unmatched"
 		if rc := chi.RouteContext(r.Context()); rc != nil {
 			if p := rc.RoutePattern(); p != "" {
