@@ -161,10 +161,13 @@ func wantExactlyOnce(t testing.TB, db *pgxpool.Pool, orderID string, within time
 	}
 }
 
-func rabbitmqctl(t testing.TB, args ...string) {
+func rabbitmqctl(t testing.TB, args ...string) { t.Helper(); run(t, "rabbitmqctl", args...) }
+
+// run runs a command to completion; it must succeed.
+func run(t testing.TB, name string, args ...string) {
 	t.Helper()
-	if out, err := exec.Command("rabbitmqctl", args...).CombinedOutput(); err != nil {
-		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
 }
 
@@ -219,8 +222,9 @@ func peek(t testing.TB, name string) []peeked {
 type peeked struct {
 	RoutingKey string `json:"routing_key"`
 	Properties struct {
-		MessageID string         `json:"message_id"`
-		Headers   map[string]any `json:"headers"`
+		MessageID     string         `json:"message_id"`
+		CorrelationID string         `json:"correlation_id"` // the order's id
+		Headers       map[string]any `json:"headers"`
 	} `json:"properties"`
 }
 

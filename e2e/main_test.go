@@ -4,6 +4,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -73,5 +74,25 @@ func runSuite(m *testing.M) int {
 	}
 	defer dabba.Stop(20 * time.Second)
 	fmt.Fprintf(os.Stderr, "e2e: stack up; service logs in %s\n", logs.Name())
-	return m.Run()
+	code := m.Run()
+	if err := secretsLogged(logs.Name()); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		code = 1
+	}
+	return code
+}
+
+// secretsLogged fails if any service wrote a secret it was given into its
+// log during the whole suite: the token secret or the broker's password.
+func secretsLogged(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	for _, secret := range []string{e2eSecret, ":guest@"} {
+		if bytes.Contains(b, []byte(secret)) {
+			return fmt.Errorf("a secret (%q) appears in the service logs %s", secret, path)
+		}
+	}
+	return nil
 }

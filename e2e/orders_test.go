@@ -164,6 +164,13 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+	t.Run("ErrHeadersTooLarge", func(t *testing.T) {
+		// The server refuses these itself, before any handler: plain 431.
+		h := map[string]string{"Content-Type": "application/json", "Idempotency-Key": "k-bad", "X-Padding": strings.Repeat("a", 100<<10)}
+		if code, _, b := do(t, "POST", base(ports.Orders)+"/v1/orders", h, good); code != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("%d %s, want 431", code, b)
+		}
+	})
 	var n int
 	if err := mustDB(t).QueryRow(context.Background(), "SELECT count(*) FROM orders WHERE customer_id IN ('c-bad', 'c')").Scan(&n); err != nil {
 		t.Fatal(err)

@@ -33,8 +33,12 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	pub := broker.NewPublisher(base.Broker, log)
 	defer pub.Close()
 
+	perIP, err := base.Env.Int("ORDERS_RATE_PER_IP", 200)
+	if err != nil {
+		return err
+	}
 	r := base.Router()
-	addRoutes(r, log, store, signer)
+	addRoutes(r, log, store, signer, perIP)
 	// The relay runs here, so the outbox's backlog is watched here.
 	base.Metrics.WatchOutbox(func(ctx context.Context) (int64, time.Duration, error) { return outbox.OutboxBacklog(ctx, base.DB) })
 

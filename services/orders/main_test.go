@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -20,36 +21,15 @@ import (
 	"github.com/dabba/dabba/shared/testenv"
 )
 
-// MustRun starts the service in-process on a free port and returns its base
-// URL once /readyz answers 200.
-func MustRun(tb testing.TB) string {
+// MustRun starts the service in-process on a free port, with env over the
+// test defaults, and returns its base URL once /readyz answers 200.
+func MustRun(tb testing.TB, env ...map[string]string) string {
 	tb.Helper()
-	addr := testenv.FreeAddr(tb)
-	getenv := testenv.Getenv(map[string]string{"HTTP_ADDR": addr, "TOKEN_SECRET": "test-secret", "LOG_LEVEL": "warn"})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, getenv, io.Discard) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("run: %v", err)
-		}
-	})
-	base := "http://" + addr
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return base
-			}
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("orders not ready: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	vars := map[string]string{"TOKEN_SECRET": "test-secret"}
+	for _, e := range env {
+		maps.Copy(vars, e)
 	}
+	return testenv.MustRun(tb, run, vars)
 }
 
 func orderBody(customer string) string {
@@ -294,5 +274,38 @@ func TestPaymentEventsMoveOrders(t *testing.T) {
 	}
 	if strings.Join(statuses, ",") != "placed,paid,accepted" {
 		t.Fatalf("history = %v", statuses)
+	}
+}
+
+// TestFloodFromOneAddress: past ORDERS_RATE_PER_IP requests a second one
+// address gets 429 with Retry-After, and health checks are never limited.
+func TestFloodFromOneAddress(t *testing.T) {
+	base := MustRun(t, map[string]string{"ORDERS_RATE_PER_IP": "5"})
+	var limited *http.Response
+	for i := 0; i < 20 && limited == nil; i++ {
+		resp, b := post(t, base+"/v1/orders", uuid.NewString(), "application/json", orderBody("c-flood-"+uuid.NewString()))
+		switch resp.StatusCode {
+		case http.StatusCreated:
+		case http.StatusTooManyRequests:
+			if resp.Header.Get("Retry-After") == "" || resp.Header.Get("Content-Type") != "application/problem+json" {
+				t.Fatalf("429 without Retry-After or problem: %v %s", resp.Header, b)
+			}
+			limited = resp
+		default:
+			t.Fatalf("POST = %d %s", resp.StatusCode, b)
+		}
+	}
+	if limited == nil {
+		t.Fatal("20 requests in a row from one address were never limited at 5 a second")
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s while limited = %d", path, resp.StatusCode)
+		}
 	}
 }

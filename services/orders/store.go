@@ -62,19 +62,28 @@ type savedResponse struct {
 func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order, respond func(Order) ([]byte, error)) (savedResponse, error) {
 	var res savedResponse
 	err := postgres.InTx(ctx, s.db, func(tx pgx.Tx) error {
+		// Lock, then look up, in one round trip: a batch's statements run in
+		// order, each with its own snapshot, so the lookup sees a record
+		// committed by whoever held the lock before.
+		var check pgx.Batch
+		check.Queue("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+			fmt.Sprintf("%d:%s:%s", len(req.CustomerID), req.CustomerID, key))
+		check.Queue(`SELECT request_hash, status_code, response_body, location FROM idempotency_keys
+			WHERE customer_id = $1 AND key = $2 AND expires_at > now()`, req.CustomerID, key)
+		results := tx.SendBatch(ctx, &check)
 		var locked bool
-		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
-			fmt.Sprintf("%d:%s:%s", len(req.CustomerID), req.CustomerID, key)).Scan(&locked); err != nil {
+		if err := results.QueryRow().Scan(&locked); err != nil {
+			results.Close()
 			return fmt.Errorf("lock idempotency key: %w", err)
 		}
-		if !locked {
-			return ErrKeyInFlight
-		}
 		var hash []byte
-		err := tx.QueryRow(ctx, `SELECT request_hash, status_code, response_body, location FROM idempotency_keys
-			WHERE customer_id = $1 AND key = $2 AND expires_at > now()`, req.CustomerID, key).
-			Scan(&hash, &res.Status, &res.Body, &res.Location)
+		err := results.QueryRow().Scan(&hash, &res.Status, &res.Body, &res.Location)
+		if cerr := results.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
 		switch {
+		case !locked:
+			return ErrKeyInFlight
 		case err == nil:
 			if !bytes.Equal(hash, req.fingerprint()) {
 				return ErrKeyReused
@@ -84,35 +93,34 @@ func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order
 		case !errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("look up idempotency key: %w", err)
 		}
-		items, _ := json.Marshal(o.Items)
-		addr, _ := json.Marshal(o.DeliveryAddress)
-		if _, err := tx.Exec(ctx, `INSERT INTO orders (id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)`,
-			o.ID, o.CustomerID, o.RestaurantID, o.Email, items, addr, o.TotalCents, o.Status, o.CreatedAt); err != nil {
-			return fmt.Errorf("insert order: %w", err)
-		}
-		if err := addHistory(ctx, tx, o.ID, o.Status, o.CreatedAt); err != nil {
-			return err
-		}
-		placed := events.Placed{CustomerID: o.CustomerID, RestaurantID: o.RestaurantID, Email: o.Email,
-			Items: o.Items, TotalCents: o.TotalCents, DeliveryAddress: o.DeliveryAddress}
-		if _, err := outbox.Enqueue(ctx, tx, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
-			return err
-		}
 		body, err := respond(o)
 		if err != nil {
 			return err
 		}
 		res = savedResponse{Status: 201, Body: body, Location: "/v1/orders/" + o.ID}
+		items, _ := json.Marshal(o.Items)
+		addr, _ := json.Marshal(o.DeliveryAddress)
+		// The order, its history, its event and the idempotency record go
+		// in one round trip.
+		var b pgx.Batch
+		b.Queue(`INSERT INTO orders (id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)`,
+			o.ID, o.CustomerID, o.RestaurantID, o.Email, items, addr, o.TotalCents, o.Status, o.CreatedAt)
+		queueHistory(&b, o.ID, o.Status, o.CreatedAt)
+		placed := events.Placed{CustomerID: o.CustomerID, RestaurantID: o.RestaurantID, Email: o.Email,
+			Items: o.Items, TotalCents: o.TotalCents, DeliveryAddress: o.DeliveryAddress}
+		if _, err := outbox.Add(ctx, &b, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
+			return err
+		}
 		// An expired record for the same key is replaced; a live one
 		// cannot exist here, since the lookup above found none.
-		_, err = tx.Exec(ctx, `INSERT INTO idempotency_keys (customer_id, key, request_hash, status_code, response_body, location, expires_at)
+		b.Queue(`INSERT INTO idempotency_keys (customer_id, key, request_hash, status_code, response_body, location, expires_at)
 			VALUES ($1, $2, $3, $4, $5, $6, now() + $7::interval)
 			ON CONFLICT (customer_id, key) DO UPDATE SET request_hash = excluded.request_hash, status_code = excluded.status_code,
 				response_body = excluded.response_body, location = excluded.location, created_at = now(), expires_at = excluded.expires_at`,
 			req.CustomerID, key, req.fingerprint(), res.Status, res.Body, res.Location, idempotencyTTL.String())
-		if err != nil {
-			return fmt.Errorf("save idempotency key: %w", err)
+		if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+			return fmt.Errorf("insert order: %w", err)
 		}
 		return nil
 	})
@@ -120,11 +128,16 @@ func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order
 }
 
 func addHistory(ctx context.Context, tx pgx.Tx, orderID, status string, at time.Time) error {
-	if _, err := tx.Exec(ctx, "INSERT INTO order_status_history (order_id, status, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-		orderID, status, at); err != nil {
+	var b pgx.Batch
+	queueHistory(&b, orderID, status, at)
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 		return fmt.Errorf("insert history: %w", err)
 	}
 	return nil
+}
+
+func queueHistory(b *pgx.Batch, orderID, status string, at time.Time) {
+	b.Queue("INSERT INTO order_status_history (order_id, status, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", orderID, status, at)
 }
 
 const orderColumns = `id, status, customer_id, restaurant_id, email, items, delivery_address, total_cents, coalesce(rider_id, ''), created_at, updated_at`

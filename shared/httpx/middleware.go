@@ -1,10 +1,13 @@
 package httpx
 
 import (
+	"fmt"
+	"net"
 	"net/http"
 	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/go-chi/httprate"
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/trace"
@@ -46,4 +49,26 @@ func Recoverer(log *zap.Logger) func(http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// LimitPerIP answers a client address's requests beyond perSecond in any
+// one-second window with a 429 problem and Retry-After, so one flooding
+// client cannot crowd out the rest; 0 turns it off. The address is the
+// connection's own: behind a load balancer every client shares the
+// balancer's, so limit there instead and turn this off.
+func LimitPerIP(perSecond int) func(http.Handler) http.Handler {
+	if perSecond <= 0 {
+		return func(next http.Handler) http.Handler { return next }
+	}
+	return httprate.LimitBy(perSecond, time.Second, func(r *http.Request) (string, error) {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			host = r.RemoteAddr
+		}
+		return httprate.CanonicalizeIP(host), nil
+	}, httprate.WithLimitHandler(func(w http.ResponseWriter, _ *http.Request) {
+		p := NewProblem(http.StatusTooManyRequests, fmt.Sprintf("more than %d requests a second from this address", perSecond))
+		p.RetryAfter = 1
+		WriteProblem(w, p)
+	}))
 }

@@ -27,6 +27,22 @@ import (
 // event's id. The trace ctx carries (trace.FromContext) continues in the
 // event: the row keeps a child traceparent, which the relay sends on.
 func Enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time.Time, data any) (string, error) {
+	var b pgx.Batch
+	id, err := Add(ctx, &b, routingKey, orderID, at, data)
+	if err != nil {
+		return "", err
+	}
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return "", fmt.Errorf("insert outbox event: %w", err)
+	}
+	return id, nil
+}
+
+// Add queues the outbox insert of an event on b, for a caller that sends
+// its transaction's statements in one round trip; sending b inside the
+// transaction is the caller's part. It returns the event's id. Like
+// Enqueue, it keeps the trace ctx carries.
+func Add(ctx context.Context, b *pgx.Batch, routingKey, orderID string, at time.Time, data any) (string, error) {
 	env, err := events.New(uuid.NewString(), routingKey, orderID, at, data)
 	if err != nil {
 		return "", err
@@ -39,10 +55,8 @@ func Enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time
 	if parent := trace.FromContext(ctx); parent != "" {
 		tp = trace.Child(parent)
 	}
-	if _, err := tx.Exec(ctx, "INSERT INTO outbox (event_id, routing_key, order_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
-		env.ID, routingKey, orderID, payload, tp); err != nil {
-		return "", fmt.Errorf("insert outbox event: %w", err)
-	}
+	b.Queue("INSERT INTO outbox (event_id, routing_key, order_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
+		env.ID, routingKey, orderID, payload, tp)
 	return env.ID, nil
 }
 
