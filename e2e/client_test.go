@@ -171,6 +171,9 @@ func run(t testing.TB, name string, args ...string) {
 	}
 }
 
+// managementAPI is the RabbitMQ management API the suite reads.
+var managementAPI = "http://127.0.0.1:15672/api"
+
 // management calls RabbitMQ's management API as guest.
 func management(t testing.TB, method, path string, body any, out any) int {
 	t.Helper()
@@ -179,7 +182,7 @@ func management(t testing.TB, method, path string, body any, out any) int {
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
-	req, _ := http.NewRequest(method, "http://127.0.0.1:15672/api"+path, rd)
+	req, _ := http.NewRequest(method, managementAPI+path, rd)
 	req.SetBasicAuth("guest", "guest")
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)

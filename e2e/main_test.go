@@ -27,6 +27,18 @@ const e2eSecret = "e2e-secret"
 // dabba is the stack the suite runs against.
 var dabba *stack.Stack
 
+// binDir holds the suite's build of every binary.
+var binDir string
+
+// stackEnv is the environment every stack of the suite runs with.
+var stackEnv = map[string]string{
+	"TOKEN_SECRET":          e2eSecret,
+	"LOG_FORMAT":            "json",
+	"LOG_LEVEL":             "debug", // a line per handled message (observability_test)
+	"EMAIL_RATE_PER_MINUTE": "60000", // the rate limit has its own test
+	"GATEWAY_LATENCY":       "5ms",
+}
+
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
 }
@@ -41,6 +53,7 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	bin, err := os.MkdirTemp("", "dabba-e2e-")
+	binDir = bin
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -61,13 +74,7 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer logs.Close()
-	dabba, err = stack.Start(ctx, svcs, bin, stack.Environ(map[string]string{
-		"TOKEN_SECRET":          e2eSecret,
-		"LOG_FORMAT":            "json",
-		"LOG_LEVEL":             "debug", // a line per handled message (observability_test)
-		"EMAIL_RATE_PER_MINUTE": "60000", // the rate limit has its own test
-		"GATEWAY_LATENCY":       "5ms",
-	}), logs)
+	dabba, err = stack.Start(ctx, svcs, bin, stack.Environ(stackEnv), logs)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "start the stack: %v (logs in %s)\n", err, logs.Name())
 		return 1
