@@ -38,6 +38,9 @@ func TestComposeFile(t *testing.T) {
 		cfg := mustComposeConfig(t, bin, map[string]string{"RABBITMQ_DEFAULT_USER": "asha", "RABBITMQ_DEFAULT_PASS": "s3cret"})
 		checkCompose(t, cfg, "asha", "s3cret")
 	})
+	t.Run("Observability", func(t *testing.T) {
+		checkObservability(t, mustComposeConfig(t, bin, nil))
+	})
 	t.Run("ErrInvalidFile", func(t *testing.T) {
 		// The loader really validates: a misspelt key fails it.
 		bad := filepath.Join(t.TempDir(), "compose.yaml")
@@ -61,7 +64,10 @@ func checkCompose(t *testing.T, cfg map[string]any, user, pass string) {
 	}
 	want = append(want, "rabbitmq", "postgres")
 	var got []string
-	for name := range services {
+	for name, c := range services {
+		if profiles, _ := lookup(c, "profiles").([]any); len(profiles) > 0 {
+			continue // not part of a plain `up` (checkObservability)
+		}
 		got = append(got, name)
 	}
 	slices.Sort(want)
@@ -468,6 +474,111 @@ volumes:
 	for _, bad := range []string{"a:\n  - x\n b: y\n", "a: |\n  text\n", "a: &anchor x\n", "just a scalar\n"} {
 		if _, err := parseNormalizedYAML(bad); err == nil {
 			t.Errorf("parsed %q", bad)
+		}
+	}
+}
+
+// checkObservability checks the observability profile: Prometheus and
+// Grafana only under it, on loopback, with their configuration mounted from
+// services/observability; Prometheus scraping every service where it
+// listens and RabbitMQ's rabbitmq_prometheus plugin, which the broker
+// enables; Grafana's data source being the one the dashboard names.
+func checkObservability(t *testing.T, cfg map[string]any) {
+	services, _ := cfg["services"].(map[string]any)
+	svc := func(name string) map[string]any { m, _ := services[name].(map[string]any); return m }
+	str := func(m map[string]any, path ...string) string { s, _ := lookup(m, path...).(string); return s }
+	mounts := func(m map[string]any) map[string]string { // target -> source
+		out := map[string]string{}
+		list, _ := m["volumes"].([]any)
+		for _, v := range list {
+			switch v := v.(type) {
+			case string:
+				parts := strings.Split(v, ":")
+				if len(parts) >= 2 {
+					out[parts[1]] = parts[0]
+				}
+			case map[string]any:
+				src, _ := v["source"].(string)
+				dst, _ := v["target"].(string)
+				out[dst] = src
+			}
+		}
+		return out
+	}
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantMount := func(name, target, repoPath string) {
+		t.Helper()
+		src := mounts(svc(name))[target]
+		if src != filepath.Join(root, repoPath) {
+			t.Errorf("%s mounts %q at %s, want %s", name, src, target, repoPath)
+		}
+		if _, err := os.Stat(filepath.Join(root, repoPath)); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, name := range []string{"prometheus", "grafana"} {
+		c := svc(name)
+		if c == nil {
+			t.Fatalf("compose has no %s service", name)
+		}
+		if p := fmt.Sprint(c["profiles"]); p != "[observability]" {
+			t.Errorf("%s profiles %s, want [observability]", name, p)
+		}
+		if test, _ := lookup(c, "healthcheck", "test").([]any); len(test) == 0 {
+			t.Errorf("%s has no healthcheck", name)
+		}
+		ps := publishedPorts(c)
+		if len(ps) == 0 {
+			t.Errorf("%s publishes no port", name)
+		}
+		for _, p := range ps {
+			if !strings.HasPrefix(p, "127.0.0.1:") {
+				t.Errorf("%s publishes %s beyond loopback", name, p)
+			}
+		}
+	}
+	wantMount("prometheus", "/etc/prometheus/prometheus.yml", "services/observability/prometheus.yml")
+	wantMount("grafana", "/etc/grafana/provisioning", "services/observability/grafana/provisioning")
+	wantMount("grafana", "/var/lib/grafana/dashboards", "services/observability/grafana/dashboards")
+	wantMount("rabbitmq", "/etc/rabbitmq/enabled_plugins", "services/observability/rabbitmq/enabled_plugins")
+	if b, err := os.ReadFile(filepath.Join(root, "services/observability/rabbitmq/enabled_plugins")); err != nil ||
+		!strings.Contains(string(b), "rabbitmq_prometheus") || !strings.Contains(string(b), "rabbitmq_management") {
+		t.Errorf("enabled_plugins = %q (%v), want rabbitmq_management and rabbitmq_prometheus", b, err)
+	}
+
+	scrape, err := os.ReadFile(filepath.Join(root, "services/observability/prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fakes := map[string]bool{"fakegateway": true, "fakesmtp": true}
+	for _, s := range stack.Services(stack.DefaultPorts()) {
+		if fakes[s.Name] {
+			continue
+		}
+		_, port, _ := net.SplitHostPort(str(svc(s.Name), "environment", "HTTP_ADDR"))
+		if target := fmt.Sprintf("%q", s.Name+":"+port); !strings.Contains(string(scrape), target) {
+			t.Errorf("prometheus.yml does not scrape %s", target)
+		}
+	}
+	if !strings.Contains(string(scrape), `"rabbitmq:15692"`) {
+		t.Error("prometheus.yml does not scrape rabbitmq:15692")
+	}
+
+	ds, err := os.ReadFile(filepath.Join(root, "services/observability/grafana/provisioning/datasources/prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(ds), "uid: prometheus") || !strings.Contains(string(ds), "url: http://prometheus:9090") {
+		t.Errorf("Grafana data source:\n%s\nwant uid prometheus at http://prometheus:9090", ds)
+	}
+	for _, p := range mustDashboard(t).Panels {
+		for _, tg := range p.Targets {
+			if p.Datasource.UID != "prometheus" || tg.Datasource.UID != "prometheus" {
+				t.Errorf("panel %q uses data source %q/%q, want the provisioned prometheus", p.Title, p.Datasource.UID, tg.Datasource.UID)
+			}
 		}
 	}
 }

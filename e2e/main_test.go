@@ -38,6 +38,7 @@ var stackEnv = map[string]string{
 	"TOKEN_SECRET":          e2eSecret,
 	"ADMIN_TOKEN":           e2eAdminToken,
 	"LOG_FORMAT":            "json",
+	"LOG_LEVEL":             "debug", // a line per handled message (observability_test)
 	"EMAIL_RATE_PER_MINUTE": "60000", // the rate limit has its own test
 	"GATEWAY_LATENCY":       "5ms",
 }

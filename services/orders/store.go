@@ -109,7 +109,7 @@ func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order
 		queueHistory(&b, o.ID, o.Status, o.CreatedAt)
 		placed := events.Placed{CustomerID: o.CustomerID, RestaurantID: o.RestaurantID, Email: o.Email,
 			Items: o.Items, TotalCents: o.TotalCents, DeliveryAddress: o.DeliveryAddress}
-		if _, err := outbox.Add(&b, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
+		if _, err := outbox.Add(ctx, &b, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
 			return err
 		}
 		// An expired record for the same key is replaced; a live one

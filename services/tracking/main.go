@@ -13,12 +13,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/logging"
+	"github.com/dabba/dabba/shared/metrics"
 	"github.com/dabba/dabba/shared/service"
 	"github.com/dabba/dabba/shared/token"
 )
@@ -74,6 +76,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	live := broker.NewTransientPublisher(base.Broker, log)
 	defer live.Close()
 
+	base.Metrics.WatchTracking(metrics.Tracking{SocketsOpen: sockets.Open, FixesIn: counterOf(&ingest.Stats.Accepted),
+		FixesOut: counterOf(&hub.Stats.Sent), Stale: counterOf(&hub.Stats.Stale), Coalesced: counterOf(&hub.Stats.Coalesced)})
 	r := base.Router()
 	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, signer)
 
@@ -117,3 +121,6 @@ func mintRiderToken(args []string, getenv func(string) string, stdout io.Writer)
 	_, err = fmt.Fprintln(stdout, tok)
 	return err
 }
+
+// counterOf reads a counter kept for /stats, for the metrics to share it.
+func counterOf(c *atomic.Int64) func() int64 { return c.Load }

@@ -73,7 +73,7 @@ func handleOrderEvent(db *pgxpool.Pool, live Publisher, log *zap.Logger) broker.
 		defer cancel()
 		if err := live.Publish(pctx, broker.Message{Exchange: broker.ExchangeLocations, RoutingKey: orderKey(e.OrderID),
 			Body: body, Transient: true}); err != nil {
-			log.Warn("live order update not published", zap.String("order_id", e.OrderID), zap.Error(err))
+			log.Warn("live order update not published", append(d.Fields(), zap.Error(err))...)
 		}
 		return nil
 	}

@@ -17,6 +17,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
+
+	"github.com/dabba/dabba/shared/metrics"
 )
 
 // ParseURLs splits a comma-separated list of broker URLs, as RABBITMQ_URL may
@@ -56,6 +58,17 @@ type Conn struct {
 
 	// Reconnects counts how often the connection came back after a loss.
 	Reconnects atomic.Int64
+
+	// metrics is set by Instrument before the connection is used; nil
+	// records nothing.
+	metrics *metrics.Set
+}
+
+// Instrument makes consumers and publishers on c record into m, and exposes
+// c's reconnects and state. Call it right after Dial, before c is used.
+func (c *Conn) Instrument(m *metrics.Set) {
+	c.metrics = m
+	m.WatchBroker(c.Reconnects.Load, c.Ready)
 }
 
 // Dial returns at once and connects in the background, retrying until the

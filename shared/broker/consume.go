@@ -12,6 +12,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/metrics"
+	"github.com/dabba/dabba/shared/trace"
 )
 
 // Headers the consumer adds when it retries or dead-letters a message.
@@ -41,14 +43,22 @@ type Delivery struct {
 	Headers       amqp.Table
 	Attempt       int  // 1 on the first try
 	Redelivered   bool // the broker delivered it before (a consumer died with it)
-	raw           amqp.Delivery
+	// TraceParent is the W3C traceparent the message carries (header
+	// "traceparent", set by the outbox relay), "" when it has none valid.
+	TraceParent string
+	raw         amqp.Delivery
 }
 
 // Fields are the log fields that identify a delivery; every log line about
-// one carries them.
+// one carries them, trace_id included when the message has a traceparent.
 func (d Delivery) Fields() []zap.Field {
-	return []zap.Field{zap.String("queue", d.Queue), zap.String("message_id", d.MessageID),
-		zap.String("order_id", d.CorrelationID), zap.String("routing_key", d.RoutingKey), zap.Int("attempt", d.Attempt)}
+	f := make([]zap.Field, 5, 6)
+	f[0], f[1], f[2] = zap.String("queue", d.Queue), zap.String("message_id", d.MessageID), zap.String("order_id", d.CorrelationID)
+	f[3], f[4] = zap.String("routing_key", d.RoutingKey), zap.Int("attempt", d.Attempt)
+	if d.TraceParent != "" {
+		f = append(f, zap.String("trace_id", trace.TraceID(d.TraceParent)))
+	}
+	return f
 }
 
 func newDelivery(queue string, d amqp.Delivery) Delivery {
@@ -56,9 +66,14 @@ func newDelivery(queue string, d amqp.Delivery) Delivery {
 	if k, ok := d.Headers[HeaderRoutingKey].(string); ok && k != "" {
 		key = k
 	}
+	tp, _ := d.Headers[trace.Header].(string)
+	if !trace.Valid(tp) {
+		tp = ""
+	}
 	return Delivery{
 		Queue: queue, MessageID: d.MessageId, RoutingKey: key, Type: d.Type, CorrelationID: d.CorrelationId,
-		Body: d.Body, Headers: d.Headers, Attempt: headerInt(d.Headers, HeaderAttempt) + 1, Redelivered: d.Redelivered, raw: d,
+		Body: d.Body, Headers: d.Headers, Attempt: headerInt(d.Headers, HeaderAttempt) + 1, Redelivered: d.Redelivered,
+		TraceParent: tp, raw: d,
 	}
 }
 
@@ -146,9 +161,10 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 
 // consumer settles deliveries for one queue.
 type consumer struct {
-	cfg ConsumerConfig
-	pub *Publisher
-	log *zap.Logger
+	cfg     ConsumerConfig
+	pub     *Publisher
+	log     *zap.Logger
+	metrics *metrics.Queue
 }
 
 // Consume receives messages pushed by the broker from cfg.Queue and hands
@@ -157,7 +173,7 @@ type consumer struct {
 // finished and acked; the rest go back to the queue when the channel closes.
 func Consume(ctx context.Context, conn *Conn, cfg ConsumerConfig, h Handler, log *zap.Logger) error {
 	cfg = cfg.withDefaults()
-	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log}
+	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log, metrics: conn.metrics.Queue(cfg.Queue)}
 	defer c.pub.Close()
 	return c.run(ctx, conn, func(ctx context.Context, ch *amqp.Channel, deliveries <-chan amqp.Delivery, lost <-chan struct{}) error {
 		return c.session(ctx, deliveries, lost, h)
@@ -172,7 +188,7 @@ func ConsumeBatch(ctx context.Context, conn *Conn, cfg ConsumerConfig, h BatchHa
 		cfg.MaxBatch = 1
 	}
 	cfg = cfg.withDefaults()
-	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log}
+	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log, metrics: conn.metrics.Queue(cfg.Queue)}
 	defer c.pub.Close()
 	return c.run(ctx, conn, func(ctx context.Context, ch *amqp.Channel, deliveries <-chan amqp.Delivery, lost <-chan struct{}) error {
 		return c.batchSession(ctx, deliveries, lost, h)
@@ -241,7 +257,12 @@ func (c *consumer) session(ctx context.Context, deliveries <-chan amqp.Delivery,
 			go func() {
 				defer func() { <-slots; wg.Done() }()
 				d := newDelivery(c.cfg.Queue, raw)
-				c.settle(ctx, d, c.call(ctx, d, h))
+				c.metrics.Consumed(1)
+				start := time.Now()
+				err := c.call(ctx, d, h)
+				took := time.Since(start)
+				c.metrics.Handled(took)
+				c.settle(ctx, d, err, took)
 			}()
 		}
 	}
@@ -283,25 +304,48 @@ func (c *consumer) batchSession(ctx context.Context, deliveries <-chan amqp.Deli
 }
 
 func (c *consumer) settleBatch(ctx context.Context, batch []Delivery, h BatchHandler) {
+	c.metrics.Consumed(len(batch))
+	start := time.Now()
 	err := c.callBatch(ctx, batch, h)
+	took := time.Since(start)
+	c.metrics.Handled(took)
 	if err == nil {
 		last := batch[len(batch)-1].raw
 		if aerr := last.Ack(true); aerr != nil {
 			c.log.Warn("ack batch failed; the broker will redeliver it", zap.String("queue", c.cfg.Queue), zap.Error(aerr), zap.Int("size", len(batch)))
+			return
+		}
+		c.metrics.Acked(len(batch))
+		if ce := c.log.Check(zap.DebugLevel, "message handled"); ce != nil {
+			for _, d := range batch {
+				ce.Write(append(d.Fields(), zap.Duration("took", took), zap.Int("batch", len(batch)))...)
+				ce = c.log.Check(zap.DebugLevel, "message handled")
+			}
 		}
 		return
 	}
 	c.log.Warn("batch failed, handling its messages one by one", zap.String("queue", c.cfg.Queue), zap.Error(err), zap.Int("size", len(batch)))
 	for _, d := range batch {
-		c.settle(ctx, d, c.callBatch(ctx, []Delivery{d}, h))
+		start := time.Now()
+		err := c.callBatch(ctx, []Delivery{d}, h)
+		took := time.Since(start)
+		c.metrics.Handled(took)
+		c.settle(ctx, d, err, took)
 	}
 }
 
 // call runs h with a context that outlives the consumer's own, so that work
 // in hand when the service is told to stop is finished, not abandoned.
 // A panic becomes an error.
+//
+// The context carries the message's traceparent, so that what the handler
+// publishes in turn (through the outbox) continues the same trace.
 func (c *consumer) call(ctx context.Context, d Delivery, h Handler) (err error) {
-	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.HandlerTimeout)
+	ctx = context.WithoutCancel(ctx)
+	if d.TraceParent != "" {
+		ctx = trace.NewContext(ctx, d.TraceParent)
+	}
+	hctx, cancel := context.WithTimeout(ctx, c.cfg.HandlerTimeout)
 	defer cancel()
 	defer func() {
 		if r := recover(); r != nil {
@@ -326,14 +370,22 @@ func (c *consumer) callBatch(ctx context.Context, batch []Delivery, h BatchHandl
 // A retry or dead-letter copy is published with a confirm before the
 // original is acked; if that publish fails the original is requeued, so a
 // message is never dropped on the way.
-func (c *consumer) settle(ctx context.Context, d Delivery, err error) {
-	log := c.log.With(d.Fields()...)
+//
+// Success is logged at debug level only: one line per message is too many
+// for production, and checking the level first keeps it free when off.
+func (c *consumer) settle(ctx context.Context, d Delivery, err error, took time.Duration) {
 	if err == nil {
 		if aerr := d.raw.Ack(false); aerr != nil {
-			log.Warn("ack failed; the broker will redeliver", zap.Error(aerr))
+			c.log.Warn("ack failed; the broker will redeliver", append(d.Fields(), zap.Error(aerr))...)
+			return
+		}
+		c.metrics.Acked(1)
+		if ce := c.log.Check(zap.DebugLevel, "message handled"); ce != nil {
+			ce.Write(append(d.Fields(), zap.Duration("took", took))...)
 		}
 		return
 	}
+	log := c.log.With(d.Fields()...)
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	var perr error
@@ -341,16 +393,26 @@ func (c *consumer) settle(ctx context.Context, d Delivery, err error) {
 	case IsPermanent(err):
 		log.Error("dead-lettering: permanent error", zap.Error(err))
 		perr = c.deadLetter(pctx, d, ReasonPermanent, err)
+		if perr == nil {
+			c.metrics.DeadLettered(metrics.ReasonPermanent)
+		}
 	case d.Attempt > len(c.cfg.Retry):
 		log.Error("dead-lettering: retries exhausted", zap.Error(err))
 		perr = c.deadLetter(pctx, d, ReasonExhausted, err)
+		if perr == nil {
+			c.metrics.DeadLettered(metrics.ReasonExhausted)
+		}
 	default:
 		delay := c.cfg.Retry[d.Attempt-1]
 		log.Warn("retrying later", zap.Error(err), zap.Duration("delay", delay))
 		perr = c.pub.Publish(pctx, c.copyOf(d, "", RetryQueue(c.cfg.Queue, delay), err, ""))
+		if perr == nil {
+			c.metrics.Retried()
+		}
 	}
 	if perr != nil {
 		log.Error("could not move the message on; requeueing it", zap.Error(perr))
+		c.metrics.Requeued()
 		if nerr := d.raw.Nack(false, true); nerr != nil {
 			log.Warn("nack failed; the broker will redeliver", zap.Error(nerr))
 		}

@@ -9,6 +9,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
+
+	"github.com/dabba/dabba/shared/metrics"
 )
 
 // ErrNotConfirmed means the broker did not confirm a message: it nacked it,
@@ -64,6 +66,7 @@ func (m Message) publishing() amqp.Publishing {
 type Publisher struct {
 	conn     *Conn
 	log      *zap.Logger
+	metrics  *metrics.Set
 	confirms bool
 
 	mu   sync.Mutex
@@ -73,14 +76,14 @@ type Publisher struct {
 
 // NewPublisher returns a publisher on conn.
 func NewPublisher(conn *Conn, log *zap.Logger) *Publisher {
-	return &Publisher{conn: conn, log: log, confirms: true}
+	return &Publisher{conn: conn, log: log, metrics: conn.metrics, confirms: true}
 }
 
 // NewTransientPublisher returns a publisher without confirms, for messages
 // that are worthless once a newer one exists (rider fixes): it never waits
 // for the broker, and a message lost in a reset is simply superseded.
 func NewTransientPublisher(conn *Conn, log *zap.Logger) *Publisher {
-	return &Publisher{conn: conn, log: log}
+	return &Publisher{conn: conn, log: log, metrics: conn.metrics}
 }
 
 // channel returns the current confirm-mode channel, opening a new one when
@@ -144,6 +147,7 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (acked []b
 		return acked, errors.New("broker is blocking publishers (resource alarm)")
 	}
 	confirms := make([]*amqp.DeferredConfirmation, len(msgs))
+	start := time.Now()
 	for i, m := range msgs {
 		dc, perr := ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, false, false, m.publishing())
 		if perr != nil {
@@ -166,6 +170,11 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (acked []b
 			err = fmt.Errorf("wait for confirm: %w", werr)
 		}
 		acked[i] = werr == nil && ok
+		if acked[i] {
+			p.metrics.Confirmed(time.Since(start))
+		} else {
+			p.metrics.Unconfirmed(1)
+		}
 	}
 	return acked, err
 }

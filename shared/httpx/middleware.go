@@ -9,6 +9,8 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/go-chi/httprate"
 	"go.uber.org/zap"
+
+	"github.com/dabba/dabba/shared/trace"
 )
 
 // LogRequests logs each request once it is answered, at debug level for
@@ -23,8 +25,10 @@ func LogRequests(log *zap.Logger) func(http.Handler) http.Handler {
 			if ww.Status() >= 500 {
 				level = zap.WarnLevel
 			}
-			log.Log(level, "http request", zap.String("method", r.Method), zap.String("path", r.URL.Path),
-				zap.Int("status", ww.Status()), zap.Duration("took", time.Since(start)))
+			if ce := log.Check(level, "http request"); ce != nil {
+				ce.Write(zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Int("status", ww.Status()),
+					zap.Duration("took", time.Since(start)), zap.String("trace_id", trace.TraceID(trace.FromContext(r.Context()))))
+			}
 		})
 	}
 }

@@ -11,20 +11,24 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/trace"
 )
 
 // Enqueue writes an event to the outbox inside the caller's transaction; the
 // relay publishes it once the transaction has committed. It returns the
-// event's id.
+// event's id. The trace ctx carries (trace.FromContext) continues in the
+// event: the row keeps a child traceparent, which the relay sends on.
 func Enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time.Time, data any) (string, error) {
 	var b pgx.Batch
-	id, err := Add(&b, routingKey, orderID, at, data)
+	id, err := Add(ctx, &b, routingKey, orderID, at, data)
 	if err != nil {
 		return "", err
 	}
@@ -36,8 +40,9 @@ func Enqueue(ctx context.Context, tx pgx.Tx, routingKey, orderID string, at time
 
 // Add queues the outbox insert of an event on b, for a caller that sends
 // its transaction's statements in one round trip; sending b inside the
-// transaction is the caller's part. It returns the event's id.
-func Add(b *pgx.Batch, routingKey, orderID string, at time.Time, data any) (string, error) {
+// transaction is the caller's part. It returns the event's id. Like
+// Enqueue, it keeps the trace ctx carries.
+func Add(ctx context.Context, b *pgx.Batch, routingKey, orderID string, at time.Time, data any) (string, error) {
 	env, err := events.New(uuid.NewString(), routingKey, orderID, at, data)
 	if err != nil {
 		return "", err
@@ -46,8 +51,12 @@ func Add(b *pgx.Batch, routingKey, orderID string, at time.Time, data any) (stri
 	if err != nil {
 		return "", fmt.Errorf("encode event: %w", err)
 	}
-	b.Queue("INSERT INTO outbox (event_id, routing_key, order_id, payload) VALUES ($1, $2, $3, $4)",
-		env.ID, routingKey, orderID, payload)
+	var tp any // NULL without a trace
+	if parent := trace.FromContext(ctx); parent != "" {
+		tp = trace.Child(parent)
+	}
+	b.Queue("INSERT INTO outbox (event_id, routing_key, order_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
+		env.ID, routingKey, orderID, payload, tp)
 	return env.ID, nil
 }
 
@@ -108,7 +117,7 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) relayOnce(ctx context.Context) (int, error) {
 	var n int
 	err := postgres.InTx(ctx, r.db, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT id, event_id, routing_key, order_id, payload FROM outbox
+		rows, err := tx.Query(ctx, `SELECT id, event_id, routing_key, order_id, payload, traceparent FROM outbox
 			WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, r.batch)
 		if err != nil {
 			return fmt.Errorf("read outbox: %w", err)
@@ -120,12 +129,17 @@ func (r *Relay) relayOnce(ctx context.Context) (int, error) {
 			var eventID, orderID uuid.UUID
 			var key string
 			var payload []byte
-			if err := rows.Scan(&id, &eventID, &key, &orderID, &payload); err != nil {
+			var tp pgtype.Text
+			if err := rows.Scan(&id, &eventID, &key, &orderID, &payload, &tp); err != nil {
 				return fmt.Errorf("read outbox row: %w", err)
+			}
+			var headers amqp.Table
+			if tp.Valid && trace.Valid(tp.String) {
+				headers = amqp.Table{trace.Header: tp.String}
 			}
 			ids = append(ids, id)
 			msgs = append(msgs, broker.Message{Exchange: broker.ExchangeOrders, RoutingKey: key, MessageID: eventID.String(),
-				Type: key, CorrelationID: orderID.String(), Body: payload})
+				Type: key, CorrelationID: orderID.String(), Body: payload, Headers: headers})
 		}
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("read outbox: %w", err)

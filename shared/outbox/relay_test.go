@@ -15,11 +15,14 @@ import (
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/testenv"
+	"github.com/dabba/dabba/shared/trace"
 )
 
 // TestRelayPublishesWithConfirms writes outbox rows, runs the relay and
 // finds every event in a queue of the test's own bound to the orders
-// exchange, with its rows marked sent.
+// exchange, with its rows marked sent. Events written under a trace carry
+// it on as a traceparent header (a new span in the same trace); the others
+// carry none.
 func TestRelayPublishesWithConfirms(t *testing.T) {
 	db := testenv.MustDB(t)
 	log := zaptest.NewLogger(t)
@@ -43,9 +46,16 @@ func TestRelayPublishesWithConfirms(t *testing.T) {
 
 	orderID := uuid.NewString()
 	const n = 25
+	parent := trace.New()
+	traced := map[string]bool{}
 	for i := 0; i < n; i++ {
+		ectx := ctx
+		if i%2 == 1 {
+			ectx = trace.NewContext(ctx, parent)
+		}
 		err := postgres.InTx(ctx, db, func(tx pgx.Tx) error {
-			_, err := Enqueue(ctx, tx, key, orderID, time.Now(), events.RiderAssigned{RiderID: "r"})
+			id, err := Enqueue(ectx, tx, key, orderID, time.Now(), events.RiderAssigned{RiderID: "r"})
+			traced[id] = i%2 == 1
 			return err
 		})
 		if err != nil {
@@ -68,6 +78,10 @@ func TestRelayPublishesWithConfirms(t *testing.T) {
 		case d := <-msgs:
 			checkDelivery(t, d, key, orderID)
 			seen[d.MessageId] = true
+			tp, _ := d.Headers[trace.Header].(string)
+			if traced[d.MessageId] != (tp != "") || (tp != "" && (trace.TraceID(tp) != trace.TraceID(parent) || tp == parent)) {
+				t.Errorf("event %s (traced %v) has traceparent %q, want a child of %q", d.MessageId, traced[d.MessageId], tp, parent)
+			}
 		case <-ctx.Done():
 			t.Fatalf("received %d of %d events", len(seen), n)
 		}

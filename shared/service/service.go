@@ -24,7 +24,9 @@ import (
 	"github.com/dabba/dabba/shared/config"
 	"github.com/dabba/dabba/shared/httpx"
 	"github.com/dabba/dabba/shared/logging"
+	"github.com/dabba/dabba/shared/metrics"
 	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/trace"
 )
 
 // Base holds a service's shared dependencies.
@@ -34,6 +36,9 @@ type Base struct {
 	Log    *zap.Logger
 	DB     *pgxpool.Pool
 	Broker *broker.Conn
+	// Metrics is this run's registry, served at /metrics; the broker
+	// connection and everything on it record into it.
+	Metrics *metrics.Set
 
 	topology atomic.Bool
 	stop     context.CancelFunc
@@ -62,12 +67,38 @@ func Open(ctx context.Context, name string, getenv func(string) string) (*Base, 
 	}
 	broker.LogLibrary(log)
 	bctx, stop := context.WithCancel(context.Background())
-	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: broker.Dial(env.BrokerURLs(), name, log), stop: stop}
+	m := metrics.New()
+	conn := broker.Dial(env.BrokerURLs(), name, log)
+	conn.Instrument(m)
+	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: conn, Metrics: m, stop: stop}
 	go b.declareTopology(bctx)
 	return b, nil
 }
 
+// declareTopology declares the topology once the broker answers, and again
+// after every reconnect: a broker that came back empty (a new container
+// without its volume) gets its queues back, and /readyz stays failing until
+// it has them.
 func (b *Base) declareTopology(ctx context.Context) {
+	for {
+		seen := b.Broker.Reconnects.Load() // before declaring: a reconnect meanwhile means declaring again
+		b.declareOnce(ctx)
+		t := time.NewTicker(time.Second)
+		for b.Broker.Reconnects.Load() == seen && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			return
+		}
+		b.topology.Store(false)
+	}
+}
+
+func (b *Base) declareOnce(ctx context.Context) {
 	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		err := broker.DeclareTopology(ctx, b.Broker)
 		if err == nil {
@@ -94,12 +125,14 @@ func (b *Base) Close() {
 	_ = b.Log.Sync()
 }
 
-// Router returns a chi router with request logging, panic recovery and the
-// /healthz and /readyz endpoints (database and broker reachable, topology
-// declared).
+// Router returns a chi router with trace propagation (W3C traceparent),
+// request metrics, panic recovery, request logging, and the /metrics,
+// /healthz (alive) and /readyz (database and broker reachable, topology
+// declared) endpoints.
 func (b *Base) Router() chi.Router {
 	r := chi.NewRouter()
-	r.Use(httpx.Recoverer(b.Log), httpx.LogRequests(b.Log))
+	r.Use(trace.Middleware, b.Metrics.Middleware, httpx.Recoverer(b.Log), httpx.LogRequests(b.Log))
+	r.Method(http.MethodGet, "/metrics", b.Metrics.Handler())
 	r.Method(http.MethodGet, "/healthz", httpx.Healthz())
 	r.Method(http.MethodGet, "/readyz", httpx.Readyz(map[string]httpx.Check{
 		"database": func(r *http.Request) error {

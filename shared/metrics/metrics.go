@@ -1,0 +1,344 @@
+// Package metrics is Dabba's Prometheus instrumentation: one registry per
+// service run (no global state, so services run in-process by tests never
+// share counters), the metric names in one place, and cheap hooks for the
+// hot paths: per-queue counters are looked up once per consumer, not per
+// message.
+//
+// Every method works on a nil *Set and does nothing, so code under test
+// that was given no metrics needs no special case.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metric names, for dashboards and tests.
+const (
+	HTTPRequestDuration    = "dabba_http_request_duration_seconds"
+	MessagesConsumed       = "dabba_messages_consumed_total"
+	MessagesAcked          = "dabba_messages_acked_total"
+	MessagesRetried        = "dabba_messages_retried_total"
+	MessagesRequeued       = "dabba_messages_requeued_total"
+	MessagesDeadLettered   = "dabba_messages_dead_lettered_total"
+	HandlerDuration        = "dabba_message_handler_duration_seconds"
+	PublishConfirmDuration = "dabba_broker_publish_confirm_seconds"
+	PublishUnconfirmed     = "dabba_broker_publish_unconfirmed_total"
+	BrokerReconnects       = "dabba_broker_reconnects_total"
+	BrokerConnected        = "dabba_broker_connected"
+	OutboxUnsent           = "dabba_outbox_unsent_events"
+	OutboxOldestAge        = "dabba_outbox_oldest_unsent_age_seconds"
+	TrackingSocketsOpen    = "dabba_tracking_websockets_open"
+	TrackingFixesIn        = "dabba_tracking_fixes_in_total"
+	TrackingFixesOut       = "dabba_tracking_fixes_out_total"
+	TrackingFixesDropped   = "dabba_tracking_fixes_dropped_total"
+)
+
+// latencyBuckets span 1 ms to about 4 s, where a request's or a handler's
+// time falls; confirmBuckets start lower, at half a millisecond.
+var (
+	latencyBuckets = prometheus.ExponentialBuckets(0.001, 2.5, 10)
+	confirmBuckets = prometheus.ExponentialBuckets(0.0005, 2.5, 10)
+)
+
+// Set is one service run's metrics and the registry that serves them.
+type Set struct {
+	// Registry holds every metric of this run; Handler serves it.
+	Registry *prometheus.Registry
+
+	http        *prometheus.HistogramVec
+	consumed    *prometheus.CounterVec
+	acked       *prometheus.CounterVec
+	retried     *prometheus.CounterVec
+	requeued    *prometheus.CounterVec
+	dead        *prometheus.CounterVec
+	handler     *prometheus.HistogramVec
+	confirm     prometheus.Histogram
+	unconfirmed prometheus.Counter
+}
+
+// New returns a fresh Set with its own registry, holding the Go runtime and
+// process collectors and the metrics every service has.
+func New() *Set {
+	reg := prometheus.NewRegistry()
+	f := factory{reg}
+	s := &Set{
+		Registry: reg,
+		http: f.histogramVec(HTTPRequestDuration, "Time to serve an HTTP request, by chi route pattern, method and status.",
+			latencyBuckets, "route", "method", "status"),
+		consumed: f.counterVec(MessagesConsumed, "Messages received from a queue and handed to a handler.", "queue"),
+		acked:    f.counterVec(MessagesAcked, "Messages acked after their handler succeeded.", "queue"),
+		retried:  f.counterVec(MessagesRetried, "Messages whose handler failed, sent to the retry ladder (a nack, delayed).", "queue"),
+		requeued: f.counterVec(MessagesRequeued, "Messages nacked back to their queue because their retry or dead-letter copy was not confirmed.", "queue"),
+		dead:     f.counterVec(MessagesDeadLettered, "Messages moved to the dead-letter queue, by reason.", "queue", "reason"),
+		handler: f.histogramVec(HandlerDuration, "Time a handler took for one message (or one batch).",
+			latencyBuckets, "queue"),
+	}
+	s.confirm = prometheus.NewHistogram(prometheus.HistogramOpts{Name: PublishConfirmDuration,
+		Help: "Time from a publish (the first of its batch) to the broker's confirm.", Buckets: confirmBuckets})
+	s.unconfirmed = prometheus.NewCounter(prometheus.CounterOpts{Name: PublishUnconfirmed,
+		Help: "Messages the broker nacked or never confirmed (they are published again)."})
+	reg.MustRegister(s.confirm, s.unconfirmed,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return s
+}
+
+type factory struct{ reg *prometheus.Registry }
+
+func (f factory) counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	f.reg.MustRegister(v)
+	return v
+}
+
+func (f factory) histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	v := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
+	f.reg.MustRegister(v)
+	return v
+}
+
+// Handler serves the registry in the Prometheus exposition format.
+func (s *Set) Handler() http.Handler {
+	if s == nil {
+		return http.NotFoundHandler()
+	}
+	return promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{Registry: s.Registry})
+}
+
+// Middleware times every request by its chi route pattern (never the raw
+// path, which would make a series per order id), method and status.
+func (s *Set) Middleware(next http.Handler) http.Handler {
+	if s == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		if ww.Status() == http.StatusSwitchingProtocols {
+			return // a WebSocket's lifetime is no request latency
+		}
+		route := "unmatched"
+		if rc := chi.RouteContext(r.Context()); rc != nil {
+			if p := rc.RoutePattern(); p != "" {
+				route = p
+			}
+		}
+		s.http.WithLabelValues(route, r.Method, statusLabel(ww.Status())).Observe(time.Since(start).Seconds())
+	})
+}
+
+// statusLabel spells common status codes without allocating.
+func statusLabel(code int) string {
+	switch code {
+	case 0, 200:
+		return "200" // nothing written means 200
+	case 201:
+		return "201"
+	case 202:
+		return "202"
+	case 204:
+		return "204"
+	case 400:
+		return "400"
+	case 404:
+		return "404"
+	case 409:
+		return "409"
+	case 422:
+		return "422"
+	case 429:
+		return "429"
+	case 500:
+		return "500"
+	case 503:
+		return "503"
+	}
+	return strconv.Itoa(code)
+}
+
+// Queue is a consumer's counters for one queue, looked up once.
+type Queue struct {
+	consumed, acked, retried, requeued prometheus.Counter
+	deadPermanent, deadExhausted       prometheus.Counter
+	handler                            prometheus.Observer
+}
+
+// Dead-letter reasons, as the label reason spells them (the same words as
+// the x-dabba-reason header).
+const (
+	ReasonPermanent = "permanent-error"
+	ReasonExhausted = "retries-exhausted"
+)
+
+// Queue returns the counters for queue; nil when s is nil.
+func (s *Set) Queue(queue string) *Queue {
+	if s == nil {
+		return nil
+	}
+	return &Queue{
+		consumed:      s.consumed.WithLabelValues(queue),
+		acked:         s.acked.WithLabelValues(queue),
+		retried:       s.retried.WithLabelValues(queue),
+		requeued:      s.requeued.WithLabelValues(queue),
+		deadPermanent: s.dead.WithLabelValues(queue, ReasonPermanent),
+		deadExhausted: s.dead.WithLabelValues(queue, ReasonExhausted),
+		handler:       s.handler.WithLabelValues(queue),
+	}
+}
+
+// Consumed counts n messages handed to a handler.
+func (q *Queue) Consumed(n int) {
+	if q != nil {
+		q.consumed.Add(float64(n))
+	}
+}
+
+// Acked counts n messages acked.
+func (q *Queue) Acked(n int) {
+	if q != nil {
+		q.acked.Add(float64(n))
+	}
+}
+
+// Retried counts a message sent to the retry ladder.
+func (q *Queue) Retried() {
+	if q != nil {
+		q.retried.Inc()
+	}
+}
+
+// Requeued counts a message nacked back to its queue.
+func (q *Queue) Requeued() {
+	if q != nil {
+		q.requeued.Inc()
+	}
+}
+
+// DeadLettered counts a message moved to the dead-letter queue; reason is
+// ReasonPermanent or ReasonExhausted.
+func (q *Queue) DeadLettered(reason string) {
+	if q == nil {
+		return
+	}
+	if reason == ReasonPermanent {
+		q.deadPermanent.Inc()
+	} else {
+		q.deadExhausted.Inc()
+	}
+}
+
+// Handled records how long a handler call took.
+func (q *Queue) Handled(d time.Duration) {
+	if q != nil {
+		q.handler.Observe(d.Seconds())
+	}
+}
+
+// Confirmed records the time from a publish to its confirm.
+func (s *Set) Confirmed(d time.Duration) {
+	if s != nil {
+		s.confirm.Observe(d.Seconds())
+	}
+}
+
+// Unconfirmed counts n messages the broker did not confirm.
+func (s *Set) Unconfirmed(n int) {
+	if s != nil && n > 0 {
+		s.unconfirmed.Add(float64(n))
+	}
+}
+
+// WatchBroker exposes a connection's reconnect count and state, read at
+// scrape time so the connection itself pays nothing.
+func (s *Set) WatchBroker(reconnects func() int64, connected func() bool) {
+	if s == nil {
+		return
+	}
+	s.Registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: BrokerReconnects,
+			Help: "Times the broker connection came back after a loss."},
+			func() float64 { return float64(reconnects()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: BrokerConnected,
+			Help: "1 while the broker connection is open."},
+			func() float64 {
+				if connected() {
+					return 1
+				}
+				return 0
+			}))
+}
+
+// Backlog reports how many outbox events wait to be published and the age
+// of the oldest.
+type Backlog func(ctx context.Context) (n int64, oldest time.Duration, err error)
+
+// WatchOutbox exposes the outbox backlog and its oldest row's age, queried
+// at scrape time (one indexed query per scrape, nothing on the relay's
+// path). Only the service that runs the relay should call it.
+func (s *Set) WatchOutbox(backlog Backlog) {
+	if s != nil {
+		s.Registry.MustRegister(outboxCollector{backlog})
+	}
+}
+
+var (
+	outboxUnsentDesc = prometheus.NewDesc(OutboxUnsent, "Outbox events not yet confirmed by the broker.", nil, nil)
+	outboxAgeDesc    = prometheus.NewDesc(OutboxOldestAge, "Age of the oldest outbox event not yet confirmed (0 when none).", nil, nil)
+)
+
+type outboxCollector struct{ backlog Backlog }
+
+func (c outboxCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- outboxUnsentDesc
+	ch <- outboxAgeDesc
+}
+
+func (c outboxCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, age, err := c.backlog(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(outboxUnsentDesc, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(outboxUnsentDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(outboxAgeDesc, prometheus.GaugeValue, age.Seconds())
+}
+
+// Tracking reads the tracking service's own counters (kept for its /stats
+// endpoint) at scrape time.
+type Tracking struct {
+	SocketsOpen func() int
+	FixesIn     func() int64 // accepted from riders
+	FixesOut    func() int64 // written to customers
+	Stale       func() int64 // dropped: not newer than one already seen
+	Coalesced   func() int64 // dropped: replaced by a newer fix before it was sent
+}
+
+// WatchTracking exposes the tracking service's counters.
+func (s *Set) WatchTracking(t Tracking) {
+	if s == nil {
+		return
+	}
+	counter := func(name, help string, f func() int64, labels prometheus.Labels) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(f()) })
+	}
+	s.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: TrackingSocketsOpen, Help: "Open WebSockets (customers and riders)."},
+			func() float64 { return float64(t.SocketsOpen()) }),
+		counter(TrackingFixesIn, "Rider fixes accepted for publishing.", t.FixesIn, nil),
+		counter(TrackingFixesOut, "Fixes written to customers' sockets.", t.FixesOut, nil),
+		counter(TrackingFixesDropped, "Fixes not sent to customers, by reason.", t.Stale, prometheus.Labels{"reason": "stale"}),
+		counter(TrackingFixesDropped, "Fixes not sent to customers, by reason.", t.Coalesced, prometheus.Labels{"reason": "coalesced"}),
+	)
+}
