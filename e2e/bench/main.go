@@ -47,7 +47,7 @@ type sizes struct {
 
 var (
 	full = sizes{Ceiling: 10 * time.Second, Concurrency: 16, Probe: 10 * time.Second,
-		Rates: []int{100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000}, Hold: 60 * time.Second,
+		Rates: []int{50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000}, Hold: 60 * time.Second,
 		Burst: 100_000, BurstOver: time.Minute, Riders: 10_000, FixEvery: 500 * time.Millisecond, Customers: 200,
 		LocationsFor: 30 * time.Second, IdleSockets: 10_000}
 	quick = sizes{Ceiling: 2 * time.Second, Concurrency: 16, Probe: 2 * time.Second,
@@ -67,6 +67,7 @@ func main() {
 	quickRun := flag.Bool("quick", false, "scale every size down (make bench-quick)")
 	out := flag.String("out", "e2e/bench/results.json", "where to write the results as JSON")
 	riders := flag.Int("riders", 0, "rider sockets (default 10000, quick 200)")
+	burst := flag.Int("burst", 0, "orders in the burst (default 100000 over a minute, quick 500), sent at the same rate")
 	flag.Parse()
 	sz := full
 	if *quickRun {
@@ -74,6 +75,10 @@ func main() {
 	}
 	if *riders > 0 {
 		sz.Riders = *riders
+	}
+	if *burst > 0 {
+		sz.BurstOver = time.Duration(float64(sz.BurstOver) * float64(*burst) / float64(sz.Burst))
+		sz.Burst = *burst
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -42,6 +44,10 @@ type Results struct {
 		MaxQueueBacklog int     `json:"max_queue_backlog"`
 		MaxOutboxUnsent int     `json:"max_outbox_unsent"`
 		LimitedBy       string  `json:"limited_by"`
+		// Where the CPU went while the rate was held: milliseconds per
+		// order for each part, and the share of all cores busy.
+		CPUMsPerOrder map[string]float64 `json:"cpu_ms_per_order"`
+		CoresBusy     float64            `json:"cores_busy_fraction"`
 	} `json:"orders"`
 
 	Burst struct {
@@ -136,6 +142,7 @@ func (r *Results) print(w io.Writer) {
 	fmt.Fprintf(tw, "orders: POST → last consumer's effect\t%s\t\t\n", o.EndToEnd)
 	fmt.Fprintf(tw, "orders: all paid and in analytics within 5 s of the end\t%v (after %.1f s)\t\t\n", o.AllDoneWithin5s, o.AllDoneAfterS)
 	fmt.Fprintf(tw, "orders: what stopped the next rate\t%s\t\t\n", o.LimitedBy)
+	fmt.Fprintf(tw, "orders: CPU while held (%.0f%% of all cores busy), ms per order\t%s\t\t\n", 100*o.CoresBusy, sortedFigures(o.CPUMsPerOrder, 1))
 	bu := r.Burst
 	fmt.Fprintf(tw, "burst: %d orders over %.0f s\t%d accepted, %d refused (503)\t\t\n", bu.Orders, bu.OverS, bu.Accepted, bu.Refused)
 	fmt.Fprintf(tw, "burst: POST latency\t%s\t\t\n", bu.Latency)
@@ -148,18 +155,24 @@ func (r *Results) print(w io.Writer) {
 	fmt.Fprintf(tw, "locations: refused / stale / coalesced\t%d / %d / %d\t\t\n", l.Refused, l.Stale, l.Coalesced)
 	m := r.Memory
 	fmt.Fprintf(tw, "memory: per idle customer socket (%d open)\t%.1f KiB\t\t\n", m.IdleSockets, m.BytesPerIdleSocket/1024)
-	var names []string
-	for n := range m.PeakRSSKiB {
-		names = append(names, n)
+	peaks := map[string]float64{}
+	for n, kib := range m.PeakRSSKiB {
+		peaks[n] = float64(kib) / 1024
 	}
-	slices.Sort(names)
-	var peaks []string
-	for _, n := range names {
-		peaks = append(peaks, fmt.Sprintf("%s %.0f", n, float64(m.PeakRSSKiB[n])/1024))
-	}
-	fmt.Fprintf(tw, "memory: peak RSS (MiB)\t%s\t\t\n", strings.Join(peaks, ", "))
+	fmt.Fprintf(tw, "memory: peak RSS (MiB)\t%s\t\t\n", sortedFigures(peaks, 0))
 	if len(r.Lost) > 0 {
 		fmt.Fprintf(tw, "LOST\t%v\t\t\n", r.Lost)
 	}
 	tw.Flush()
+}
+
+// sortedFigures prints name-value pairs, largest first.
+func sortedFigures(m map[string]float64, decimals int) string {
+	names := slices.Collect(maps.Keys(m))
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(m[b], m[a]) })
+	var parts []string
+	for _, n := range names {
+		parts = append(parts, fmt.Sprintf("%s %.*f", n, decimals, m[n]))
+	}
+	return strings.Join(parts, ", ")
 }

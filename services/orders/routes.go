@@ -1,14 +1,22 @@
 package main
 
 import (
+	_ "embed"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/apidoc"
 	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/httpx"
 )
+
+// openAPI documents this API (OpenAPI 3.1), served at /openapi.json; a test
+// holds it to the routes below.
+//
+//go:embed openapi.json
+var openAPI []byte
 
 // addRoutes lists the orders API, and the admin API behind adminToken.
 func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, perIP int, adminToken string, chs dlq.Channels) {
@@ -19,6 +27,7 @@ func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, 
 		r.Method(http.MethodPost, "/{id}/status", handleOrderStatus(log, store))
 		r.Method(http.MethodPost, "/{id}/rider", handleRiderAssign(log, store))
 	})
+	r.Method(http.MethodGet, "/openapi.json", apidoc.Handler(openAPI))
 	r.Route("/v1/admin", func(r chi.Router) {
 		r.Use(requireAdmin(adminToken))
 		r.Method(http.MethodGet, "/dlq", handleDLQList(log, chs))

@@ -1,14 +1,22 @@
 package main
 
 import (
+	_ "embed"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/apidoc"
 	"github.com/dabba/dabba/shared/token"
 )
+
+// openAPI documents this API (OpenAPI 3.1), served at /openapi.json; a test
+// holds it to the routes below.
+//
+//go:embed openapi.json
+var openAPI []byte
 
 // addRoutes lists the tracking API: riders' ingest, customers' stream, the
 // tracking page and the service's counters.
@@ -21,4 +29,5 @@ func addRoutes(r chi.Router, log *zap.Logger, db *pgxpool.Pool, hub *Hub, relay 
 	r.Method(http.MethodGet, "/track/{order_id}", handleTrackPage())
 	r.Method(http.MethodGet, "/track/assets/*", handleTrackAssets())
 	r.Method(http.MethodGet, "/stats", handleStats(hub, relay, in, sockets))
+	r.Method(http.MethodGet, "/openapi.json", apidoc.Handler(openAPI))
 }

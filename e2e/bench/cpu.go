@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTick is the unit of /proc's CPU times (USER_HZ, 100 on Linux).
+const clockTick = 10 * time.Millisecond
+
+// cpuTimes returns the CPU time (user and system) each part of the machine
+// has used so far: every service of the stack, RabbitMQ, PostgreSQL (all
+// its processes) and the bench itself. The difference over a run says
+// where an order's CPU goes, which on a machine this size is what limits
+// the rate.
+func (b *bench) cpuTimes() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	byPid := map[int]string{os.Getpid(): "bench (load generator)"}
+	for _, p := range b.stack.Procs {
+		byPid[p.Pid()] = p.Name
+	}
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, dir := range dirs {
+		pid, _ := strconv.Atoi(filepath.Base(dir))
+		name, ok := byPid[pid]
+		if !ok {
+			comm, _ := os.ReadFile(dir + "/comm")
+			switch strings.TrimSpace(string(comm)) {
+			case "postgres":
+				name = "postgresql"
+			case "beam.smp":
+				name = "rabbitmq"
+			default:
+				continue
+			}
+		}
+		if d, err := procCPU(pid); err == nil {
+			out[name] += d
+		}
+	}
+	return out
+}
+
+// procCPU reads a process's user and system time from /proc/<pid>/stat.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which may hold spaces: state is
+	// field 3, utime 14 and stime 15.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * clockTick, nil
+}
+
+// cpuPerOrder turns two cpuTimes readings into milliseconds of CPU per
+// order for each part, and the share of the machine's cores they used.
+func cpuPerOrder(before, after map[string]time.Duration, orders int, over time.Duration, cores int) (map[string]float64, float64) {
+	per := map[string]float64{}
+	var total time.Duration
+	for name, t := range after {
+		d := t - before[name]
+		total += d
+		if orders > 0 {
+			per[name] = float64(d.Microseconds()) / 1000 / float64(orders)
+		}
+	}
+	return per, total.Seconds() / (over.Seconds() * float64(cores))
+}

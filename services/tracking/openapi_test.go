@@ -1,0 +1,24 @@
+package main
+
+import (
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/dabba/dabba/shared/apidoc"
+	"github.com/dabba/dabba/shared/service"
+)
+
+// TestOpenAPIMatchesRoutes holds openapi.json to the router run builds:
+// every route documented, every documented operation a route.
+func TestOpenAPIMatchesRoutes(t *testing.T) {
+	r := (&service.Base{Log: zap.NewNop()}).Router()
+	addRoutes(r, zap.NewNop(), nil, nil, nil, nil, nil, nil)
+	undocumented, missing, err := apidoc.Diff(r, openAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(undocumented) > 0 || len(missing) > 0 {
+		t.Fatalf("routes not in openapi.json: %v; documented but not routes: %v", undocumented, missing)
+	}
+}
