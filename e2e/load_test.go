@@ -279,34 +279,38 @@ func wantLedger(t testing.TB, db *pgxpool.Pool, ids []string, within time.Durati
 	wantNothingLeft(t, ids, dead)
 }
 
-// wantNothingLeft checks that no message about these orders waits in any
+// wantNothingLeft waits until no message about these orders waits in any
 // work queue, retry queue or dead-letter queue, except those in dead
-// (order id → the queue whose DLQ holds its message).
+// (order id → the queue whose DLQ holds its message). It waits because
+// consumers outside the ledger (tracking) may still be catching up.
 func wantNothingLeft(t testing.TB, ids []string, dead map[string]string) {
 	t.Helper()
 	ours := map[string]bool{}
 	for _, id := range ids {
 		ours[id] = true
 	}
-	var queues []struct {
-		Name string `json:"name"`
-	}
-	management(t, http.MethodGet, "/queues/%2F?columns=name", nil, &queues)
-	for _, q := range queues {
-		if strings.HasPrefix(q.Name, "amq.") || strings.HasPrefix(q.Name, "tracking.live") {
-			continue
+	eventually(t, 30*time.Second, "no message of these orders left in a queue", func() error {
+		var queues []struct {
+			Name string `json:"name"`
 		}
-		for _, m := range peek(t, q.Name) {
-			id := m.Properties.CorrelationID
-			if !ours[id] {
+		management(t, http.MethodGet, "/queues/%2F?columns=name", nil, &queues)
+		for _, q := range queues {
+			if strings.HasPrefix(q.Name, "amq.") || strings.HasPrefix(q.Name, "tracking.live") {
 				continue
 			}
-			if origin, ok := dead[id]; ok && q.Name == origin+".dlq" {
-				continue
+			for _, m := range peek(t, q.Name) {
+				id := m.Properties.CorrelationID
+				if !ours[id] {
+					continue
+				}
+				if origin, ok := dead[id]; ok && q.Name == origin+".dlq" {
+					continue
+				}
+				return fmt.Errorf("message %s (%s) of order %s left in %s", m.Properties.MessageID, m.RoutingKey, id, q.Name)
 			}
-			t.Errorf("message %s (%s) of order %s left in %s", m.Properties.MessageID, m.RoutingKey, id, q.Name)
 		}
-	}
+		return nil
+	})
 }
 
 // restartBroker stops RabbitMQ and starts it again: "app" stops only the
