@@ -25,8 +25,9 @@ var httpClient = &http.Client{Timeout: 30 * time.Second,
 type loadResult struct {
 	latency  []time.Duration
 	ids      []string
-	refused  int // 503 with Retry-After
-	errors   []string
+	refused  int      // 503 with Retry-After
+	noAnswer int      // no answer at all (the client gave up): the order may or may not be stored
+	errors   []string // answers outside the API's contract
 	duration time.Duration
 }
 
@@ -52,7 +53,7 @@ func openLoop(ctx context.Context, tag string, rate int, d time.Duration) loadRe
 			r.latency = append(r.latency, took)
 			switch {
 			case err != nil:
-				r.errors = append(r.errors, err.Error())
+				r.noAnswer++
 			case code == http.StatusCreated:
 				r.ids = append(r.ids, o.ID)
 			case code == http.StatusServiceUnavailable:
@@ -156,7 +157,7 @@ func (b *bench) orders(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		p := Probe{Rate: rate, Latency: summarize(res.latency), Errors: len(res.errors) + res.refused, Backlog: q, Unsent: u, Accepted: len(res.ids)}
+		p := Probe{Rate: rate, Latency: summarize(res.latency), Errors: len(res.errors) + res.refused + res.noAnswer, Backlog: q, Unsent: u, Accepted: len(res.ids)}
 		// Flat: the end of the probe holds no more than about a second's
 		// worth of events (an order makes nine messages across these
 		// queues), or no more than the middle of the probe did.
@@ -217,7 +218,7 @@ func (b *bench) orders(ctx context.Context) error {
 	close(stopSampling)
 	<-sampled
 	end := time.Now()
-	o.Seconds, o.Accepted, o.Errors = res.duration.Seconds(), len(res.ids), len(res.errors)+res.refused
+	o.Seconds, o.Accepted, o.Errors = res.duration.Seconds(), len(res.ids), len(res.errors)+res.refused+res.noAnswer
 	o.Latency, o.MaxQueueBacklog, o.MaxOutboxUnsent = summarize(res.latency), maxQ, maxU
 	if pg := b.r.Ceilings.PostgresOrderTxPerS; pg > 0 {
 		o.FractionOfPG = float64(o.Rate) / pg
@@ -306,14 +307,25 @@ func (b *bench) burst(ctx context.Context) error {
 	bu.Orders, bu.OverS, bu.Accepted, bu.Refused = b.sz.Burst, res.duration.Seconds(), len(res.ids), res.refused
 	bu.Latency = summarize(res.latency)
 	bu.EmailAtDefaultLimit = float64(len(res.ids)) / 25 / 60
+	bu.NoAnswer = res.noAnswer
 	if len(res.errors) > 0 {
-		b.r.Lost = append(b.r.Lost, fmt.Sprintf("burst: %d requests failed, e.g. %s", len(res.errors), res.errors[0]))
+		b.r.Lost = append(b.r.Lost, fmt.Sprintf("burst: %d unexpected answers, e.g. %s", len(res.errors), res.errors[0]))
 	}
 	fmt.Printf("bench: burst sent: %d accepted, %d refused, %s; draining\n", len(res.ids), res.refused, bu.Latency)
 	if err := b.waitEffects(ctx, res.ids, 20*time.Minute); err != nil {
 		b.r.Lost = append(b.r.Lost, "burst: "+err.Error())
 	}
 	bu.DrainS = time.Since(end).Seconds()
+	// Every accepted order is stored; an unanswered request may have been
+	// stored too (its client would retry with the same key), never more.
+	var stored int
+	if err := b.db.QueryRow(ctx, "SELECT count(*) FROM orders WHERE customer_id LIKE 'bench-burst-%' AND created_at >= $1",
+		end.Add(-time.Duration(bu.OverS*float64(time.Second))-time.Second)).Scan(&stored); err != nil {
+		return err
+	}
+	if stored < bu.Accepted || stored > bu.Accepted+bu.NoAnswer {
+		b.r.Lost = append(b.r.Lost, fmt.Sprintf("burst: %d orders stored for %d accepted and %d unanswered", stored, bu.Accepted, bu.NoAnswer))
+	}
 	_, err := b.waitDrained(ctx, 10*time.Minute)
 	return err
 }

@@ -54,7 +54,8 @@ type Results struct {
 		Orders              int     `json:"orders"`
 		OverS               float64 `json:"over_s"`
 		Accepted            int     `json:"accepted"`
-		Refused             int     `json:"refused"` // 503 with Retry-After: told to retry, nothing stored
+		Refused             int     `json:"refused"`   // 503 with Retry-After: told to retry, nothing stored
+		NoAnswer            int     `json:"no_answer"` // the client gave up waiting
 		Latency             Lat     `json:"post_latency"`
 		DrainS              float64 `json:"drain_s"` // end of the burst → every accepted order's four effects
 		EmailAtDefaultLimit float64 `json:"email_drain_at_25_per_min_h"`
@@ -144,7 +145,7 @@ func (r *Results) print(w io.Writer) {
 	fmt.Fprintf(tw, "orders: what stopped the next rate\t%s\t\t\n", o.LimitedBy)
 	fmt.Fprintf(tw, "orders: CPU while held (%.0f%% of all cores busy), ms per order\t%s\t\t\n", 100*o.CoresBusy, sortedFigures(o.CPUMsPerOrder, 1))
 	bu := r.Burst
-	fmt.Fprintf(tw, "burst: %d orders over %.0f s\t%d accepted, %d refused (503)\t\t\n", bu.Orders, bu.OverS, bu.Accepted, bu.Refused)
+	fmt.Fprintf(tw, "burst: %d orders over %.0f s\t%d accepted, %d refused (503), %d unanswered\t\t\n", bu.Orders, bu.OverS, bu.Accepted, bu.Refused, bu.NoAnswer)
 	fmt.Fprintf(tw, "burst: POST latency\t%s\t\t\n", bu.Latency)
 	fmt.Fprintf(tw, "burst: drain after the burst (every effect)\t%.1f s\t\t\n", bu.DrainS)
 	fmt.Fprintf(tw, "burst: e-mail at the default 25/min limit\t%.1f h\t\t\n", bu.EmailAtDefaultLimit)

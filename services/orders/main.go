@@ -33,12 +33,17 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	pub := broker.NewPublisher(base.Broker, log)
 	defer pub.Close()
 
-	perIP, err := base.Env.Int("ORDERS_RATE_PER_IP", 200)
-	if err != nil {
+	var limits Limits
+	if limits.PerIP, err = base.Env.Int("ORDERS_RATE_PER_IP", 200); err != nil {
+		return err
+	}
+	// Four requests per database connection: enough to keep the pool busy,
+	// few enough that none waits long for one.
+	if limits.InFlight, err = base.Env.Int("ORDERS_MAX_IN_FLIGHT", 64); err != nil {
 		return err
 	}
 	r := base.Router()
-	addRoutes(r, log, store, signer, perIP, base.Env.String("ADMIN_TOKEN", ""), base.Broker)
+	addRoutes(r, log, store, signer, limits, base.Env.String("ADMIN_TOKEN", ""), base.Broker)
 	// The relay runs here, so the outbox's backlog is watched here.
 	base.Metrics.WatchOutbox(func(ctx context.Context) (int64, time.Duration, error) { return outbox.OutboxBacklog(ctx, base.DB) })
 

@@ -16,7 +16,7 @@ import (
 // every route documented, every documented operation a route.
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	r := (&service.Base{Log: zap.NewNop()}).Router()
-	addRoutes(r, zap.NewNop(), nil, token.NewSigner([]byte("x")), 0, "", nil)
+	addRoutes(r, zap.NewNop(), nil, token.NewSigner([]byte("x")), Limits{}, "", nil)
 	undocumented, missing, err := apidoc.Diff(r, openAPI)
 	if err != nil {
 		t.Fatal(err)

@@ -18,10 +18,16 @@ import (
 //go:embed openapi.json
 var openAPI []byte
 
+// Limits protect the order API from floods and bursts.
+type Limits struct {
+	PerIP    int // requests a second from one address
+	InFlight int // requests served at once; past it, an immediate 503
+}
+
 // addRoutes lists the orders API, and the admin API behind adminToken.
-func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, perIP int, adminToken string, chs dlq.Channels) {
+func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, limits Limits, adminToken string, chs dlq.Channels) {
 	r.Route("/v1/orders", func(r chi.Router) {
-		r.Use(httpx.LimitPerIP(perIP))
+		r.Use(httpx.LimitPerIP(limits.PerIP), httpx.Shed(limits.InFlight))
 		r.Method(http.MethodPost, "/", handleOrderCreate(log, store, tokens))
 		r.Method(http.MethodGet, "/{id}", handleOrderGet(log, store))
 		r.Method(http.MethodPost, "/{id}/status", handleOrderStatus(log, store))

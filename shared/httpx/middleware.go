@@ -72,3 +72,28 @@ func LimitPerIP(perSecond int) func(http.Handler) http.Handler {
 		WriteProblem(w, p)
 	}))
 }
+
+// Shed answers at once with a 503 problem and Retry-After when maxInFlight
+// requests are already being served, instead of letting requests queue for
+// a database connection until they time out: under a burst past what the
+// service can take, the requests it accepts stay fast and the rest learn
+// at once to come back. 0 turns it off.
+func Shed(maxInFlight int) func(http.Handler) http.Handler {
+	if maxInFlight <= 0 {
+		return func(next http.Handler) http.Handler { return next }
+	}
+	slots := make(chan struct{}, maxInFlight)
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case slots <- struct{}{}:
+				defer func() { <-slots }()
+				next.ServeHTTP(w, r)
+			default:
+				p := NewProblem(http.StatusServiceUnavailable, "too many requests in flight; retry shortly")
+				p.RetryAfter = 1
+				WriteProblem(w, p)
+			}
+		})
+	}
+}
