@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"testing"
 
 	"github.com/go-chi/chi/v5"
 )
@@ -99,4 +100,16 @@ func Diff(r chi.Routes, doc []byte) (undocumented, missing []string, err error) 
 		}
 	}
 	return undocumented, missing, nil
+}
+
+// MustMatch fails the test unless doc describes exactly r's routes.
+func MustMatch(tb testing.TB, r chi.Routes, doc []byte) {
+	tb.Helper()
+	undocumented, missing, err := Diff(r, doc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if len(undocumented) > 0 || len(missing) > 0 {
+		tb.Fatalf("routes not in the OpenAPI document: %v; documented but not routes: %v", undocumented, missing)
+	}
 }
