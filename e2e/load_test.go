@@ -200,30 +200,43 @@ var exactlyOnce = effects{1, 1, 1, 1, 1, 1, 1, 1}
 func readEffects(db *pgxpool.Pool, ids []string) (map[string]effects, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	rows, err := db.Query(ctx, `
-		SELECT i.id::text,
-		  (SELECT count(*) FROM orders WHERE id = i.id),
-		  (SELECT count(*) FROM orders WHERE id = i.id AND status = 'paid'),
-		  (SELECT count(*) FROM payments WHERE order_id = i.id),
-		  (SELECT count(*) FROM outbox WHERE order_id = i.id AND routing_key = 'order.paid'),
-		  (SELECT count(*) FROM restaurant_notifications WHERE order_id = i.id AND event_type = 'order.placed'),
-		  (SELECT count(*) FROM emails_sent WHERE order_id = i.id AND kind = 'order.placed'),
-		  (SELECT count(*) FROM analytics_events WHERE order_id = i.id AND event_type = 'order.placed')
-		FROM unnest($1::uuid[]) AS i(id)`, ids)
-	if err != nil {
-		return nil, fmt.Errorf("ledger: %w", err)
-	}
 	got := map[string]effects{}
-	for rows.Next() {
-		var id string
-		var e effects
-		if err := rows.Scan(&id, &e.Orders, &e.Paid, &e.Payments, &e.PaidEvents, &e.Notifications, &e.Emails, &e.AnalyticsRows); err != nil {
+	for _, id := range ids {
+		got[id] = effects{}
+	}
+	// One grouped query per effect: each table is read once for all the
+	// orders, whatever its indexes (the outbox has none on order_id).
+	for _, c := range []struct {
+		query string
+		field func(*effects) *int
+	}{
+		{"SELECT id::text, count(*) FROM orders WHERE id = ANY($1) GROUP BY id", func(e *effects) *int { return &e.Orders }},
+		{"SELECT id::text, count(*) FROM orders WHERE id = ANY($1) AND status = 'paid' GROUP BY id", func(e *effects) *int { return &e.Paid }},
+		{"SELECT order_id::text, count(*) FROM payments WHERE order_id = ANY($1) GROUP BY order_id", func(e *effects) *int { return &e.Payments }},
+		{"SELECT order_id::text, count(*) FROM outbox WHERE order_id = ANY($1) AND routing_key = 'order.paid' GROUP BY order_id", func(e *effects) *int { return &e.PaidEvents }},
+		{"SELECT order_id::text, count(*) FROM restaurant_notifications WHERE order_id = ANY($1) AND event_type = 'order.placed' GROUP BY order_id", func(e *effects) *int { return &e.Notifications }},
+		{"SELECT order_id::text, count(*) FROM emails_sent WHERE order_id = ANY($1) AND kind = 'order.placed' GROUP BY order_id", func(e *effects) *int { return &e.Emails }},
+		{"SELECT order_id::text, count(*) FROM analytics_events WHERE order_id = ANY($1) AND event_type = 'order.placed' GROUP BY order_id", func(e *effects) *int { return &e.AnalyticsRows }},
+	} {
+		rows, err := db.Query(ctx, c.query, ids)
+		if err != nil {
 			return nil, fmt.Errorf("ledger: %w", err)
 		}
-		got[id] = e
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("ledger: %w", err)
+		for rows.Next() {
+			var id string
+			var n int
+			if err := rows.Scan(&id, &n); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("ledger: %w", err)
+			}
+			e := got[id]
+			*c.field(&e) = n
+			got[id] = e
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("ledger: %w", err)
+		}
 	}
 	resp, err := client.Get(base(ports.Gateway) + "/v1/charges")
 	if err != nil {
