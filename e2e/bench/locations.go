@@ -19,6 +19,12 @@ import (
 	"github.com/dabba/dabba/shared/token"
 )
 
+// runRiders names this run's riders apart from earlier runs': tracking
+// remembers each rider's latest seq, and a fix not newer than it is stale.
+var runRiders = fmt.Sprintf("bench-%d", time.Now().Unix())
+
+func riderID(i int) string { return fmt.Sprintf("%s-rider-%d", runRiders, i) }
+
 func trackingURL(scheme string) string {
 	return fmt.Sprintf("%s://127.0.0.1:%d", scheme, benchPorts.Tracking)
 }
@@ -66,7 +72,7 @@ func watchedOrders(ctx context.Context, n int) ([]watched, error) {
 				errs <- fmt.Errorf("place: %d %v", code, err)
 				return
 			}
-			rider := fmt.Sprintf("bench-rider-%d", i)
+			rider := riderID(i)
 			resp, err := httpClient.Post(fmt.Sprintf("http://127.0.0.1:%d/v1/orders/%s/rider", benchPorts.Orders, o.ID),
 				"application/json", strings.NewReader(`{"rider_id":"`+rider+`"}`))
 			if err != nil {
@@ -136,7 +142,7 @@ func (b *bench) locations(ctx context.Context) error {
 	sem := make(chan struct{}, 64) // dial in parallel, not all at once
 	writeErrs := make(chan error, 1)
 	for i := range b.sz.Riders {
-		rider := fmt.Sprintf("bench-rider-%d", i)
+		rider := riderID(i)
 		tok, err := signer.Rider(rider, time.Hour)
 		if err != nil {
 			return err
