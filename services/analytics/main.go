@@ -1,16 +1,14 @@
 // Command analytics records every order event for reporting. It consumes the
-// analytics queue (order.#) in batches of up to 1000 events or one second's
-// worth, whichever comes first, and writes each batch in one statement.
+// analytics queue (order.#) in batches (broker.WorkQueues has their size)
+// and writes each batch's events with one statement per type.
 package main
 
 import (
 	"context"
 	"io"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/service"
 )
 
@@ -32,10 +30,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8085"), base.Router(), log, nil)
 	})
 	g.Go(func() error {
-		// The prefetch follows MaxBatch (ConsumeBatch raises it), so a
-		// full batch can be in hand at once.
-		return broker.ConsumeBatch(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueAnalytics, MaxBatch: 1000, MaxWait: time.Second},
-			handleEventBatch(log, base.DB), log)
+		return newConsumer(log, base.DB).Run(ctx, base.Broker)
 	})
 	return g.Wait()
 }

@@ -7,15 +7,14 @@ import (
 	"net/mail"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/consumer"
 	"github.com/dabba/dabba/shared/events"
-	"github.com/dabba/dabba/shared/postgres"
 )
 
 // sendTimeout bounds one SMTP conversation, so a hung server cannot keep the
@@ -32,103 +31,118 @@ type Sender interface {
 // transient error: by the next attempt it normally has been.
 var errRecipientUnknown = errors.New("recipient of the order not known yet (order.placed not processed)")
 
-// handleOrderEmail sends the customer the e-mail an order event calls for,
-// no faster than the provider's rate limit: handlers wait for the limiter,
-// and the small prefetch leaves a burst's backlog in the queue. A burst is
-// delayed, never failed or dropped.
+// newConsumer sends the customer the e-mail each order event calls for, no
+// faster than the provider's rate limit (limiter). A burst is delayed,
+// never failed or dropped: the mails wait for the limiter, and the rest of
+// the backlog waits in the queue, where a crash cannot lose it and an
+// operator can see it. Since a batch is one transaction, a batch holds no
+// more mails than the limit lets through in about a second.
 //
-// Exactly once, as far as SMTP allows: the inbox is checked first, then,
-// within one transaction, the inbox row is inserted (its row lock makes a
-// concurrent copy of the same event wait and then skip), the mail is sent,
-// and emails_sent is written; the commit follows the send. A crash, or a
-// lost database connection, between the server's OK and the commit rolls
-// the inbox back, so the redelivered event sends the mail a second time.
-// SMTP has no way to make a send and a commit atomic; the mail carries
-// X-Dabba-Message-Id (the event id) so that the receiving side can drop that
-// rare duplicate.
-func handleOrderEmail(log *zap.Logger, db *pgxpool.Pool, limiter *rate.Limiter, sender Sender, r *Renderer) broker.Handler {
-	return func(ctx context.Context, d broker.Delivery) error {
-		e, err := events.Decode(d.Body)
-		if err != nil {
-			return err
-		}
-		if _, err := uuid.Parse(e.OrderID); err != nil {
-			return fmt.Errorf("%w: order_id %q is not a UUID", events.ErrMalformed, e.OrderID)
-		}
-		m, err := compose(r, e)
-		if err != nil {
-			return err
-		}
-		done, err := postgres.Processed(ctx, db, broker.QueueEmail, e.ID)
-		if err != nil {
-			return err
-		}
-		if done {
-			log.Info("duplicate event skipped", d.Fields()...)
-			return nil
-		}
-		if m.To == "" {
-			if m.To, err = recipientOf(ctx, db, e.OrderID); err != nil {
-				return err
-			}
-		}
-		// Wait for a send slot before taking a database connection. The
-		// consumer's handler timeout is longer than the longest wait, so
-		// this only fails when the service is stopped for good.
-		if err := limiter.Wait(ctx); err != nil {
-			return fmt.Errorf("wait for a send slot: %w", err)
-		}
-		return postgres.InTx(ctx, db, func(tx pgx.Tx) error {
-			first, err := postgres.MarkProcessed(ctx, tx, broker.QueueEmail, e.ID)
+// Exactly once, as far as SMTP allows: the batch's inbox rows are inserted
+// first (their row locks make a concurrent copy of the same event wait and
+// then skip), each new event's mail is sent, emails_sent is written, and the
+// commit follows the sends. A mail that fails fails alone: its inbox row is
+// withdrawn and it is retried (a 4xx, a network error) or dead-lettered (a
+// 5xx) while the others commit, so no mail is sent twice because a
+// neighbour failed. A crash, or a lost database connection, between the
+// server's OK and the commit rolls the inbox back, so the redelivered event
+// sends the mail a second time: SMTP has no way to make a send and a commit
+// atomic. The mail carries X-Dabba-Message-Id (the event id) so that the
+// receiving side can drop that rare duplicate.
+func newConsumer(log *zap.Logger, db *pgxpool.Pool, limiter *rate.Limiter, sender Sender, r *Renderer) *consumer.Consumer {
+	batch := int(max(1, min(float64(limiter.Limit()), 1<<20))) // rate.Inf is a float's largest
+	c := consumer.New(broker.QueueEmail, db, log,
+		consumer.On(events.OrderPlaced, mailer(limiter, sender, r, func(p events.Placed) string { return p.Email })),
+		consumer.On(events.OrderPaid, mailer(limiter, sender, r, func(p events.Paid) string { return p.Email })),
+		consumer.On(events.OrderPaymentFailed, mailer(limiter, sender, r, func(p events.PaymentFailed) string { return p.Email })),
+		consumer.On(events.OrderDelivered, mailer(limiter, sender, r, func(p events.StatusChanged) string { return p.Email })),
+	)
+	// A handler waits for a send slot per mail: give a batch the time its
+	// slots take, plus a send's.
+	wait := time.Duration(float64(batch) / float64(limiter.Limit()) * float64(time.Second))
+	return c.LimitBatch(batch).Timeout(wait + 2*sendTimeout)
+}
+
+// mailer returns the route that mails events whose payload is T, addressed
+// to what to reads from it (or, when it names nobody, to whoever the
+// order's earlier mails went to).
+func mailer[T any](limiter *rate.Limiter, sender Sender, r *Renderer, to func(T) string) func(context.Context, pgx.Tx, []consumer.Event[T]) error {
+	return func(ctx context.Context, tx pgx.Tx, batch []consumer.Event[T]) error {
+		var sent []sentMail
+		for _, e := range batch {
+			data := mailData{OrderID: e.OrderID, Short: e.OrderID[:8]}
+			set(&data, e.Data)
+			m, err := compose(r, e.Type, data, e.ID, to(e.Data))
 			if err != nil {
-				return err
+				e.Fail(err)
+				continue
 			}
-			if !first {
-				log.Info("duplicate event skipped", d.Fields()...)
-				return nil
+			if m.To == "" {
+				if m.To, err = recipientOf(ctx, tx, e.OrderID); err != nil {
+					if !errors.Is(err, errRecipientUnknown) {
+						return err
+					}
+					e.Fail(err)
+					continue
+				}
+			}
+			if err := limiter.Wait(ctx); err != nil {
+				return fmt.Errorf("wait for a send slot: %w", err)
 			}
 			sctx, cancel := context.WithTimeout(ctx, sendTimeout)
-			defer cancel()
-			if err := sender.Send(sctx, m); err != nil {
-				if errors.Is(err, ErrRejected) {
-					return broker.Permanent(err) // 5xx: the server will never take it
-				}
-				return err // 4xx or network: retry
+			err = sender.Send(sctx, m)
+			cancel()
+			switch {
+			case errors.Is(err, ErrRejected):
+				e.Fail(broker.Permanent(err)) // 5xx: the server will never take it
+			case err != nil:
+				e.Fail(err) // 4xx or network: retry
+			default:
+				sent = append(sent, sentMail{e.ID, e.OrderID, m.To, e.Type})
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO emails_sent (message_id, order_id, recipient, kind)
-				VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO NOTHING`, e.ID, e.OrderID, m.To, e.Type); err != nil {
-				return fmt.Errorf("record e-mail: %w", err)
-			}
-			return nil
-		})
+		}
+		return recordSent(ctx, tx, sent)
 	}
 }
 
-// compose renders the e-mail for e. To stays empty when the event does not
-// name the customer's address.
-func compose(r *Renderer, e events.Envelope) (Mail, error) {
-	data := mailData{OrderID: e.OrderID, Short: e.OrderID[:8]}
-	var to string
-	var err error
-	switch e.Type {
-	case events.OrderPlaced:
-		err = events.DecodeData(e, &data.Placed)
-		to = data.Placed.Email
-	case events.OrderPaid:
-		err = events.DecodeData(e, &data.Paid)
-		to = data.Paid.Email
-	case events.OrderPaymentFailed:
-		err = events.DecodeData(e, &data.Failed)
-		to = data.Failed.Email
-	case events.OrderDelivered:
-		err = events.DecodeData(e, &data.Status)
-		to = data.Status.Email
-	default:
-		return Mail{}, broker.Permanent(fmt.Errorf("email does not handle %s", e.Type))
+// sentMail is one row of emails_sent.
+type sentMail struct{ MessageID, OrderID, Recipient, Kind string }
+
+// recordSent writes the rows of the mails a batch sent, with one statement.
+func recordSent(ctx context.Context, tx pgx.Tx, sent []sentMail) error {
+	if len(sent) == 0 {
+		return nil
 	}
-	if err != nil {
-		return Mail{}, err
+	n := len(sent)
+	ids, orders, to, kinds := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, m := range sent {
+		ids[i], orders[i], to[i], kinds[i] = m.MessageID, m.OrderID, m.Recipient, m.Kind
 	}
+	if _, err := tx.Exec(ctx, `INSERT INTO emails_sent (message_id, order_id, recipient, kind)
+		SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[]) ON CONFLICT (message_id) DO NOTHING`,
+		ids, orders, to, kinds); err != nil {
+		return fmt.Errorf("record e-mails: %w", err)
+	}
+	return nil
+}
+
+// set puts an event's payload where its template expects it.
+func set(data *mailData, payload any) {
+	switch p := payload.(type) {
+	case events.Placed:
+		data.Placed = p
+	case events.Paid:
+		data.Paid = p
+	case events.PaymentFailed:
+		data.Failed = p
+	case events.StatusChanged:
+		data.Status = p
+	}
+}
+
+// compose renders the e-mail of an event of type typ (id) to the address
+// to, which may be empty when the event does not name the customer's.
+func compose(r *Renderer, typ string, data mailData, id, to string) (Mail, error) {
 	if to != "" {
 		// A bare address only: it goes into the To header as it is, so
 		// anything else (a name, a line break) is refused here.
@@ -137,15 +151,15 @@ func compose(r *Renderer, e events.Envelope) (Mail, error) {
 			return Mail{}, fmt.Errorf("%w: email %q is not an address", events.ErrMalformed, to)
 		}
 	}
-	subject, body, err := r.Render(e.Type, data)
+	subject, body, err := r.Render(typ, data)
 	if err != nil {
 		return Mail{}, broker.Permanent(err)
 	}
-	return Mail{To: to, Subject: subject, Body: body, MessageID: e.ID}, nil
+	return Mail{To: to, Subject: subject, Body: body, MessageID: id}, nil
 }
 
 // recipientOf finds the address of an order from the e-mails sent about it.
-func recipientOf(ctx context.Context, db *pgxpool.Pool, orderID string) (string, error) {
+func recipientOf(ctx context.Context, db pgx.Tx, orderID string) (string, error) {
 	var to string
 	err := db.QueryRow(ctx, "SELECT recipient FROM emails_sent WHERE order_id = $1 ORDER BY sent_at LIMIT 1", orderID).Scan(&to)
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/time/rate"
 
@@ -65,6 +66,18 @@ func (s slowSender) Send(ctx context.Context, m Mail) error {
 	return s.Sender.Send(ctx, m)
 }
 
+// handlerOf returns the e-mail consumer's handling of one delivery.
+func handlerOf(tb testing.TB, db *pgxpool.Pool, limiter *rate.Limiter, sender Sender) func(context.Context, broker.Delivery) error {
+	c := newConsumer(zaptest.NewLogger(tb), db, limiter, sender, mustRenderer(tb))
+	return func(ctx context.Context, d broker.Delivery) error { return c.Handle(ctx, []broker.Delivery{d}) }
+}
+
+func TestConsumerBindings(t *testing.T) {
+	if err := newConsumer(zaptest.NewLogger(t), nil, rate.NewLimiter(1, 1), nil, mustRenderer(t)).CheckBindings(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // mailsFor returns what the sink received for one event.
 func mailsFor(sink *smtpsink.Sink, eventID string) []smtpsink.Message {
 	var out []smtpsink.Message
@@ -79,7 +92,7 @@ func mailsFor(sink *smtpsink.Sink, eventID string) []smtpsink.Message {
 func TestHandleOrderEmail(t *testing.T) {
 	db := testenv.MustDB(t)
 	sink := MustSink(t)
-	h := handleOrderEmail(zaptest.NewLogger(t), db, rate.NewLimiter(rate.Inf, 1), mustSender(t, sink.Addr()), mustRenderer(t))
+	h := handlerOf(t, db, rate.NewLimiter(rate.Inf, 1), mustSender(t, sink.Addr()))
 	ctx := context.Background()
 	rows := func(t *testing.T, eventID string) int {
 		t.Helper()
@@ -118,8 +131,7 @@ func TestHandleOrderEmail(t *testing.T) {
 		// event twice): the inbox row's lock lets one send.
 		// A slow send keeps the first copy's transaction open while the
 		// others get past the inbox check.
-		slow := handleOrderEmail(zaptest.NewLogger(t), db, rate.NewLimiter(rate.Inf, 1),
-			slowSender{mustSender(t, sink.Addr()), 200 * time.Millisecond}, mustRenderer(t))
+		slow := handlerOf(t, db, rate.NewLimiter(rate.Inf, 1), slowSender{mustSender(t, sink.Addr()), 200 * time.Millisecond})
 		d := testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, uuid.NewString(), placedData("eater@example.com"))
 		var wg sync.WaitGroup
 		errs := make([]error, 4)
@@ -241,7 +253,7 @@ func TestRateLimitDelaysInsteadOfFailing(t *testing.T) {
 	db := testenv.MustDB(t)
 	sink := MustSink(t)
 	const interval = 100 * time.Millisecond
-	h := handleOrderEmail(zaptest.NewLogger(t), db, rate.NewLimiter(rate.Every(interval), 1), mustSender(t, sink.Addr()), mustRenderer(t))
+	h := handlerOf(t, db, rate.NewLimiter(rate.Every(interval), 1), mustSender(t, sink.Addr()))
 	const n = 4
 	ds := make([]broker.Delivery, n)
 	for i := range ds {

@@ -12,16 +12,10 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
-	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/service"
 )
 
 func main() { service.Main("email", run) }
-
-// concurrency is how many e-mails are in hand at once. The rate limit is the
-// bottleneck, not the SMTP round trip, so more would only hold more
-// messages out of the queue.
-const concurrency = 2
 
 // run starts the service and blocks until ctx is done, then drains it: the
 // HTTP server finishes its requests and the consumer the e-mails in hand.
@@ -58,13 +52,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8084"), base.Router(), log, nil)
 	})
 	g.Go(func() error {
-		// A small prefetch keeps a burst's backlog in the queue, where a
-		// crash cannot lose it and an operator can see it. The handler
-		// timeout covers the longest wait for a send slot (every worker
-		// queued on the limiter) plus the send: limiter.Wait fails at once
-		// when the deadline is nearer than the slot.
-		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueEmail, Prefetch: 5, Concurrency: concurrency,
-			HandlerTimeout: concurrency*interval + 2*sendTimeout}, handleOrderEmail(log, base.DB, limiter, sender, renderer), log)
+		return newConsumer(log, base.DB, limiter, sender, renderer).Run(ctx, base.Broker)
 	})
 	return g.Wait()
 }

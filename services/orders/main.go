@@ -53,8 +53,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	})
 	g.Go(func() error { return outbox.NewRelay(base.DB, pub, log).Run(ctx) })
 	g.Go(func() error {
-		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueOrderStatus, Prefetch: 50, Concurrency: 4},
-			handlePaymentEvents(log, store), log)
+		return newConsumer(log, base.DB).Run(ctx, base.Broker)
 	})
 	g.Go(func() error { sweep(ctx, store, log); return nil })
 	return g.Wait()

@@ -246,26 +246,6 @@ func (s *Store) AssignRider(ctx context.Context, id, riderID string, at time.Tim
 	return s.Get(ctx, id)
 }
 
-// ApplyPaymentEvent moves an order to paid or payment_failed when the payment
-// service's event arrives, once per event (inbox). An event that no longer
-// applies (the order was cancelled meanwhile) is recorded and skipped.
-func (s *Store) ApplyPaymentEvent(ctx context.Context, consumer string, e events.Envelope, to string) (applied bool, err error) {
-	err = postgres.InTx(ctx, s.db, func(tx pgx.Tx) error {
-		first, err := postgres.MarkProcessed(ctx, tx, consumer, e.ID)
-		if err != nil || !first {
-			return err
-		}
-		err = move(ctx, tx, e.OrderID, to, e.OccurredAt, false)
-		var illegal *IllegalMoveError
-		if errors.As(err, &illegal) {
-			return nil
-		}
-		applied = err == nil
-		return err
-	})
-	return applied, err
-}
-
 // Sweep deletes idempotency records past their expiry and outbox rows sent
 // more than a day ago.
 func (s *Store) Sweep(ctx context.Context) error {

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/dabba/dabba/services/payment/gateway"
@@ -76,12 +78,24 @@ func readLedger(tb testing.TB, db testDB, orderID string) ledger {
 	return l
 }
 
+// handlerOf returns the payment consumer's handling of one delivery.
+func handlerOf(tb testing.TB, db *pgxpool.Pool, gw Charger) func(context.Context, broker.Delivery) error {
+	c := newConsumer(zaptest.NewLogger(tb), db, gw, nil)
+	return func(ctx context.Context, d broker.Delivery) error { return c.Handle(ctx, []broker.Delivery{d}) }
+}
+
+func TestConsumerBindings(t *testing.T) {
+	if err := newConsumer(zaptest.NewLogger(t), nil, nil, nil).CheckBindings(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestHandleOrderPlaced(t *testing.T) {
 	db := testenv.MustDB(t)
 	fake := gateway.NewFake(gateway.FakeConfig{DeclineAmountCents: 13})
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
-	h := handleOrderPlaced(zaptest.NewLogger(t), db, gateway.NewClient(srv.URL, srv.Client()))
+	h := handlerOf(t, db, gateway.NewClient(srv.URL, srv.Client()))
 	ctx := context.Background()
 
 	t.Run("OKOnceWhenDeliveredTwice", func(t *testing.T) {
@@ -168,7 +182,7 @@ func TestHandleOrderPlaced(t *testing.T) {
 		down := httptest.NewServer(gateway.NewFake(gateway.FakeConfig{FailRate: 1}))
 		defer down.Close()
 		e := placedEvent(t, 900)
-		err := handleOrderPlaced(zaptest.NewLogger(t), db, gateway.NewClient(down.URL, down.Client()))(ctx, deliveryOf(t, e))
+		err := handlerOf(t, db, gateway.NewClient(down.URL, down.Client()))(ctx, deliveryOf(t, e))
 		if err == nil || broker.IsPermanent(err) {
 			t.Fatalf("err = %v, want a transient error", err)
 		}
@@ -207,4 +221,53 @@ func TestHandleOrderPlaced(t *testing.T) {
 			})
 		}
 	})
+}
+
+// failingFor is a Charger that fails for one order and charges the rest.
+type failingFor struct {
+	Charger
+	orderID string
+}
+
+func (f failingFor) Charge(ctx context.Context, req gateway.ChargeRequest, key string) (gateway.Charge, error) {
+	if req.OrderID == f.orderID {
+		return gateway.Charge{}, errors.New("provider timed out")
+	}
+	return f.Charger.Charge(ctx, req, key)
+}
+
+// TestHandleOrderPlacedBatch: a batch's charges are recorded together, and a
+// charge that fails is retried alone while its neighbours are paid.
+func TestHandleOrderPlacedBatch(t *testing.T) {
+	db := testenv.MustDB(t)
+	srv := httptest.NewServer(gateway.NewFake(gateway.FakeConfig{}))
+	defer srv.Close()
+	batch := []events.Envelope{placedEvent(t, 100), placedEvent(t, 200), placedEvent(t, 300)}
+	var deliveries []broker.Delivery
+	for _, e := range batch {
+		dropOutbox(t, db, e.OrderID)
+		deliveries = append(deliveries, deliveryOf(t, e))
+	}
+	c := newConsumer(zaptest.NewLogger(t), db, failingFor{gateway.NewClient(srv.URL, srv.Client()), batch[1].OrderID}, nil)
+	err := c.Handle(context.Background(), deliveries)
+	var f broker.Failures
+	if !errors.As(err, &f) || len(f) != 1 || f[1] == nil || broker.IsPermanent(f[1]) {
+		t.Fatalf("err = %v, want the second alone failed, transiently", err)
+	}
+	for i, e := range batch {
+		l := readLedger(t, db, e.OrderID)
+		if paid := l.Payments == 1 && len(l.Outbox) == 1; paid != (i != 1) {
+			t.Errorf("order %d: ledger %+v", i, l)
+		}
+	}
+	// Its retry is not taken for a duplicate.
+	if err := c.Handle(context.Background(), deliveries[1:2]); err == nil {
+		t.Fatal("retry with the provider still failing: err = nil")
+	}
+	if err := handlerOf(t, db, gateway.NewClient(srv.URL, srv.Client()))(context.Background(), deliveries[1]); err != nil {
+		t.Fatal(err)
+	}
+	if l := readLedger(t, db, batch[1].OrderID); l.Payments != 1 || len(l.Outbox) != 1 {
+		t.Fatalf("after the retry: ledger %+v", l)
+	}
 }

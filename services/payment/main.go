@@ -29,17 +29,18 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	log := base.Log
 	// The client timeout stays well inside the consumer's handler timeout
 	// (30 s), so a hung provider is a retried error, not a stuck worker.
-	gw := gateway.NewClient(base.Env.String("PAYMENT_GATEWAY_URL", "http://127.0.0.1:8090"), &http.Client{Timeout: 10 * time.Second})
+	// A batch's charges go out at once: keep an idle connection for each
+	// message a batch can hold, rather than dialling the provider anew.
+	q, _ := broker.LookupWorkQueue(broker.QueuePayment)
+	transport := &http.Transport{MaxIdleConns: q.Workers * q.Batch, MaxIdleConnsPerHost: q.Workers * q.Batch, IdleConnTimeout: time.Minute}
+	gw := gateway.NewClient(base.Env.String("PAYMENT_GATEWAY_URL", "http://127.0.0.1:8090"), &http.Client{Timeout: 10 * time.Second, Transport: transport})
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8082"), base.Router(), log, nil)
 	})
 	g.Go(func() error {
-		// A charge waits on a remote provider: a few workers hide its
-		// latency, and a small prefetch bounds what a crash sends back.
-		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueuePayment, Prefetch: 20, Concurrency: 8},
-			handleOrderPlaced(log, base.DB, gw), log)
+		return newConsumer(log, base.DB, gw, nil).Run(ctx, base.Broker)
 	})
 	return g.Wait()
 }

@@ -4,98 +4,103 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/consumer"
 	"github.com/dabba/dabba/shared/events"
-	"github.com/dabba/dabba/shared/postgres"
 )
+
+// newConsumer records a notification for the order's restaurant for each
+// order.placed, order.paid and order.cancelled, keyed by the event id.
+func newConsumer(log *zap.Logger, db *pgxpool.Pool) *consumer.Consumer {
+	return consumer.New(broker.QueueRestaurant, db, log,
+		consumer.On(events.OrderPlaced, func(ctx context.Context, tx pgx.Tx, batch []consumer.Event[events.Placed]) error {
+			rows := make([]notification, 0, len(batch))
+			for _, e := range batch {
+				if e.Data.RestaurantID == "" {
+					e.Fail(fmt.Errorf("%w: order.placed without restaurant_id", events.ErrMalformed))
+					continue
+				}
+				rows = append(rows, notification{e.ID, e.OrderID, e.Type, e.Data.RestaurantID, &e.Data.TotalCents, e.Fail})
+			}
+			return notify(ctx, tx, rows)
+		}),
+		consumer.On(events.OrderPaid, func(ctx context.Context, tx pgx.Tx, batch []consumer.Event[events.Paid]) error {
+			rows := make([]notification, len(batch))
+			for i, e := range batch {
+				rows[i] = notification{e.ID, e.OrderID, e.Type, e.Data.RestaurantID, &e.Data.AmountCents, e.Fail}
+			}
+			return notify(ctx, tx, rows)
+		}),
+		consumer.On(events.OrderCancelled, func(ctx context.Context, tx pgx.Tx, batch []consumer.Event[events.StatusChanged]) error {
+			rows := make([]notification, len(batch))
+			for i, e := range batch {
+				rows[i] = notification{e.ID, e.OrderID, e.Type, e.Data.RestaurantID, nil, e.Fail}
+			}
+			return notify(ctx, tx, rows)
+		}),
+	)
+}
 
 // notification is one event of an order, told to its restaurant.
 type notification struct {
-	RestaurantID string // empty: look it up from the order's earlier notifications
-	TotalCents   *int64
+	MessageID, OrderID, EventType string
+	RestaurantID                  string // empty: the one of the order's earlier notifications
+	TotalCents                    *int64
+	fail                          func(error)
 }
 
-// errRestaurantUnknown means an order.paid arrived before the order's
-// order.placed was recorded (it is waiting for a retry, say). A transient
-// error: by the next attempt order.placed has normally been processed.
+// errRestaurantUnknown means an event without a restaurant arrived before
+// the order's order.placed was recorded (it is waiting for a retry, say). A
+// transient error: by the next attempt order.placed has normally been
+// processed.
 var errRestaurantUnknown = errors.New("restaurant of the order not known yet (order.placed not processed)")
 
-// handleRestaurantEvent records a notification for the order's restaurant,
-// keyed by the event id, in the same transaction as the inbox row.
-func handleRestaurantEvent(log *zap.Logger, db *pgxpool.Pool) broker.Handler {
-	return func(ctx context.Context, d broker.Delivery) error {
-		e, err := events.Decode(d.Body)
-		if err != nil {
-			return err
-		}
-		if _, err := uuid.Parse(e.OrderID); err != nil {
-			return fmt.Errorf("%w: order_id %q is not a UUID", events.ErrMalformed, e.OrderID)
-		}
-		n, err := notificationOf(e)
-		if err != nil {
-			return err
-		}
-		return postgres.InTx(ctx, db, func(tx pgx.Tx) error {
-			first, err := postgres.MarkProcessed(ctx, tx, broker.QueueRestaurant, e.ID)
-			if err != nil {
-				return err
-			}
-			if !first {
-				log.Info("duplicate event skipped", d.Fields()...)
-				return nil
-			}
-			if n.RestaurantID == "" {
-				err := tx.QueryRow(ctx, `SELECT restaurant_id FROM restaurant_notifications
-					WHERE order_id = $1 ORDER BY created_at LIMIT 1`, e.OrderID).Scan(&n.RestaurantID)
-				if errors.Is(err, pgx.ErrNoRows) {
-					return errRestaurantUnknown
-				}
-				if err != nil {
-					return fmt.Errorf("look up restaurant: %w", err)
-				}
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO restaurant_notifications (message_id, restaurant_id, order_id, event_type, total_cents)
-				VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING`,
-				e.ID, n.RestaurantID, e.OrderID, e.Type, n.TotalCents); err != nil {
-				return fmt.Errorf("insert notification: %w", err)
-			}
-			return nil
-		})
+// notify inserts notifications with one statement. One without a
+// restaurant takes the restaurant of the order's first notification (an
+// order.placed earlier in the same batch counts); if there is none yet, it
+// fails alone.
+func notify(ctx context.Context, tx pgx.Tx, rows []notification) error {
+	if len(rows) == 0 {
+		return nil
 	}
-}
-
-// notificationOf reads what the restaurant is told from the event's payload.
-func notificationOf(e events.Envelope) (notification, error) {
-	switch e.Type {
-	case events.OrderPlaced:
-		var p events.Placed
-		if err := events.DecodeData(e, &p); err != nil {
-			return notification{}, err
-		}
-		if p.RestaurantID == "" {
-			return notification{}, fmt.Errorf("%w: order.placed without restaurant_id", events.ErrMalformed)
-		}
-		return notification{RestaurantID: p.RestaurantID, TotalCents: &p.TotalCents}, nil
-	case events.OrderPaid:
-		var p events.Paid
-		if err := events.DecodeData(e, &p); err != nil {
-			return notification{}, err
-		}
-		return notification{RestaurantID: p.RestaurantID, TotalCents: &p.AmountCents}, nil
-	case events.OrderCancelled:
-		var p events.StatusChanged
-		if err := events.DecodeData(e, &p); err != nil {
-			return notification{}, err
-		}
-		// Cancelled orders always passed through order.placed, so the
-		// lookup covers an event without restaurant_id.
-		return notification{RestaurantID: p.RestaurantID}, nil
+	n := len(rows)
+	ids, orders, types, restaurants, totals := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]*int64, n)
+	for i, r := range rows {
+		ids[i], orders[i], types[i], restaurants[i], totals[i] = r.MessageID, r.OrderID, r.EventType, r.RestaurantID, r.TotalCents
 	}
-	return notification{}, broker.Permanent(fmt.Errorf("restaurant-notify does not handle %s", e.Type))
+	res, err := tx.Query(ctx, `
+		WITH b AS (
+			SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[])
+				AS b (message_id, order_id, event_type, restaurant_id, total_cents)
+		), r AS (
+			SELECT b.message_id, b.order_id, b.event_type, b.total_cents,
+				coalesce(nullif(b.restaurant_id, ''), (SELECT n.restaurant_id FROM restaurant_notifications n
+					WHERE n.order_id = b.order_id ORDER BY n.created_at LIMIT 1)) AS restaurant_id
+			FROM b
+		), inserted AS (
+			INSERT INTO restaurant_notifications (message_id, restaurant_id, order_id, event_type, total_cents)
+			SELECT message_id, restaurant_id, order_id, event_type, total_cents FROM r WHERE restaurant_id IS NOT NULL
+			ON CONFLICT (message_id) DO NOTHING
+		)
+		SELECT message_id FROM r WHERE restaurant_id IS NULL`,
+		ids, orders, types, restaurants, totals)
+	if err != nil {
+		return fmt.Errorf("insert notifications: %w", err)
+	}
+	unknown, err := pgx.CollectRows(res, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("insert notifications: %w", err)
+	}
+	for _, r := range rows {
+		if slices.Contains(unknown, r.MessageID) {
+			r.fail(errRestaurantUnknown)
+		}
+	}
+	return nil
 }

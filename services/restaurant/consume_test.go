@@ -14,7 +14,8 @@ import (
 
 func TestHandleRestaurantEvent(t *testing.T) {
 	db := testenv.MustDB(t)
-	h := handleRestaurantEvent(zaptest.NewLogger(t), db)
+	c := newConsumer(zaptest.NewLogger(t), db)
+	h := func(ctx context.Context, d broker.Delivery) error { return c.Handle(ctx, []broker.Delivery{d}) }
 	ctx := context.Background()
 	count := func(t *testing.T, restaurant, event string) int {
 		t.Helper()
@@ -85,4 +86,10 @@ func TestHandleRestaurantEvent(t *testing.T) {
 			})
 		}
 	})
+}
+
+func TestConsumerBindings(t *testing.T) {
+	if err := newConsumer(zaptest.NewLogger(t), nil).CheckBindings(); err != nil {
+		t.Fatal(err)
+	}
 }

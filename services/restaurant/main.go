@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/service"
 )
 
@@ -34,10 +33,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8083"), r, log, nil)
 	})
 	g.Go(func() error {
-		// Each message is one short insert: a moderate window keeps the
-		// database busy without much to redeliver after a crash.
-		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueRestaurant, Prefetch: 50, Concurrency: 4},
-			handleRestaurantEvent(log, base.DB), log)
+		return newConsumer(log, base.DB).Run(ctx, base.Broker)
 	})
 	return g.Wait()
 }

@@ -88,8 +88,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	g.Go(func() error { return limits.Run(ctx) })
 	g.Go(func() error { return positions.Run(ctx, positionEvery) })
 	g.Go(func() error {
-		return broker.Consume(ctx, base.Broker, broker.ConsumerConfig{Queue: broker.QueueTracking, Prefetch: 100, Concurrency: 4},
-			handleOrderEvent(base.DB, live, log), log)
+		return newConsumer(base.DB, live, log).Run(ctx, base.Broker)
 	})
 	g.Go(func() error {
 		<-ctx.Done()

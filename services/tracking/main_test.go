@@ -526,3 +526,9 @@ func TestRelayBrokerRestart(t *testing.T) {
 		}
 	}
 }
+
+func TestConsumerBindings(t *testing.T) {
+	if err := newConsumer(nil, nil, zaptest.NewLogger(t)).CheckBindings(); err != nil {
+		t.Fatal(err)
+	}
+}

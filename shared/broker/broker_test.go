@@ -135,10 +135,10 @@ func TestConsume(t *testing.T) {
 		got := make(chan Delivery, 1)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, func(ctx context.Context, d Delivery) error {
+		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, one(func(ctx context.Context, d Delivery) error {
 			got <- d
 			return nil
-		}, zaptest.NewLogger(t))
+		}), zaptest.NewLogger(t))
 		publishTest(t, p, q.Bindings[0], "m1")
 		select {
 		case d := <-got:
@@ -157,13 +157,13 @@ func TestConsume(t *testing.T) {
 		done := make(chan Delivery, 1)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, func(ctx context.Context, d Delivery) error {
+		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, one(func(ctx context.Context, d Delivery) error {
 			if calls.Add(1) < 3 {
 				return errors.New("gateway down")
 			}
 			done <- d
 			return nil
-		}, zaptest.NewLogger(t))
+		}), zaptest.NewLogger(t))
 		publishTest(t, p, q.Bindings[0], "m2")
 		select {
 		case d := <-done:
@@ -181,10 +181,10 @@ func TestConsume(t *testing.T) {
 		var calls atomic.Int32
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, func(ctx context.Context, d Delivery) error {
+		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, one(func(ctx context.Context, d Delivery) error {
 			calls.Add(1)
 			return errors.New("still down")
-		}, zaptest.NewLogger(t))
+		}), zaptest.NewLogger(t))
 		publishTest(t, p, q.Bindings[0], "m3")
 		d := waitGet(t, c, DLQ(q.Name), 15*time.Second)
 		if d.MessageId != "m3" || d.Headers[HeaderReason] != ReasonExhausted || d.Headers[HeaderRoutingKey] != q.Bindings[0] {
@@ -201,11 +201,11 @@ func TestConsume(t *testing.T) {
 		var calls atomic.Int32
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, func(ctx context.Context, d Delivery) error {
+		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, one(func(ctx context.Context, d Delivery) error {
 			calls.Add(1)
 			_, err := events.Decode(d.Body) // "{}" is not a valid envelope
 			return err
-		}, zaptest.NewLogger(t))
+		}), zaptest.NewLogger(t))
 		publishTest(t, p, q.Bindings[0], "m4")
 		d := waitGet(t, c, DLQ(q.Name), 10*time.Second)
 		if d.Headers[HeaderReason] != ReasonPermanent || !strings.Contains(d.Headers[HeaderError].(string), "malformed") {
@@ -223,13 +223,13 @@ func TestConsume(t *testing.T) {
 		done := make(chan struct{})
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, func(ctx context.Context, d Delivery) error {
+		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, one(func(ctx context.Context, d Delivery) error {
 			if calls.Add(1) == 1 {
 				panic("boom")
 			}
 			close(done)
 			return nil
-		}, zaptest.NewLogger(t))
+		}), zaptest.NewLogger(t))
 		publishTest(t, p, q.Bindings[0], "m5")
 		select {
 		case <-done:
@@ -254,7 +254,7 @@ func TestConsumeBatch(t *testing.T) {
 		for i := 0; i < 30; i++ {
 			publishTest(t, p, q.Bindings[0], uuid.NewString())
 		}
-		go ConsumeBatch(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry, MaxBatch: 10, MaxWait: 200 * time.Millisecond},
+		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry, Batch: 10, Wait: 200 * time.Millisecond},
 			func(ctx context.Context, b []Delivery) error {
 				sizes <- len(b)
 				return nil
@@ -282,7 +282,7 @@ func TestConsumeBatch(t *testing.T) {
 		publishTest(t, p, q.Bindings[0], "poison")
 		publishTest(t, p, q.Bindings[0], "good-2")
 		stored := make(chan string, 10)
-		go ConsumeBatch(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry, MaxBatch: 10, MaxWait: 300 * time.Millisecond},
+		go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry, Batch: 10, Wait: 300 * time.Millisecond},
 			func(ctx context.Context, b []Delivery) error {
 				for _, d := range b {
 					if d.MessageID == "poison" {
@@ -327,7 +327,7 @@ func TestConsumeFinishesInFlightOnShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry, Prefetch: 3, Concurrency: 1}, func(ctx context.Context, d Delivery) error {
+		done <- Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry, Prefetch: 3}, one(func(ctx context.Context, d Delivery) error {
 			started <- d.MessageID
 			<-release
 			if ctx.Err() != nil {
@@ -335,7 +335,7 @@ func TestConsumeFinishesInFlightOnShutdown(t *testing.T) {
 			}
 			finished.Add(1)
 			return nil
-		}, zaptest.NewLogger(t))
+		}), zaptest.NewLogger(t))
 	}()
 	if id := <-started; id != "first" {
 		t.Fatalf("first handled %s", id)
@@ -355,6 +355,12 @@ func TestConsumeFinishesInFlightOnShutdown(t *testing.T) {
 	}
 	defer ch.Close()
 	eventuallyDepth(t, ch, q.Name, 2)
+}
+
+// one turns a handler of single messages into a BatchHandler, for
+// consumers whose Batch is 1.
+func one(h func(ctx context.Context, d Delivery) error) BatchHandler {
+	return func(ctx context.Context, b []Delivery) error { return h(ctx, b[0]) }
 }
 
 func eventuallyDepth(t *testing.T, ch *amqp.Channel, queue string, want int) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -89,15 +90,31 @@ func headerInt(h amqp.Table, key string) int {
 	return 0
 }
 
-// Handler does the work for one message. nil means done (the message is
-// acked), an error made with Permanent (or wrapping events.ErrMalformed)
-// dead-letters it at once, any other error retries it after a delay. A
-// handler must commit its effect and its inbox record together before it
-// returns nil.
-type Handler func(ctx context.Context, d Delivery) error
-
-// BatchHandler does the work for a batch of messages at once; nil acks all.
+// BatchHandler does the work for a batch of messages at once. nil means
+// every message's effect is committed: the batch is acked with one
+// multiple ack. Failures (some messages failed, the rest are committed)
+// settles each failed message alone and acks the rest. Any other error
+// means nothing was committed: a batch of one is settled with that error,
+// a larger batch is taken apart and each message handed over alone, so one
+// poison message never holds back or dead-letters its neighbours.
+//
+// An error made with Permanent (or wrapping events.ErrMalformed)
+// dead-letters a message at once; any other error retries it after a
+// delay. A handler must commit its effects and their inbox records
+// together before it returns.
 type BatchHandler func(ctx context.Context, batch []Delivery) error
+
+// Failures is what a BatchHandler returns when some messages of a batch
+// failed while the effects of the others were committed: batch index to
+// that message's error.
+type Failures map[int]error
+
+func (f Failures) Error() string {
+	for i, err := range f {
+		return fmt.Sprintf("%d of the batch failed, e.g. #%d: %v", len(f), i, err)
+	}
+	return "no failures"
+}
 
 type permanentError struct{ err error }
 
@@ -118,43 +135,39 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p) || errors.Is(err, events.ErrMalformed)
 }
 
-// ConsumerConfig configures Consume.
+// ConsumerConfig configures Consume. WorkQueue.Config gives a work queue's.
 type ConsumerConfig struct {
 	Queue string
-	// Prefetch bounds the unacked messages the broker pushes to this
-	// consumer, and so how much one crash sends back for redelivery.
+	// Workers is how many batches are in hand at once. Each worker has a
+	// channel (and so a prefetch window) of its own: a multiple ack
+	// settles everything up to a tag on its channel, which is only safe
+	// when one batch at a time is in hand on that channel.
+	Workers int
+	// Prefetch bounds the unacked messages the broker pushes to each
+	// worker, and so how much one crash sends back for redelivery. It is
+	// at least Batch; more lets the next batch arrive while one is in hand.
 	Prefetch int
-	// Concurrency is how many messages are handled at once (≤ Prefetch).
-	Concurrency int
+	// Batch is the most messages handed over at once. A batch is what has
+	// arrived when a worker is free; with Wait set, a batch that is not full
+	// waits that long after its first message for more.
+	Batch int
+	Wait  time.Duration
 	// HandlerTimeout bounds one handler call (default 30 s).
 	HandlerTimeout time.Duration
 	// Retry is the retry ladder; it must match the queue's declaration
 	// (WorkQueue.Retry). nil means RetryDelays.
 	Retry []time.Duration
-	// MaxBatch and MaxWait make ConsumeBatch hand over up to MaxBatch
-	// messages, or what arrived within MaxWait, whichever comes first.
-	MaxBatch int
-	MaxWait  time.Duration
 }
 
 func (c ConsumerConfig) withDefaults() ConsumerConfig {
-	if c.Concurrency < 1 {
-		c.Concurrency = 1
-	}
-	if c.Prefetch < c.Concurrency {
-		c.Prefetch = c.Concurrency
-	}
-	if c.MaxBatch > c.Prefetch {
-		c.Prefetch = c.MaxBatch
-	}
+	c.Workers = max(c.Workers, 1)
+	c.Batch = max(c.Batch, 1)
+	c.Prefetch = max(c.Prefetch, c.Batch)
 	if c.HandlerTimeout <= 0 {
 		c.HandlerTimeout = 30 * time.Second
 	}
 	if c.Retry == nil {
 		c.Retry = RetryDelays
-	}
-	if c.MaxWait <= 0 {
-		c.MaxWait = time.Second
 	}
 	return c
 }
@@ -168,51 +181,39 @@ type consumer struct {
 }
 
 // Consume receives messages pushed by the broker from cfg.Queue and hands
-// each to h, until ctx is done. It survives broker restarts by starting a
-// new session on a new channel. On cancellation, messages in hand are
-// finished and acked; the rest go back to the queue when the channel closes.
-func Consume(ctx context.Context, conn *Conn, cfg ConsumerConfig, h Handler, log *zap.Logger) error {
+// them to h in batches, until ctx is done. Each worker survives broker
+// restarts by starting a new session on a new channel. On cancellation, the
+// batches in hand are finished and acked; the rest go back to the queue
+// when the channels close. Retry and dead-letter copies are published on
+// conn too.
+func Consume(ctx context.Context, conn *Conn, cfg ConsumerConfig, h BatchHandler, log *zap.Logger) error {
 	cfg = cfg.withDefaults()
 	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log, metrics: conn.metrics.Queue(cfg.Queue)}
 	defer c.pub.Close()
-	return c.run(ctx, conn, func(ctx context.Context, ch *amqp.Channel, deliveries <-chan amqp.Delivery, lost <-chan struct{}) error {
-		return c.session(ctx, deliveries, lost, h)
-	})
-}
-
-// ConsumeBatch is Consume for handlers that work best on many messages at
-// once (one INSERT for a thousand rows). A batch that fails is taken apart and
-// each message handled alone, so one poison message cannot hold up the rest.
-func ConsumeBatch(ctx context.Context, conn *Conn, cfg ConsumerConfig, h BatchHandler, log *zap.Logger) error {
-	if cfg.MaxBatch < 1 {
-		cfg.MaxBatch = 1
+	var wg sync.WaitGroup
+	for range cfg.Workers {
+		wg.Go(func() { c.run(ctx, conn, h) })
 	}
-	cfg = cfg.withDefaults()
-	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log, metrics: conn.metrics.Queue(cfg.Queue)}
-	defer c.pub.Close()
-	return c.run(ctx, conn, func(ctx context.Context, ch *amqp.Channel, deliveries <-chan amqp.Delivery, lost <-chan struct{}) error {
-		return c.batchSession(ctx, deliveries, lost, h)
-	})
+	wg.Wait()
+	return nil
 }
 
-type sessionFunc func(ctx context.Context, ch *amqp.Channel, deliveries <-chan amqp.Delivery, lost <-chan struct{}) error
-
-func (c *consumer) run(ctx context.Context, conn *Conn, session sessionFunc) error {
+func (c *consumer) run(ctx context.Context, conn *Conn, h BatchHandler) {
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		err := c.openSession(ctx, conn, session)
+		err := c.openSession(ctx, conn, h)
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
 		c.log.Warn("consumer session ended, starting another", zap.String("queue", c.cfg.Queue), zap.Error(err))
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-time.After(wait):
 		}
 	}
 }
 
-func (c *consumer) openSession(ctx context.Context, conn *Conn, session sessionFunc) error {
+func (c *consumer) openSession(ctx context.Context, conn *Conn, h BatchHandler) error {
 	ch, err := conn.Channel(ctx)
 	if err != nil {
 		return err
@@ -226,137 +227,144 @@ func (c *consumer) openSession(ctx context.Context, conn *Conn, session sessionF
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", c.cfg.Queue, err)
 	}
-	c.log.Info("consuming", zap.String("queue", c.cfg.Queue), zap.Int("prefetch", c.cfg.Prefetch), zap.Int("concurrency", c.cfg.Concurrency))
-	return session(ctx, ch, deliveries, lost)
+	c.log.Debug("consuming", zap.String("queue", c.cfg.Queue), zap.Int("prefetch", c.cfg.Prefetch), zap.Int("batch", c.cfg.Batch))
+	return c.session(ctx, deliveries, lost, h)
 }
 
-func (c *consumer) session(ctx context.Context, deliveries <-chan amqp.Delivery, lost <-chan struct{}, h Handler) error {
-	var wg sync.WaitGroup
-	defer wg.Wait() // in-flight handlers finish before the channel closes
-	slots := make(chan struct{}, c.cfg.Concurrency)
+// session gathers deliveries into batches and settles one batch at a time.
+// A batch is what has arrived: after each delivery the session takes, without
+// waiting, whatever else the library already holds for this channel, up to
+// Batch. Under load the next deliveries pile up while a batch is in hand, so
+// batches grow with the load and cost no latency when it is light. With Wait
+// set, a batch that is not full waits that long for more before it goes.
+func (c *consumer) session(ctx context.Context, deliveries <-chan amqp.Delivery, lost <-chan struct{}, h BatchHandler) error {
+	batch := make([]Delivery, 0, c.cfg.Batch)
+	defer func() {
+		if len(batch) > 0 { // taken but not handled: finish them
+			c.settleBatch(ctx, batch, h)
+		}
+	}()
+	var timer *time.Timer
+	var expired <-chan time.Time
 	for {
+		if ctx.Err() != nil {
+			return nil // before taking more: what was not taken goes back to the queue
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-lost:
 			return errors.New("channel lost")
+		case <-expired:
 		case raw, ok := <-deliveries:
 			if !ok {
 				return errors.New("deliveries closed")
 			}
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				// Not started: it goes back to the queue when the
-				// channel closes.
-				return nil
-			case <-lost:
-				return errors.New("channel lost")
+			batch = append(batch, newDelivery(c.cfg.Queue, raw))
+			batch = c.takeBuffered(deliveries, batch)
+			if len(batch) < c.cfg.Batch && c.cfg.Wait > 0 {
+				if expired == nil {
+					timer = time.NewTimer(c.cfg.Wait)
+					expired = timer.C
+				}
+				continue
 			}
-			wg.Add(1)
-			go func() {
-				defer func() { <-slots; wg.Done() }()
-				d := newDelivery(c.cfg.Queue, raw)
-				c.metrics.Consumed(1)
-				start := time.Now()
-				err := c.call(ctx, d, h)
-				took := time.Since(start)
-				c.metrics.Handled(took)
-				c.settle(ctx, d, err, took)
-			}()
 		}
-	}
-}
-
-func (c *consumer) batchSession(ctx context.Context, deliveries <-chan amqp.Delivery, lost <-chan struct{}, h BatchHandler) error {
-	batch := make([]Delivery, 0, c.cfg.MaxBatch)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	flush := func() {
+		if timer != nil {
+			timer.Stop()
+			timer, expired = nil, nil
+		}
 		if len(batch) > 0 {
 			c.settleBatch(ctx, batch, h)
 			batch = batch[:0]
 		}
-		timer.Stop()
 	}
-	defer flush()
-	for {
+}
+
+// takeBuffered appends to batch, up to Batch, the deliveries the library
+// holds already. It yields a few times first so that deliveries still being
+// parsed off the socket make it into this batch.
+func (c *consumer) takeBuffered(deliveries <-chan amqp.Delivery, batch []Delivery) []Delivery {
+	for misses := 0; len(batch) < c.cfg.Batch && misses < 3; {
 		select {
-		case <-ctx.Done():
-			return nil
-		case <-lost:
-			return errors.New("channel lost")
-		case <-timer.C:
-			flush()
 		case raw, ok := <-deliveries:
 			if !ok {
-				return errors.New("deliveries closed")
-			}
-			if len(batch) == 0 {
-				timer.Reset(c.cfg.MaxWait)
+				return batch
 			}
 			batch = append(batch, newDelivery(c.cfg.Queue, raw))
-			if len(batch) >= c.cfg.MaxBatch {
-				flush()
-			}
+			misses = 0
+		default:
+			misses++
+			runtime.Gosched()
 		}
 	}
+	return batch
 }
 
 func (c *consumer) settleBatch(ctx context.Context, batch []Delivery, h BatchHandler) {
 	c.metrics.Consumed(len(batch))
 	start := time.Now()
-	err := c.callBatch(ctx, batch, h)
+	err := c.call(ctx, batch, h)
 	took := time.Since(start)
 	c.metrics.Handled(took)
-	if err == nil {
-		last := batch[len(batch)-1].raw
-		if aerr := last.Ack(true); aerr != nil {
-			c.log.Warn("ack batch failed; the broker will redeliver it", zap.String("queue", c.cfg.Queue), zap.Error(aerr), zap.Int("size", len(batch)))
-			return
-		}
-		c.metrics.Acked(len(batch))
-		if ce := c.log.Check(zap.DebugLevel, "message handled"); ce != nil {
-			for _, d := range batch {
-				ce.Write(append(d.Fields(), zap.Duration("took", took), zap.Int("batch", len(batch)))...)
-				ce = c.log.Check(zap.DebugLevel, "message handled")
+	var failures Failures
+	switch {
+	case err == nil:
+		c.ack(batch, took)
+	case errors.As(err, &failures):
+		ok := make([]Delivery, 0, len(batch))
+		for i, d := range batch {
+			if ferr, failed := failures[i]; failed {
+				c.settle(ctx, d, ferr, took)
+			} else {
+				ok = append(ok, d)
 			}
 		}
+		c.ack(ok, took)
+	case len(batch) == 1:
+		c.settle(ctx, batch[0], err, took)
+	default:
+		c.log.Warn("batch failed, handling its messages one by one", zap.String("queue", c.cfg.Queue), zap.Error(err), zap.Int("size", len(batch)))
+		for _, d := range batch {
+			c.settleBatch(ctx, []Delivery{d}, h)
+		}
+	}
+}
+
+// ack acks the deliveries of a batch whose effects are committed, with one
+// multiple ack up to the last of them: every delivery before it on this
+// channel is decided, because a channel has one batch in hand at a time
+// and its failed messages were settled first.
+func (c *consumer) ack(done []Delivery, took time.Duration) {
+	if len(done) == 0 {
 		return
 	}
-	c.log.Warn("batch failed, handling its messages one by one", zap.String("queue", c.cfg.Queue), zap.Error(err), zap.Int("size", len(batch)))
-	for _, d := range batch {
-		start := time.Now()
-		err := c.callBatch(ctx, []Delivery{d}, h)
-		took := time.Since(start)
-		c.metrics.Handled(took)
-		c.settle(ctx, d, err, took)
+	last := done[len(done)-1].raw
+	if err := last.Ack(len(done) > 1); err != nil {
+		c.log.Warn("ack failed; the broker will redeliver", zap.String("queue", c.cfg.Queue), zap.Error(err), zap.Int("size", len(done)))
+		return
+	}
+	c.metrics.Acked(len(done))
+	if ce := c.log.Check(zap.DebugLevel, "message handled"); ce != nil {
+		for _, d := range done {
+			ce.Write(append(d.Fields(), zap.Duration("took", took), zap.Int("batch", len(done)))...)
+			ce = c.log.Check(zap.DebugLevel, "message handled")
+		}
 	}
 }
 
 // call runs h with a context that outlives the consumer's own, so that work
 // in hand when the service is told to stop is finished, not abandoned.
-// A panic becomes an error.
-//
-// The context carries the message's traceparent, so that what the handler
-// publishes in turn (through the outbox) continues the same trace.
-func (c *consumer) call(ctx context.Context, d Delivery, h Handler) (err error) {
+// A panic becomes an error. For a batch of one, the context carries the
+// message's traceparent, so what the handler publishes in turn (through the
+// outbox) continues the same trace; a handler of larger batches takes each
+// message's from its Delivery.
+func (c *consumer) call(ctx context.Context, batch []Delivery, h BatchHandler) (err error) {
 	ctx = context.WithoutCancel(ctx)
-	if d.TraceParent != "" {
-		ctx = trace.NewContext(ctx, d.TraceParent)
+	if len(batch) == 1 && batch[0].TraceParent != "" {
+		ctx = trace.NewContext(ctx, batch[0].TraceParent)
 	}
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.HandlerTimeout)
-	defer cancel()
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("handler panic: %v\n%s", r, debug.Stack())
-		}
-	}()
-	return h(hctx, d)
-}
-
-func (c *consumer) callBatch(ctx context.Context, batch []Delivery, h BatchHandler) (err error) {
-	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.HandlerTimeout)
 	defer cancel()
 	defer func() {
 		if r := recover(); r != nil {
@@ -375,14 +383,7 @@ func (c *consumer) callBatch(ctx context.Context, batch []Delivery, h BatchHandl
 // for production, and checking the level first keeps it free when off.
 func (c *consumer) settle(ctx context.Context, d Delivery, err error, took time.Duration) {
 	if err == nil {
-		if aerr := d.raw.Ack(false); aerr != nil {
-			c.log.Warn("ack failed; the broker will redeliver", append(d.Fields(), zap.Error(aerr))...)
-			return
-		}
-		c.metrics.Acked(1)
-		if ce := c.log.Check(zap.DebugLevel, "message handled"); ce != nil {
-			ce.Write(append(d.Fields(), zap.Duration("took", took))...)
-		}
+		c.ack([]Delivery{d}, took)
 		return
 	}
 	log := c.log.With(d.Fields()...)

@@ -35,7 +35,7 @@ func TestConsumeRecordsMetricsAndTrace(t *testing.T) {
 	traced := make(chan [2]string, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, func(ctx context.Context, d Delivery) error {
+	go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, one(func(ctx context.Context, d Delivery) error {
 		switch d.MessageID {
 		case "ok":
 			traced <- [2]string{d.TraceParent, trace.FromContext(ctx)}
@@ -45,7 +45,7 @@ func TestConsumeRecordsMetricsAndTrace(t *testing.T) {
 		default:
 			return errors.New("still down")
 		}
-	}, zaptest.NewLogger(t))
+	}), zaptest.NewLogger(t))
 	pctx, pcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer pcancel()
 	for _, id := range []string{"ok", "poison", "exhausted"} {

@@ -27,10 +27,10 @@ func TestSurvivesBrokerRestart(t *testing.T) {
 	got := make(chan string, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, func(ctx context.Context, d Delivery) error {
+	go Consume(ctx, c, ConsumerConfig{Queue: q.Name, Retry: q.Retry}, one(func(ctx context.Context, d Delivery) error {
 		got <- d.MessageID
 		return nil
-	}, log)
+	}), log)
 	publishTest(t, p, q.Bindings[0], "before")
 	expect(t, got, "before")
 

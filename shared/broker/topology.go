@@ -38,12 +38,32 @@ const (
 )
 
 // WorkQueue is a durable quorum queue fed by the orders exchange, with its
-// retry ladder and dead-letter queue.
+// retry ladder and dead-letter queue, and how its consumer takes from it.
 type WorkQueue struct {
 	Name     string
 	Bindings []string // routing keys on ExchangeOrders
 	// Retry is the queue's retry ladder; nil means RetryDelays.
 	Retry []time.Duration
+	// Workers, Prefetch, Batch and Wait are its consumer's (see
+	// ConsumerConfig): batches in hand at once, unacked messages per
+	// worker, messages per batch, and how long a batch waits to fill.
+	Workers, Prefetch, Batch int
+	Wait                     time.Duration
+}
+
+// Config is the consumer configuration of q.
+func (q WorkQueue) Config() ConsumerConfig {
+	return ConsumerConfig{Queue: q.Name, Workers: q.Workers, Prefetch: q.Prefetch, Batch: q.Batch, Wait: q.Wait, Retry: q.retry()}
+}
+
+// LookupWorkQueue returns the row of WorkQueues named name.
+func LookupWorkQueue(name string) (WorkQueue, bool) {
+	for _, q := range WorkQueues {
+		if q.Name == name {
+			return q, true
+		}
+	}
+	return WorkQueue{}, false
 }
 
 func (q WorkQueue) retry() []time.Duration {
@@ -54,14 +74,24 @@ func (q WorkQueue) retry() []time.Duration {
 }
 
 // WorkQueues is the topology of the order flow: one table, declared by every
-// service at start (declaring again is a no-op, so start order never matters).
+// service at start (declaring again is a no-op, so start order never
+// matters). A row is also its consumer's configuration.
+//
+// Batches are what has arrived when a worker is free, up to Batch, so they
+// grow with the load: one transaction and one multiple ack per batch. Two
+// workers let one batch commit while the next is handled; the prefetch is
+// twice the batch so the next batch is already here when a worker is free.
+// Payment's batch is smaller because each of its messages waits on the
+// payment provider (called concurrently for a batch); e-mail's is cut down
+// further by the provider's rate limit (services/email); analytics, whose
+// rows nobody waits for, lets a batch fill for up to 100 ms.
 var WorkQueues = []WorkQueue{
-	{Name: QueuePayment, Bindings: []string{events.OrderPlaced}},
-	{Name: QueueRestaurant, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderCancelled}},
-	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered}},
-	{Name: QueueAnalytics, Bindings: []string{"order.#"}},
-	{Name: QueueOrderStatus, Bindings: []string{events.OrderPaid, events.OrderPaymentFailed}},
-	{Name: QueueTracking, Bindings: []string{"order.#"}},
+	{Name: QueuePayment, Bindings: []string{events.OrderPlaced}, Workers: 2, Prefetch: 64, Batch: 32},
+	{Name: QueueRestaurant, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderCancelled}, Workers: 2, Prefetch: 256, Batch: 128},
+	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered}, Workers: 2, Prefetch: 64, Batch: 32},
+	{Name: QueueAnalytics, Bindings: []string{"order.#"}, Workers: 1, Prefetch: 2000, Batch: 1000, Wait: 100 * time.Millisecond},
+	{Name: QueueOrderStatus, Bindings: []string{events.OrderPaid, events.OrderPaymentFailed}, Workers: 2, Prefetch: 256, Batch: 128},
+	{Name: QueueTracking, Bindings: []string{"order.#"}, Workers: 2, Prefetch: 256, Batch: 128},
 }
 
 // RetryDelays is the ladder a transiently failing message climbs: attempt n

@@ -169,7 +169,7 @@ func TestReplay(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			done <- broker.Consume(ctx, conn, broker.ConsumerConfig{Queue: queue, Retry: []time.Duration{time.Second}},
-				func(_ context.Context, d broker.Delivery) error { got <- d; return nil }, zaptest.NewLogger(t))
+				func(_ context.Context, b []broker.Delivery) error { got <- b[0]; return nil }, zaptest.NewLogger(t))
 		}()
 		defer func() { cancel(); <-done }()
 		for range 2 {

@@ -116,30 +116,42 @@ func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error 
 	return pgx.BeginFunc(ctx, pool, fn)
 }
 
-// MarkProcessed records in the inbox that consumer has processed messageID,
-// inside tx. It returns false when the message was processed before: the
-// caller must then skip the effect (and still commit, so the message is acked).
-func MarkProcessed(ctx context.Context, tx pgx.Tx, consumer, messageID string) (bool, error) {
-	tag, err := tx.Exec(ctx,
-		"INSERT INTO processed_messages (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-		consumer, messageID)
+// RecordProcessed records in the inbox that consumer has processed the
+// messages ids, inside tx, with one statement, and returns those it had not
+// processed before: the caller applies the effects of these only, in the
+// same transaction. A concurrent transaction recording the same id waits
+// for this one, then finds it recorded.
+func RecordProcessed(ctx context.Context, tx pgx.Tx, consumer string, ids []string) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, `INSERT INTO processed_messages (consumer, message_id)
+		SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING message_id`, consumer, ids)
 	if err != nil {
-		return false, fmt.Errorf("record processed message: %w", err)
+		return nil, fmt.Errorf("record processed messages: %w", err)
 	}
-	return tag.RowsAffected() == 1, nil
+	fresh := make(map[string]bool, len(ids))
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("record processed messages: %w", err)
+		}
+		fresh[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("record processed messages: %w", err)
+	}
+	return fresh, nil
 }
 
-// Processed reports whether consumer has already processed messageID. It is
-// a cheap check before costly work (a charge, an e-mail); MarkProcessed, in
-// the effect's transaction, remains the one that counts.
-func Processed(ctx context.Context, db *pgxpool.Pool, consumer, messageID string) (bool, error) {
-	var done bool
-	err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM processed_messages WHERE consumer = $1 AND message_id = $2)",
-		consumer, messageID).Scan(&done)
-	if err != nil {
-		return false, fmt.Errorf("check inbox: %w", err)
+// ForgetProcessed withdraws, inside tx, inbox records RecordProcessed made in
+// the same transaction for messages whose effect failed, so that their
+// retry is not taken for a duplicate.
+func ForgetProcessed(ctx context.Context, tx pgx.Tx, consumer string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
 	}
-	return done, nil
+	if _, err := tx.Exec(ctx, "DELETE FROM processed_messages WHERE consumer = $1 AND message_id = ANY($2)", consumer, ids); err != nil {
+		return fmt.Errorf("forget processed messages: %w", err)
+	}
+	return nil
 }
 
 // IsUnavailable reports whether err means the database could not be reached

@@ -33,45 +33,63 @@ func MustPool(tb testing.TB) *pgxpool.Pool {
 	return pool
 }
 
-func TestMarkProcessed(t *testing.T) {
-	pool := MustPool(t)
+// record runs RecordProcessed in a transaction of its own, committed unless
+// rollback, and returns the ids it found new.
+func record(t *testing.T, pool *pgxpool.Pool, rollback bool, ids ...string) map[string]bool {
+	t.Helper()
 	ctx := context.Background()
-	id := uuid.NewString()
-	for i, want := range []bool{true, false} {
-		var first bool
-		err := InTx(ctx, pool, func(tx pgx.Tx) error {
-			var err error
-			first, err = MarkProcessed(ctx, tx, "test", id)
+	var fresh map[string]bool
+	err := InTx(ctx, pool, func(tx pgx.Tx) error {
+		var err error
+		if fresh, err = RecordProcessed(ctx, tx, "test", ids); err != nil {
 			return err
-		})
-		if err != nil {
-			t.Fatal(err)
 		}
-		if first != want {
-			t.Fatalf("call %d: first = %v, want %v", i, first, want)
+		if rollback {
+			return context.Canceled
 		}
+		return nil
+	})
+	if err != nil && !rollback {
+		t.Fatal(err)
+	}
+	return fresh
+}
+
+func TestRecordProcessed(t *testing.T) {
+	pool := MustPool(t)
+	a, b := uuid.NewString(), uuid.NewString()
+	if got := record(t, pool, false, a); !got[a] || len(got) != 1 {
+		t.Fatalf("first: %v", got)
+	}
+	if got := record(t, pool, false, a, b); got[a] || !got[b] || len(got) != 1 {
+		t.Fatalf("second: %v, want only %s new", got, b)
 	}
 }
 
-func TestMarkProcessedRolledBack(t *testing.T) {
+func TestRecordProcessedRolledBack(t *testing.T) {
+	pool := MustPool(t)
+	id := uuid.NewString()
+	record(t, pool, true, id) // the effect failed: the inbox row must go too
+	if got := record(t, pool, false, id); !got[id] {
+		t.Error("a rolled-back inbox row still counts as processed")
+	}
+}
+
+func TestForgetProcessed(t *testing.T) {
 	pool := MustPool(t)
 	ctx := context.Background()
-	id := uuid.NewString()
-	_ = InTx(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := MarkProcessed(ctx, tx, "test", id); err != nil {
-			t.Fatal(err)
-		}
-		return context.Canceled // the effect failed: the inbox row must go too
-	})
+	a, b := uuid.NewString(), uuid.NewString()
 	err := InTx(ctx, pool, func(tx pgx.Tx) error {
-		first, err := MarkProcessed(ctx, tx, "test", id)
-		if !first {
-			t.Error("a rolled-back inbox row still counts as processed")
+		if _, err := RecordProcessed(ctx, tx, "test", []string{a, b}); err != nil {
+			return err
 		}
-		return err
+		return ForgetProcessed(ctx, tx, "test", []string{b}) // b's effect failed
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := record(t, pool, false, a, b); got[a] || !got[b] {
+		t.Fatalf("after forgetting %s: new %v", b, got)
 	}
 }
 
@@ -79,20 +97,5 @@ func TestMigrateTwice(t *testing.T) {
 	pool := MustPool(t)
 	if err := Migrate(context.Background(), pool); err != nil {
 		t.Fatalf("second Migrate: %v", err)
-	}
-}
-
-func TestProcessed(t *testing.T) {
-	pool := MustPool(t)
-	ctx := context.Background()
-	id := uuid.NewString()
-	if done, err := Processed(ctx, pool, "test", id); err != nil || done {
-		t.Fatalf("before: done %v, err %v", done, err)
-	}
-	if err := InTx(ctx, pool, func(tx pgx.Tx) error { _, err := MarkProcessed(ctx, tx, "test", id); return err }); err != nil {
-		t.Fatal(err)
-	}
-	if done, err := Processed(ctx, pool, "test", id); err != nil || !done {
-		t.Fatalf("after: done %v, err %v", done, err)
 	}
 }

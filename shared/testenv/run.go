@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"testing"
@@ -124,4 +125,24 @@ func Delivery(tb testing.TB, queue, key, orderID string, data any) broker.Delive
 		tb.Fatal(err)
 	}
 	return broker.Delivery{Queue: queue, MessageID: e.ID, RoutingKey: key, Type: key, CorrelationID: orderID, Body: body, Attempt: 1}
+}
+
+// AllPermanent reports whether a consumer's answer to a batch of n
+// deliveries dead-letters at least one of them and retries none: a
+// permanent error for the whole batch, or broker.Failures that are all
+// permanent.
+func AllPermanent(err error, n int) bool {
+	if broker.IsPermanent(err) {
+		return true
+	}
+	var f broker.Failures
+	if !errors.As(err, &f) || len(f) == 0 || len(f) > n {
+		return false
+	}
+	for _, ferr := range f {
+		if !broker.IsPermanent(ferr) {
+			return false
+		}
+	}
+	return true
 }

@@ -1,0 +1,303 @@
+// Package consumer is how every Dabba service consumes its work queue: a
+// typed dispatcher over broker.Consume. For each batch the broker hands
+// over, it decodes and checks every event, dead-letters what no route
+// accepts, records the inbox of the whole batch with one statement, and
+// applies the effects of the events not seen before, by type, in that same
+// transaction. A redelivered event therefore never has a second effect, and
+// a consumer is one row of broker.WorkQueues and one set of routes:
+//
+//	consumer.New(broker.QueuePayment, db, log,
+//		consumer.On(events.OrderPlaced, charge)) // func(ctx, tx, []consumer.Event[events.Placed]) error
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/trace"
+)
+
+// Event is one new event of a batch, its payload decoded as T.
+type Event[T any] struct {
+	ID         string // the event id, also the message id and the inbox key
+	Type       string
+	OrderID    string
+	OccurredAt time.Time
+	Data       T
+	Delivery   broker.Delivery
+
+	failed *error
+}
+
+// Fail marks e as failed while the rest of its batch goes on: its inbox
+// record is withdrawn before the commit, and once the others are committed
+// e is retried (or dead-lettered, for a Permanent error) alone. A handler
+// calls it instead of writing e's effect; returning an error instead fails
+// the whole batch.
+func (e Event[T]) Fail(err error) { *e.failed = err }
+
+// Context returns ctx carrying e's trace, so that what a handler publishes
+// about e (through the outbox) continues e's trace.
+func (e Event[T]) Context(ctx context.Context) context.Context {
+	if e.Delivery.TraceParent == "" {
+		return ctx
+	}
+	return trace.NewContext(ctx, e.Delivery.TraceParent)
+}
+
+// Fields are the log fields that identify e's message.
+func (e Event[T]) Fields() []zap.Field { return e.Delivery.Fields() }
+
+// item is an event of a batch on its way through Handle.
+type item struct {
+	index int // in the broker's batch
+	env   events.Envelope
+	data  any
+	d     broker.Delivery
+	err   error // set through Event.Fail
+}
+
+// Route is what a consumer does with one event type.
+type Route struct {
+	typ    string
+	decode func(events.Envelope) (any, error)
+	handle func(context.Context, pgx.Tx, []*item) error
+}
+
+// On routes events of type typ to h, with their payloads decoded as T (an
+// event whose payload does not decode is dead-lettered). h gets the new
+// events of a batch, in the order they arrived, inside the transaction that
+// recorded them in the inbox; it writes their effects in tx and returns
+// nil, or an error to roll the batch back (each message is then handled
+// alone), or calls Event.Fail for single events.
+func On[T any](typ string, h func(ctx context.Context, tx pgx.Tx, batch []Event[T]) error) Route {
+	return Route{
+		typ: typ,
+		decode: func(env events.Envelope) (any, error) {
+			var v T
+			if err := events.DecodeData(env, &v); err != nil {
+				return nil, err
+			}
+			return v, nil
+		},
+		handle: func(ctx context.Context, tx pgx.Tx, items []*item) error {
+			batch := make([]Event[T], len(items))
+			for i, it := range items {
+				batch[i] = Event[T]{ID: it.env.ID, Type: it.env.Type, OrderID: it.env.OrderID, OccurredAt: it.env.OccurredAt,
+					Data: it.data.(T), Delivery: it.d, failed: &it.err}
+			}
+			return h(ctx, tx, batch)
+		},
+	}
+}
+
+// Consumer consumes one work queue through its routes.
+type Consumer struct {
+	queue  broker.WorkQueue
+	cfg    broker.ConsumerConfig
+	db     *pgxpool.Pool
+	log    *zap.Logger
+	routes map[string]Route
+}
+
+// New returns the consumer of the work queue named queue (a row of
+// broker.WorkQueues, whose settings it takes), applying its effects in db.
+// It panics on a queue that is not in the table or a type routed twice:
+// both are mistakes in the program, not conditions to handle.
+func New(queue string, db *pgxpool.Pool, log *zap.Logger, routes ...Route) *Consumer {
+	q, ok := broker.LookupWorkQueue(queue)
+	if !ok {
+		panic("consumer: no work queue " + queue)
+	}
+	c := &Consumer{queue: q, cfg: q.Config(), db: db, log: log, routes: map[string]Route{}}
+	for _, r := range routes {
+		if _, dup := c.routes[r.typ]; dup {
+			panic("consumer: " + r.typ + " routed twice")
+		}
+		c.routes[r.typ] = r
+	}
+	return c
+}
+
+// Types returns the event types c accepts, sorted. A test holds them equal
+// to the queue's bindings.
+func (c *Consumer) Types() []string {
+	types := make([]string, 0, len(c.routes))
+	for t := range c.routes {
+		types = append(types, t)
+	}
+	slices.Sort(types)
+	return types
+}
+
+// Queue is the work queue c consumes.
+func (c *Consumer) Queue() broker.WorkQueue { return c.queue }
+
+// LimitBatch lowers c's batch size to n (at least 1), for a consumer whose
+// effects are paced (e-mail's rate limit): a batch is one transaction, and a
+// transaction should not stay open for long.
+func (c *Consumer) LimitBatch(n int) *Consumer {
+	c.cfg.Batch = max(1, min(c.cfg.Batch, n))
+	return c
+}
+
+// Timeout sets how long c's handling of one batch may take (30 s unless
+// set), for a consumer whose effects wait on something slow by design.
+func (c *Consumer) Timeout(d time.Duration) *Consumer {
+	c.cfg.HandlerTimeout = d
+	return c
+}
+
+// Run consumes c's queue on conn until ctx is done.
+func (c *Consumer) Run(ctx context.Context, conn *broker.Conn) error {
+	return broker.Consume(ctx, conn, c.cfg, c.Handle, c.log)
+}
+
+// Handle handles one batch of deliveries: it is c's broker.BatchHandler,
+// exported so tests can hand it deliveries without a broker.
+func (c *Consumer) Handle(ctx context.Context, batch []broker.Delivery) error {
+	failures := broker.Failures{}
+	items := make([]*item, 0, len(batch))
+	seen := make(map[string]bool, len(batch))
+	for i, d := range batch {
+		it, err := c.decode(d)
+		if err != nil {
+			failures[i] = err
+			continue
+		}
+		if seen[it.env.ID] {
+			continue // the same event twice in one batch: settled with the first
+		}
+		seen[it.env.ID] = true
+		it.index = i
+		items = append(items, it)
+	}
+	if len(items) > 0 {
+		var hooks []func()
+		hctx := context.WithValue(ctx, hooksKey{}, &hooks)
+		if err := postgres.InTx(hctx, c.db, func(tx pgx.Tx) error { return c.apply(hctx, tx, items) }); err != nil {
+			return err
+		}
+		for _, fn := range hooks {
+			fn()
+		}
+		for _, it := range items {
+			if it.err != nil {
+				failures[it.index] = it.err
+			}
+		}
+	}
+	switch {
+	case len(failures) == 0:
+		return nil
+	case len(batch) == 1:
+		return failures[0] // settled the same way, and plainer to read
+	}
+	return failures
+}
+
+// decode checks what every event needs (an envelope, a UUID order id, a
+// route, a payload its route can read); each error is permanent.
+func (c *Consumer) decode(d broker.Delivery) (*item, error) {
+	env, err := events.Decode(d.Body)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := uuid.Parse(env.OrderID); err != nil {
+		return nil, fmt.Errorf("%w: order_id %q is not a UUID", events.ErrMalformed, env.OrderID)
+	}
+	r, ok := c.routes[env.Type]
+	if !ok {
+		return nil, broker.Permanent(fmt.Errorf("%s does not handle %s", c.queue.Name, env.Type))
+	}
+	data, err := r.decode(env)
+	if err != nil {
+		return nil, err
+	}
+	return &item{env: env, data: data, d: d}, nil
+}
+
+// apply records the batch in the inbox and hands the new events to their
+// routes, a type at a time in the order each type first arrived (an order's
+// order.placed before its order.paid, when both are in one batch).
+func (c *Consumer) apply(ctx context.Context, tx pgx.Tx, items []*item) error {
+	ids := make([]string, len(items))
+	for i, it := range items {
+		ids[i] = it.env.ID
+	}
+	fresh, err := postgres.RecordProcessed(ctx, tx, c.queue.Name, ids)
+	if err != nil {
+		return err
+	}
+	var order []string
+	groups := map[string][]*item{}
+	for _, it := range items {
+		it.err = nil // a batch retried after a rollback starts clean
+		if !fresh[it.env.ID] {
+			if ce := c.log.Check(zap.InfoLevel, "duplicate event skipped"); ce != nil {
+				ce.Write(it.d.Fields()...)
+			}
+			continue
+		}
+		if _, ok := groups[it.env.Type]; !ok {
+			order = append(order, it.env.Type)
+		}
+		groups[it.env.Type] = append(groups[it.env.Type], it)
+	}
+	var failed []string
+	for _, typ := range order {
+		if err := c.routes[typ].handle(ctx, tx, groups[typ]); err != nil {
+			return err
+		}
+		for _, it := range groups[typ] {
+			if it.err != nil {
+				failed = append(failed, it.env.ID)
+			}
+		}
+	}
+	return postgres.ForgetProcessed(ctx, tx, c.queue.Name, failed)
+}
+
+type hooksKey struct{}
+
+// AfterCommit runs fn once the transaction of the batch ctx belongs to has
+// committed (tracking tells watching customers only what is stored). Called
+// outside a consumer's handler, it runs fn at once.
+func AfterCommit(ctx context.Context, fn func()) {
+	if hooks, ok := ctx.Value(hooksKey{}).(*[]func()); ok {
+		*hooks = append(*hooks, fn)
+		return
+	}
+	fn()
+}
+
+// CheckBindings reports an error unless the event types c routes are
+// exactly those its queue's bindings deliver: a bound type without a route
+// would be dead-lettered, a route without a binding would never run.
+func (c *Consumer) CheckBindings() error {
+	var bound []string
+	for _, key := range events.RoutingKeys {
+		for _, b := range c.queue.Bindings {
+			if b == key || strings.HasSuffix(b, ".#") && strings.HasPrefix(key, strings.TrimSuffix(b, "#")) {
+				bound = append(bound, key)
+				break
+			}
+		}
+	}
+	slices.Sort(bound)
+	if routed := c.Types(); !slices.Equal(bound, routed) {
+		return fmt.Errorf("queue %s: bindings deliver %v, routes accept %v", c.queue.Name, bound, routed)
+	}
+	return nil
+}
