@@ -21,6 +21,7 @@ type Results struct {
 	Quick    bool              `json:"quick"`
 	Go       string            `json:"go"`
 	Versions map[string]string `json:"versions"`
+	Steps    []string          `json:"steps"` // the steps this run ran (-only)
 
 	Ceilings struct {
 		PostgresOrderTxPerS       float64 `json:"postgres_order_tx_per_s"`           // order + outbox row per transaction
@@ -133,29 +134,42 @@ func (r *Results) print(w io.Writer) {
 	c := r.Ceilings
 	fmt.Fprintf(tw, "\nDabba bench, %s, %d cores%s\n", r.Date.Format(time.RFC3339), r.Cores, map[bool]string{true: " (quick sizes)"}[r.Quick])
 	fmt.Fprintln(tw, "figure\tvalue\tceiling (same run)\tratio")
-	fmt.Fprintf(tw, "PostgreSQL: order + outbox row per tx (%d conns)\t%.0f tx/s\t\t\n", c.PostgresConcurrency, c.PostgresOrderTxPerS)
-	fmt.Fprintf(tw, "RabbitMQ: persistent, confirmed, 4 quorum queues\t%.0f msg/s in, %.0f deliveries/s out\t\t\n", c.RabbitPersistentPerS, c.RabbitPersistentDrainPerS)
-	fmt.Fprintf(tw, "RabbitMQ: transient to a topic exchange\t%.0f msg/s delivered\t\t\n", c.RabbitTransientPerS)
-	o := r.Orders
-	fmt.Fprintf(tw, "orders: highest rate passing (p99 ≤ 50 ms, no errors, queues flat)\t%d/s\t%.0f tx/s (PostgreSQL)\t%.0f%%\n", o.Rate, c.PostgresOrderTxPerS, 100*o.FractionOfPG)
-	fmt.Fprintf(tw, "orders: held %.0f s, accepted / errors\t%d / %d\t\t\n", o.Seconds, o.Accepted, o.Errors)
-	fmt.Fprintf(tw, "orders: POST latency\t%s\t\t\n", o.Latency)
-	fmt.Fprintf(tw, "orders: POST → last consumer's effect\t%s\t\t\n", o.EndToEnd)
-	fmt.Fprintf(tw, "orders: all paid and in analytics within 5 s of the end\t%v (after %.1f s)\t\t\n", o.AllDoneWithin5s, o.AllDoneAfterS)
-	fmt.Fprintf(tw, "orders: what stopped the next rate\t%s\t\t\n", o.LimitedBy)
-	fmt.Fprintf(tw, "orders: CPU while held (%.0f%% of all cores busy), ms per order\t%s\t\t\n", 100*o.CoresBusy, sortedFigures(o.CPUMsPerOrder, 1))
-	bu := r.Burst
-	fmt.Fprintf(tw, "burst: %d orders over %.0f s\t%d accepted, %d refused (503), %d unanswered\t\t\n", bu.Orders, bu.OverS, bu.Accepted, bu.Refused, bu.NoAnswer)
-	fmt.Fprintf(tw, "burst: POST latency\t%s\t\t\n", bu.Latency)
-	fmt.Fprintf(tw, "burst: drain after the burst (every effect)\t%.1f s\t\t\n", bu.DrainS)
-	fmt.Fprintf(tw, "burst: e-mail at the default 25/min limit\t%.1f h\t\t\n", bu.EmailAtDefaultLimit)
-	l := r.Locations
-	fmt.Fprintf(tw, "locations: %d riders, %d customers: fixes ingested\t%.0f/s of %.0f/s offered\t%.0f msg/s (transient)\t%.0f%%\n",
-		l.Riders, l.Customers, l.IngestedPerS, l.OfferedPerS, c.RabbitTransientPerS, 100*l.FractionOfCeiling)
-	fmt.Fprintf(tw, "locations: rider → customer\t%s\t\t\n", l.Latency)
-	fmt.Fprintf(tw, "locations: refused / stale / coalesced\t%d / %d / %d\t\t\n", l.Refused, l.Stale, l.Coalesced)
+	// A run of some steps (-only) prints only theirs: zeros for the
+	// others would read as measured.
+	ran := func(step string) bool { return slices.Contains(r.Steps, step) }
+	if ran("ceilings") {
+		fmt.Fprintf(tw, "PostgreSQL: order + outbox row per tx (%d conns)\t%.0f tx/s\t\t\n", c.PostgresConcurrency, c.PostgresOrderTxPerS)
+		fmt.Fprintf(tw, "RabbitMQ: persistent, confirmed, 4 quorum queues\t%.0f msg/s in, %.0f deliveries/s out\t\t\n", c.RabbitPersistentPerS, c.RabbitPersistentDrainPerS)
+		fmt.Fprintf(tw, "RabbitMQ: transient to a topic exchange\t%.0f msg/s delivered\t\t\n", c.RabbitTransientPerS)
+	}
+	if ran("orders") {
+		o := r.Orders
+		fmt.Fprintf(tw, "orders: highest rate passing (p99 ≤ 50 ms, no errors, queues flat)\t%d/s\t%.0f tx/s (PostgreSQL)\t%.0f%%\n", o.Rate, c.PostgresOrderTxPerS, 100*o.FractionOfPG)
+		fmt.Fprintf(tw, "orders: held %.0f s, accepted / errors\t%d / %d\t\t\n", o.Seconds, o.Accepted, o.Errors)
+		fmt.Fprintf(tw, "orders: POST latency\t%s\t\t\n", o.Latency)
+		fmt.Fprintf(tw, "orders: POST → last consumer's effect\t%s\t\t\n", o.EndToEnd)
+		fmt.Fprintf(tw, "orders: all paid and in analytics within 5 s of the end\t%v (after %.1f s)\t\t\n", o.AllDoneWithin5s, o.AllDoneAfterS)
+		fmt.Fprintf(tw, "orders: what stopped the next rate\t%s\t\t\n", o.LimitedBy)
+		fmt.Fprintf(tw, "orders: CPU while held (%.0f%% of all cores busy), ms per order\t%s\t\t\n", 100*o.CoresBusy, sortedFigures(o.CPUMsPerOrder, 1))
+	}
+	if ran("burst") {
+		bu := r.Burst
+		fmt.Fprintf(tw, "burst: %d orders over %.0f s\t%d accepted, %d refused (503), %d unanswered\t\t\n", bu.Orders, bu.OverS, bu.Accepted, bu.Refused, bu.NoAnswer)
+		fmt.Fprintf(tw, "burst: POST latency\t%s\t\t\n", bu.Latency)
+		fmt.Fprintf(tw, "burst: drain after the burst (every effect)\t%.1f s\t\t\n", bu.DrainS)
+		fmt.Fprintf(tw, "burst: e-mail at the default 25/min limit\t%.1f h\t\t\n", bu.EmailAtDefaultLimit)
+	}
+	if ran("locations") {
+		l := r.Locations
+		fmt.Fprintf(tw, "locations: %d riders, %d customers: fixes ingested\t%.0f/s of %.0f/s offered\t%.0f msg/s (transient)\t%.0f%%\n",
+			l.Riders, l.Customers, l.IngestedPerS, l.OfferedPerS, c.RabbitTransientPerS, 100*l.FractionOfCeiling)
+		fmt.Fprintf(tw, "locations: rider → customer\t%s\t\t\n", l.Latency)
+		fmt.Fprintf(tw, "locations: refused / stale / coalesced\t%d / %d / %d\t\t\n", l.Refused, l.Stale, l.Coalesced)
+	}
 	m := r.Memory
-	fmt.Fprintf(tw, "memory: per idle customer socket (%d open)\t%.1f KiB\t\t\n", m.IdleSockets, m.BytesPerIdleSocket/1024)
+	if ran("memory") {
+		fmt.Fprintf(tw, "memory: per idle customer socket (%d open)\t%.1f KiB\t\t\n", m.IdleSockets, m.BytesPerIdleSocket/1024)
+	}
 	peaks := map[string]float64{}
 	for n, kib := range m.PeakRSSKiB {
 		peaks[n] = float64(kib) / 1024
