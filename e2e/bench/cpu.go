@@ -85,3 +85,28 @@ func cpuPerOrder(before, after map[string]time.Duration, orders int, over time.D
 	}
 	return per, total.Seconds() / (over.Seconds() * float64(cores))
 }
+
+// cpuPerSecond turns two cpuTimes readings taken over a window into
+// milliseconds of CPU per second of the window, for each part.
+func cpuPerSecond(before, after map[string]time.Duration, over time.Duration) map[string]float64 {
+	per := map[string]float64{}
+	for name, t := range after {
+		per[name] = float64((t - before[name]).Microseconds()) / 1000 / over.Seconds()
+	}
+	return per
+}
+
+// marginalCPU is each part's CPU per order from two windows at different
+// rates: the difference in CPU a second divided by the difference in
+// orders a second. What a part spends whatever the rate (timers, GC,
+// management stats, the bench's own sampling) cancels out, so only what
+// one more order costs remains. It returns the slopes and their sum.
+func marginalCPU(high, low map[string]float64, highRate, lowRate float64) (map[string]float64, float64) {
+	per := map[string]float64{}
+	var sum float64
+	for name, h := range high {
+		per[name] = (h - low[name]) / (highRate - lowRate)
+		sum += per[name]
+	}
+	return per, sum
+}

@@ -43,6 +43,7 @@ type sizes struct {
 	Probe        time.Duration // each step of the order-rate search
 	Rates        []int         // the order rates tried, in order
 	Hold         time.Duration // the best rate held this long
+	Low          time.Duration // the second, lower rate held this long, for the marginal CPU
 	Burst        int           // orders in the burst
 	BurstOver    time.Duration // ...sent over this long
 	Riders       int           // rider sockets, each sending a fix every FixEvery
@@ -54,11 +55,11 @@ type sizes struct {
 
 var (
 	full = sizes{Ceiling: 10 * time.Second, Concurrency: 16, Probe: 10 * time.Second,
-		Rates: []int{50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000}, Hold: 60 * time.Second,
+		Rates: []int{50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000}, Hold: 60 * time.Second, Low: 20 * time.Second,
 		Burst: 100_000, BurstOver: time.Minute, Riders: 10_000, FixEvery: 500 * time.Millisecond, Customers: 200,
 		LocationsFor: 30 * time.Second, IdleSockets: 10_000}
 	quick = sizes{Ceiling: 2 * time.Second, Concurrency: 16, Probe: 2 * time.Second,
-		Rates: []int{50, 100}, Hold: 3 * time.Second,
+		Rates: []int{50, 100}, Hold: 3 * time.Second, Low: 3 * time.Second,
 		Burst: 500, BurstOver: 2 * time.Second, Riders: 200, FixEvery: 500 * time.Millisecond, Customers: 20,
 		LocationsFor: 3 * time.Second, IdleSockets: 500}
 )

@@ -38,17 +38,20 @@ type Results struct {
 		Accepted        int     `json:"accepted"`
 		Errors          int     `json:"errors"`
 		Latency         Lat     `json:"post_latency"`
-		EndToEnd        Lat     `json:"end_to_end_latency"` // POST → the last consumer's committed effect
+		EndToEnd        Lat     `json:"end_to_end_latency"`   // POST → the last consumer's committed effect
+		PostToPaid      Lat     `json:"post_to_paid_latency"` // the order's created_at → its paid entry in order_status_history
 		FractionOfPG    float64 `json:"fraction_of_postgres_ceiling"`
 		AllDoneWithin5s bool    `json:"all_paid_and_recorded_within_5s"`
 		AllDoneAfterS   float64 `json:"all_paid_and_recorded_after_s"`
 		MaxQueueBacklog int     `json:"max_queue_backlog"`
 		MaxOutboxUnsent int     `json:"max_outbox_unsent"`
 		LimitedBy       string  `json:"limited_by"`
-		// Where the CPU went while the rate was held: milliseconds per
-		// order for each part, and the share of all cores busy.
+		// Where the CPU went while the rate was held: the average
+		// milliseconds per order for each part (all it used, idle costs
+		// included, over the orders), and the share of all cores busy.
 		CPUMsPerOrder map[string]float64 `json:"cpu_ms_per_order"`
 		CoresBusy     float64            `json:"cores_busy_fraction"`
+		Marginal      Marginal           `json:"cpu_marginal"`
 	} `json:"orders"`
 
 	Burst struct {
@@ -81,6 +84,22 @@ type Results struct {
 	} `json:"memory"`
 
 	Lost []string `json:"lost,omitempty"`
+}
+
+// Marginal is what one more order a second costs in CPU: the slope between
+// the hold and a second window at a lower rate, so that what the parts
+// spend whatever the rate is not charged to the orders.
+type Marginal struct {
+	LowRate        int                `json:"low_rate_per_s"` // offered in the second window
+	LowSeconds     float64            `json:"low_held_s"`
+	LowErrors      int                `json:"low_errors"`
+	HighOrdersPerS float64            `json:"high_accepted_per_s"` // the slope's rates: accepted a second
+	LowOrdersPerS  float64            `json:"low_accepted_per_s"`
+	HighCPUMsPerS  map[string]float64 `json:"high_cpu_ms_per_s"` // each part's CPU a second in each window
+	LowCPUMsPerS   map[string]float64 `json:"low_cpu_ms_per_s"`
+	MsPerOrder     map[string]float64 `json:"ms_per_order"`
+	MsPerOrderSum  float64            `json:"ms_per_order_sum"`
+	Skipped        string             `json:"skipped,omitempty"` // why there is no slope
 }
 
 // Probe is one step of the search for the highest order rate.
@@ -143,14 +162,21 @@ func (r *Results) print(w io.Writer) {
 		fmt.Fprintf(tw, "RabbitMQ: transient to a topic exchange\t%.0f msg/s delivered\t\t\n", c.RabbitTransientPerS)
 	}
 	if ran("orders") {
-		o := r.Orders
+		o, m := r.Orders, r.Orders.Marginal
 		fmt.Fprintf(tw, "orders: highest rate passing (p99 ≤ 50 ms, no errors, queues flat)\t%d/s\t%.0f tx/s (PostgreSQL)\t%.0f%%\n", o.Rate, c.PostgresOrderTxPerS, 100*o.FractionOfPG)
 		fmt.Fprintf(tw, "orders: held %.0f s, accepted / errors\t%d / %d\t\t\n", o.Seconds, o.Accepted, o.Errors)
 		fmt.Fprintf(tw, "orders: POST latency\t%s\t\t\n", o.Latency)
+		fmt.Fprintf(tw, "orders: POST → paid (order_status_history)\t%s\t\t\n", o.PostToPaid)
 		fmt.Fprintf(tw, "orders: POST → last consumer's effect\t%s\t\t\n", o.EndToEnd)
 		fmt.Fprintf(tw, "orders: all paid and in analytics within 5 s of the end\t%v (after %.1f s)\t\t\n", o.AllDoneWithin5s, o.AllDoneAfterS)
 		fmt.Fprintf(tw, "orders: what stopped the next rate\t%s\t\t\n", o.LimitedBy)
-		fmt.Fprintf(tw, "orders: CPU while held (%.0f%% of all cores busy), ms per order\t%s\t\t\n", 100*o.CoresBusy, sortedFigures(o.CPUMsPerOrder, 1))
+		fmt.Fprintf(tw, "orders: CPU while held (%.0f%% of all cores busy), average ms per order, idle included\t%s\t\t\n", 100*o.CoresBusy, withSum(o.CPUMsPerOrder))
+		if m.Skipped != "" {
+			fmt.Fprintf(tw, "orders: marginal CPU per order\tnot measured: %s\t\t\n", m.Skipped)
+		} else {
+			fmt.Fprintf(tw, "orders: marginal CPU, ms per order (slope %.1f → %.1f orders/s; %d/s offered for %.0f s)\t%s\t\t\n",
+				m.LowOrdersPerS, m.HighOrdersPerS, m.LowRate, m.LowSeconds, withSum(m.MsPerOrder))
+		}
 	}
 	if ran("burst") {
 		bu := r.Burst
@@ -179,6 +205,15 @@ func (r *Results) print(w io.Writer) {
 		fmt.Fprintf(tw, "LOST\t%v\t\t\n", r.Lost)
 	}
 	tw.Flush()
+}
+
+// withSum prints milliseconds per order for each part after their sum.
+func withSum(m map[string]float64) string {
+	var sum float64
+	for _, v := range m {
+		sum += v
+	}
+	return fmt.Sprintf("total %.1f: %s", sum, sortedFigures(m, 1))
 }
 
 // sortedFigures prints name-value pairs, largest first.
