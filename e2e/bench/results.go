@@ -57,11 +57,14 @@ type Results struct {
 	Burst struct {
 		Orders              int     `json:"orders"`
 		OverS               float64 `json:"over_s"`
-		Accepted            int     `json:"accepted"`
-		Refused             int     `json:"refused"`   // 503 with Retry-After: told to retry, nothing stored
-		NoAnswer            int     `json:"no_answer"` // the client gave up waiting
+		Rate                int     `json:"rate_per_s"`
+		Accepted            int     `json:"accepted"`               // on the first and only try
+		AcceptedFirstTryPct float64 `json:"accepted_first_try_pct"` // accepted of those sent
+		Refused             int     `json:"refused"`                // 503 with Retry-After: told to retry, nothing stored
+		NoAnswer            int     `json:"no_answer"`              // the client gave up waiting
 		Latency             Lat     `json:"post_latency"`
-		DrainS              float64 `json:"drain_s"` // end of the burst → every accepted order's four effects
+		DrainS              float64 `json:"drain_s"`   // end of the burst → every accepted order's four effects
+		NoneLost            bool    `json:"none_lost"` // every accepted order stored with its effects, nothing unexpected
 		EmailAtDefaultLimit float64 `json:"email_drain_at_25_per_min_h"`
 	} `json:"burst"`
 
@@ -180,9 +183,10 @@ func (r *Results) print(w io.Writer) {
 	}
 	if ran("burst") {
 		bu := r.Burst
-		fmt.Fprintf(tw, "burst: %d orders over %.0f s\t%d accepted, %d refused (503), %d unanswered\t\t\n", bu.Orders, bu.OverS, bu.Accepted, bu.Refused, bu.NoAnswer)
+		fmt.Fprintf(tw, "burst: %d orders at %d/s over %.0f s\t%d accepted on first try (%.1f%%), %d refused (503), %d unanswered\t\t\n",
+			bu.Orders, bu.Rate, bu.OverS, bu.Accepted, bu.AcceptedFirstTryPct, bu.Refused, bu.NoAnswer)
 		fmt.Fprintf(tw, "burst: POST latency\t%s\t\t\n", bu.Latency)
-		fmt.Fprintf(tw, "burst: drain after the burst (every effect)\t%.1f s\t\t\n", bu.DrainS)
+		fmt.Fprintf(tw, "burst: drain after the burst (every effect); nothing lost\t%.1f s; %v\t\t\n", bu.DrainS, bu.NoneLost)
 		fmt.Fprintf(tw, "burst: e-mail at the default 25/min limit\t%.1f h\t\t\n", bu.EmailAtDefaultLimit)
 	}
 	if ran("locations") {
