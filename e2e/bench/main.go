@@ -13,7 +13,9 @@
 //
 // A developer can run part of it: -only picks steps, -rates replaces the
 // order rates searched, -hold the time the best is held (for instance
-// -only orders -rates 300,500,700 -hold 60s).
+// -only orders -rates 300,500,700 -hold 60s). DABBA_BENCH_PPROF=1 fetches
+// a CPU profile from each service that serves /debug/pprof/profile while
+// the best rate is held.
 package main
 
 import (
@@ -90,6 +92,7 @@ type options struct {
 	quick bool
 	out   string
 	steps map[string]bool // the steps to run
+	pprof bool            // fetch CPU profiles from the services during the hold
 }
 
 func main() {
@@ -128,7 +131,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: -only:", err)
 		os.Exit(2)
 	}
-	opt := options{quick: *quickRun, out: *out, steps: chosen}
+	opt := options{quick: *quickRun, out: *out, steps: chosen, pprof: os.Getenv("DABBA_BENCH_PPROF") == "1"}
 	outSet := false
 	flag.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "out" })
 	if !outSet && (*only != "" || *rates != "" || *hold > 0) {
@@ -229,7 +232,7 @@ func run(ctx context.Context, sz sizes, opt options) error {
 	fmt.Printf("bench: stack up (logs in %s)\n", logs.Name())
 
 	r := &Results{Date: time.Now().UTC(), Cores: runtime.NumCPU(), Quick: opt.quick, Go: runtime.Version(), Versions: versions(ctx, db)}
-	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r}
+	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r, pprof: opt.pprof}
 	fns := map[string]func(context.Context) error{
 		"ceilings": b.ceilings, "memory": b.memory, "orders": b.orders, "burst": b.burst, "locations": b.locations,
 	}

@@ -298,6 +298,8 @@ func (b *bench) search(ctx context.Context) (int, error) {
 // hold holds rate for sz.Hold and waits for every order's effects.
 func (b *bench) hold(ctx context.Context, rate int) (window, error) {
 	o := &b.r.Orders
+	profiled := b.profile(ctx)
+	defer func() { <-profiled }()
 	w := b.measuredLoop(ctx, "hold", rate, b.sz.Hold)
 	res := w.res
 	end := time.Now()
