@@ -46,6 +46,7 @@ type sizes struct {
 	Rates        []int         // the order rates tried, in order
 	Hold         time.Duration // the best rate held this long
 	Low          time.Duration // the second, lower rate held this long, for the marginal CPU
+	Settle       time.Duration // the backlog stays empty this long before a measured window
 	Burst        int           // orders in the burst
 	BurstOver    time.Duration // ...sent over this long
 	Riders       int           // rider sockets, each sending a fix every FixEvery
@@ -57,11 +58,11 @@ type sizes struct {
 
 var (
 	full = sizes{Ceiling: 10 * time.Second, Concurrency: 16, Probe: 10 * time.Second,
-		Rates: []int{50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000}, Hold: 60 * time.Second, Low: 20 * time.Second,
+		Rates: []int{50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000}, Hold: 60 * time.Second, Low: 20 * time.Second, Settle: 2 * time.Second,
 		Burst: 100_000, BurstOver: time.Minute, Riders: 10_000, FixEvery: 500 * time.Millisecond, Customers: 200,
 		LocationsFor: 30 * time.Second, IdleSockets: 10_000}
 	quick = sizes{Ceiling: 2 * time.Second, Concurrency: 16, Probe: 2 * time.Second,
-		Rates: []int{50, 100}, Hold: 3 * time.Second, Low: 3 * time.Second,
+		Rates: []int{50, 100}, Hold: 3 * time.Second, Low: 2 * time.Second, Settle: time.Second,
 		Burst: 500, BurstOver: 2 * time.Second, Riders: 200, FixEvery: 500 * time.Millisecond, Customers: 20,
 		LocationsFor: 3 * time.Second, IdleSockets: 500}
 )
@@ -196,6 +197,7 @@ func run(ctx context.Context, sz sizes, opt options) error {
 	}
 	defer os.RemoveAll(bin)
 	svcs := stack.Services(benchPorts)
+	began := time.Now()
 	fmt.Println("bench: building the services")
 	if err := stack.Build(ctx, root, bin, svcs); err != nil {
 		return err
@@ -229,7 +231,7 @@ func run(ctx context.Context, sz sizes, opt options) error {
 		return fmt.Errorf("start the stack: %w (logs in %s)", err, logs.Name())
 	}
 	defer s.Stop(30 * time.Second)
-	fmt.Printf("bench: stack up (logs in %s)\n", logs.Name())
+	fmt.Printf("bench: stack up after %.1f s (logs in %s)\n", time.Since(began).Seconds(), logs.Name())
 
 	r := &Results{Date: time.Now().UTC(), Cores: runtime.NumCPU(), Quick: opt.quick, Go: runtime.Version(), Versions: versions(ctx, db)}
 	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r, pprof: opt.pprof}
@@ -242,9 +244,12 @@ func run(ctx context.Context, sz sizes, opt options) error {
 		}
 		r.Steps = append(r.Steps, st)
 		fmt.Printf("bench: %s…\n", st)
+		began := time.Now()
 		if err := fns[st](ctx); err != nil {
 			return fmt.Errorf("%s: %w", st, err)
 		}
+		// Where the time goes: the quick run must stay near a minute.
+		fmt.Printf("bench: %s took %.1f s\n", st, time.Since(began).Seconds())
 	}
 	b.peakRSS()
 	r.print(os.Stdout)

@@ -140,22 +140,19 @@ func (b *bench) waitDrained(ctx context.Context, within time.Duration) (time.Dur
 	}
 }
 
-// settle is how long the backlog must stay empty before a window whose
-// CPU is measured: waitDrained sees ready messages and unsent rows, not
-// the messages consumers hold unacknowledged (up to their prefetch;
-// analytics batches for up to a second), whose work would otherwise be
-// charged to the next window.
-const settle = 2 * time.Second
-
-// waitSettled waits until the backlog is empty and still empty settle
-// later, or until within.
+// waitSettled waits until the backlog is empty and still empty sz.Settle
+// later, or until within. It comes before a window whose CPU is measured:
+// waitDrained sees ready messages and unsent rows, not the messages
+// consumers hold unacknowledged (up to their prefetch; analytics batches
+// for up to a second), whose work would otherwise be charged to the next
+// window.
 func (b *bench) waitSettled(ctx context.Context, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
 		if _, err := b.waitDrained(ctx, time.Until(deadline)); err != nil {
 			return err
 		}
-		time.Sleep(settle)
+		time.Sleep(b.sz.Settle)
 		q, u, err := b.backlog(ctx)
 		if err != nil {
 			return err
