@@ -11,11 +11,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -478,4 +480,91 @@ func TestCoalescedPublishConfirmedInOrder(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("not every message was received")
 	}
+}
+
+// countingConn counts the write syscalls made on a socket.
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// BenchmarkPublishTransient publishes transient messages (rider fixes) as
+// fast as one publisher, or one per goroutine, can, over the bare socket and
+// over coalesce, and reports the write syscalls per message.
+func BenchmarkPublishTransient(b *testing.B) {
+	for _, mode := range []string{"Plain", "Coalesced"} {
+		for _, parallel := range []bool{false, true} {
+			name := mode
+			if parallel {
+				name += "/Parallel"
+			}
+			b.Run(name, func(b *testing.B) {
+				benchmarkPublishTransient(b, mode == "Coalesced", parallel)
+			})
+		}
+	}
+}
+
+func benchmarkPublishTransient(b *testing.B, combine, parallel bool) {
+	var writes atomic.Int64
+	wrap := func(c net.Conn) net.Conn {
+		counted := countingConn{Conn: c, writes: &writes}
+		if combine {
+			return coalesce(counted)
+		}
+		return counted
+	}
+	log := zap.NewNop()
+	c := dialWith(brokerURLs(), "bench-"+b.Name(), log, wrap)
+	defer c.Close()
+	ctx := context.Background()
+	ch, err := c.Channel(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ch.Close()
+	// The queue keeps only the newest messages, like the location feed, so
+	// a long run does not fill the broker's memory.
+	q, err := ch.QueueDeclare("bench-coalesce-"+uuid.NewString()[:8], false, true, true, false,
+		amqp.Table{"x-queue-type": "classic", "x-max-length": 10000, "x-overflow": "drop-head"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg := Message{RoutingKey: q.Name, Type: "rider.location", Body: bytes.Repeat([]byte{'x'}, 200), Transient: true}
+	publish := func(p *Publisher) {
+		if err := p.Publish(ctx, msg); err != nil {
+			b.Error(err)
+		}
+	}
+	p := NewTransientPublisher(c, log)
+	defer p.Close()
+	publish(p) // opens the channel
+
+	writes.Store(0)
+	b.ResetTimer()
+	if parallel {
+		b.RunParallel(func(pb *testing.PB) {
+			p := NewTransientPublisher(c, log)
+			defer p.Close()
+			for pb.Next() {
+				publish(p)
+			}
+		})
+	} else {
+		for range b.N {
+			publish(p)
+		}
+	}
+	// A round trip on the same socket, so that every publish has been
+	// written before the clock stops.
+	if _, err := ch.QueueDeclarePassive(q.Name, false, true, true, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(writes.Load())/float64(b.N), "writes/op")
 }
