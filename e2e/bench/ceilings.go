@@ -24,6 +24,7 @@ type bench struct {
 	stack   *stack.Stack
 	amqpURL string
 	r       *Results
+	pprof   bool // profile the services during the hold
 }
 
 // ceilings measures the machine's raw capacity for what an order and a fix

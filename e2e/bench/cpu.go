@@ -45,25 +45,34 @@ func (b *bench) cpuTimes() map[string]time.Duration {
 	return out
 }
 
-// procCPU reads a process's user and system time from /proc/<pid>/stat.
+// procCPU reads a process's user and system time from /proc/<pid>/stat,
+// with the time of the children it has reaped: PostgreSQL's autovacuum
+// workers and backends come and go within a window, and their time moves
+// to the postmaster when they exit rather than vanishing from the sum
+// (which could make a window's difference even negative).
 func procCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
 	}
 	// Fields after the command name, which may hold spaces: state is
-	// field 3, utime 14 and stime 15.
+	// field 3, utime 14, stime 15, cutime 16 and cstime 17.
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
+	if len(f) < 15 {
 		return 0, fmt.Errorf("short /proc/%d/stat", pid)
 	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+s) * clockTick, nil
+	var ticks int64
+	for _, v := range f[11:15] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * clockTick, nil
 }
 
 // cpuPerOrder turns two cpuTimes readings into milliseconds of CPU per
 // order for each part, and the share of the machine's cores they used.
+// It is the average cost: everything used while the orders flowed,
+// including what the parts use when idle, divided by the orders.
 func cpuPerOrder(before, after map[string]time.Duration, orders int, over time.Duration, cores int) (map[string]float64, float64) {
 	per := map[string]float64{}
 	var total time.Duration
@@ -75,4 +84,29 @@ func cpuPerOrder(before, after map[string]time.Duration, orders int, over time.D
 		}
 	}
 	return per, total.Seconds() / (over.Seconds() * float64(cores))
+}
+
+// cpuPerSecond turns two cpuTimes readings taken over a window into
+// milliseconds of CPU per second of the window, for each part.
+func cpuPerSecond(before, after map[string]time.Duration, over time.Duration) map[string]float64 {
+	per := map[string]float64{}
+	for name, t := range after {
+		per[name] = float64((t - before[name]).Microseconds()) / 1000 / over.Seconds()
+	}
+	return per
+}
+
+// marginalCPU is each part's CPU per order from two windows at different
+// rates: the difference in CPU a second divided by the difference in
+// orders a second. What a part spends whatever the rate (timers, GC,
+// management stats, the bench's own sampling) cancels out, so only what
+// one more order costs remains. It returns the slopes and their sum.
+func marginalCPU(high, low map[string]float64, highRate, lowRate float64) (map[string]float64, float64) {
+	per := map[string]float64{}
+	var sum float64
+	for name, h := range high {
+		per[name] = (h - low[name]) / (highRate - lowRate)
+		sum += per[name]
+	}
+	return per, sum
 }

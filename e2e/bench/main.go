@@ -10,6 +10,12 @@
 // PostgreSQL and RabbitMQ, prints a table and writes every figure as JSON.
 // make bench runs the full sizes, make bench-quick a scaled-down run of
 // under a minute that fails only on errors (a lost order), never on speed.
+//
+// A developer can run part of it: -only picks steps, -rates replaces the
+// order rates searched, -hold the time the best is held (for instance
+// -only orders -rates 300,500,700 -hold 60s). DABBA_BENCH_PPROF=1 fetches
+// a CPU profile from each service that serves /debug/pprof/profile while
+// the best rate is held.
 package main
 
 import (
@@ -21,6 +27,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,6 +45,8 @@ type sizes struct {
 	Probe        time.Duration // each step of the order-rate search
 	Rates        []int         // the order rates tried, in order
 	Hold         time.Duration // the best rate held this long
+	Low          time.Duration // the second, lower rate held this long, for the marginal CPU
+	Settle       time.Duration // the backlog stays empty this long before a measured window
 	Burst        int           // orders in the burst
 	BurstOver    time.Duration // ...sent over this long
 	Riders       int           // rider sockets, each sending a fix every FixEvery
@@ -47,11 +58,11 @@ type sizes struct {
 
 var (
 	full = sizes{Ceiling: 10 * time.Second, Concurrency: 16, Probe: 10 * time.Second,
-		Rates: []int{50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000}, Hold: 60 * time.Second,
+		Rates: []int{50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000}, Hold: 60 * time.Second, Low: 20 * time.Second, Settle: 2 * time.Second,
 		Burst: 100_000, BurstOver: time.Minute, Riders: 10_000, FixEvery: 500 * time.Millisecond, Customers: 200,
 		LocationsFor: 30 * time.Second, IdleSockets: 10_000}
 	quick = sizes{Ceiling: 2 * time.Second, Concurrency: 16, Probe: 2 * time.Second,
-		Rates: []int{50, 100}, Hold: 3 * time.Second,
+		Rates: []int{50, 100}, Hold: 3 * time.Second, Low: 2 * time.Second, Settle: time.Second,
 		Burst: 500, BurstOver: 2 * time.Second, Riders: 200, FixEvery: 500 * time.Millisecond, Customers: 20,
 		LocationsFor: 3 * time.Second, IdleSockets: 500}
 )
@@ -63,11 +74,36 @@ var benchPorts = stack.Ports{Orders: 19080, Tracking: 19081, Payment: 19082, Res
 // benchSecret signs the stack's tokens, so the bench can mint rider tokens.
 const benchSecret = "bench-secret"
 
+// steps are the bench's steps, in the order they run.
+var steps = []string{
+	"ceilings", // first: every later figure is stated beside them
+	"memory",   // before the load: the tracking process is fresh, its heap not yet grown
+	"orders",
+	"burst",
+	"locations",
+}
+
+// partialOut is where a run of some steps, or of other rates or hold,
+// writes by default, so a developer's probe never replaces the figures of
+// the full run that the README cites.
+var partialOut = filepath.Join(os.TempDir(), "dabba-bench-partial.json")
+
+// options are a run's choices besides its sizes.
+type options struct {
+	quick bool
+	out   string
+	steps map[string]bool // the steps to run
+	pprof bool            // fetch CPU profiles from the services during the hold
+}
+
 func main() {
 	quickRun := flag.Bool("quick", false, "scale every size down (make bench-quick)")
-	out := flag.String("out", "e2e/bench/results.json", "where to write the results as JSON")
+	out := flag.String("out", "e2e/bench/results.json", "where to write the results as JSON (a run with -only, -rates or -hold defaults to "+partialOut+")")
 	riders := flag.Int("riders", 0, "rider sockets (default 10000, quick 200)")
 	burst := flag.Int("burst", 0, "orders in the burst (default 100000 over a minute, quick 500), sent at the same rate")
+	rates := flag.String("rates", "", "order rates to search instead of the default list, comma-separated (e.g. 300,500,700)")
+	hold := flag.Duration("hold", 0, "how long the best rate is held (default 60s, quick 3s)")
+	only := flag.String("only", "", "run only these steps, comma-separated, of "+strings.Join(steps, ",")+" (the ceilings run whenever orders or burst do)")
 	flag.Parse()
 	sz := full
 	if *quickRun {
@@ -80,15 +116,74 @@ func main() {
 		sz.BurstOver = time.Duration(float64(sz.BurstOver) * float64(*burst) / float64(sz.Burst))
 		sz.Burst = *burst
 	}
+	if *rates != "" {
+		rs, err := parseRates(*rates)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -rates:", err)
+			os.Exit(2)
+		}
+		sz.Rates = rs
+	}
+	if *hold > 0 {
+		sz.Hold = *hold
+	}
+	chosen, err := parseSteps(*only)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -only:", err)
+		os.Exit(2)
+	}
+	opt := options{quick: *quickRun, out: *out, steps: chosen, pprof: os.Getenv("DABBA_BENCH_PPROF") == "1"}
+	outSet := false
+	flag.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "out" })
+	if !outSet && (*only != "" || *rates != "" || *hold > 0) {
+		opt.out = partialOut
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, sz, *quickRun, *out); err != nil {
+	if err := run(ctx, sz, opt); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, sz sizes, quickRun bool, out string) error {
+// parseRates reads "300,500,700".
+func parseRates(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		r, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || r <= 0 {
+			return nil, fmt.Errorf("%q is not a rate (orders a second, above 0)", f)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// parseSteps reads "orders,burst"; empty means every step. The ceilings
+// join orders and burst: their figures are stated beside the same run's
+// ceilings, and ceilings of another run would make the ratios meaningless.
+func parseSteps(s string) (map[string]bool, error) {
+	out := map[string]bool{}
+	if s == "" {
+		for _, st := range steps {
+			out[st] = true
+		}
+		return out, nil
+	}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(steps, f) {
+			return nil, fmt.Errorf("no step %q (steps: %s)", f, strings.Join(steps, ", "))
+		}
+		out[f] = true
+	}
+	if out["orders"] || out["burst"] {
+		out["ceilings"] = true
+	}
+	return out, nil
+}
+
+func run(ctx context.Context, sz sizes, opt options) error {
 	raiseFileLimit()
 	env := config.Env(os.Getenv)
 	wd, _ := os.Getwd()
@@ -102,6 +197,7 @@ func run(ctx context.Context, sz sizes, quickRun bool, out string) error {
 	}
 	defer os.RemoveAll(bin)
 	svcs := stack.Services(benchPorts)
+	began := time.Now()
 	fmt.Println("bench: building the services")
 	if err := stack.Build(ctx, root, bin, svcs); err != nil {
 		return err
@@ -135,33 +231,33 @@ func run(ctx context.Context, sz sizes, quickRun bool, out string) error {
 		return fmt.Errorf("start the stack: %w (logs in %s)", err, logs.Name())
 	}
 	defer s.Stop(30 * time.Second)
-	fmt.Printf("bench: stack up (logs in %s)\n", logs.Name())
+	fmt.Printf("bench: stack up after %.1f s (logs in %s)\n", time.Since(began).Seconds(), logs.Name())
 
-	r := &Results{Date: time.Now().UTC(), Cores: runtime.NumCPU(), Quick: quickRun, Go: runtime.Version(), Versions: versions(ctx, db)}
-	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r}
-	steps := []struct {
-		name string
-		fn   func(context.Context) error
-	}{
-		{"ceilings", b.ceilings},
-		{"memory", b.memory}, // first: the tracking process is fresh, its heap not yet grown by the load
-		{"orders", b.orders},
-		{"burst", b.burst},
-		{"locations", b.locations},
+	r := &Results{Date: time.Now().UTC(), Cores: runtime.NumCPU(), Quick: opt.quick, Go: runtime.Version(), Versions: versions(ctx, db)}
+	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r, pprof: opt.pprof}
+	fns := map[string]func(context.Context) error{
+		"ceilings": b.ceilings, "memory": b.memory, "orders": b.orders, "burst": b.burst, "locations": b.locations,
 	}
 	for _, st := range steps {
-		fmt.Printf("bench: %s…\n", st.name)
-		if err := st.fn(ctx); err != nil {
-			return fmt.Errorf("%s: %w", st.name, err)
+		if !opt.steps[st] {
+			continue
 		}
+		r.Steps = append(r.Steps, st)
+		fmt.Printf("bench: %s…\n", st)
+		began := time.Now()
+		if err := fns[st](ctx); err != nil {
+			return fmt.Errorf("%s: %w", st, err)
+		}
+		// Where the time goes: the quick run must stay near a minute.
+		fmt.Printf("bench: %s took %.1f s\n", st, time.Since(began).Seconds())
 	}
 	b.peakRSS()
 	r.print(os.Stdout)
 	data, _ := json.MarshalIndent(r, "", "  ")
-	if err := os.WriteFile(out, append(data, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(opt.out, append(data, '\n'), 0o644); err != nil {
 		return err
 	}
-	fmt.Println("bench: results in", out)
+	fmt.Println("bench: results in", opt.out)
 	if len(r.Lost) > 0 {
 		return fmt.Errorf("orders lost: %v", r.Lost)
 	}

@@ -21,6 +21,7 @@ type Results struct {
 	Quick    bool              `json:"quick"`
 	Go       string            `json:"go"`
 	Versions map[string]string `json:"versions"`
+	Steps    []string          `json:"steps"` // the steps this run ran (-only)
 
 	Ceilings struct {
 		PostgresOrderTxPerS       float64 `json:"postgres_order_tx_per_s"`           // order + outbox row per transaction
@@ -37,27 +38,33 @@ type Results struct {
 		Accepted        int     `json:"accepted"`
 		Errors          int     `json:"errors"`
 		Latency         Lat     `json:"post_latency"`
-		EndToEnd        Lat     `json:"end_to_end_latency"` // POST → the last consumer's committed effect
+		EndToEnd        Lat     `json:"end_to_end_latency"`   // POST → the last consumer's committed effect
+		PostToPaid      Lat     `json:"post_to_paid_latency"` // the order's created_at → its paid entry in order_status_history
 		FractionOfPG    float64 `json:"fraction_of_postgres_ceiling"`
 		AllDoneWithin5s bool    `json:"all_paid_and_recorded_within_5s"`
 		AllDoneAfterS   float64 `json:"all_paid_and_recorded_after_s"`
 		MaxQueueBacklog int     `json:"max_queue_backlog"`
 		MaxOutboxUnsent int     `json:"max_outbox_unsent"`
 		LimitedBy       string  `json:"limited_by"`
-		// Where the CPU went while the rate was held: milliseconds per
-		// order for each part, and the share of all cores busy.
+		// Where the CPU went while the rate was held: the average
+		// milliseconds per order for each part (all it used, idle costs
+		// included, over the orders), and the share of all cores busy.
 		CPUMsPerOrder map[string]float64 `json:"cpu_ms_per_order"`
 		CoresBusy     float64            `json:"cores_busy_fraction"`
+		Marginal      Marginal           `json:"cpu_marginal"`
 	} `json:"orders"`
 
 	Burst struct {
 		Orders              int     `json:"orders"`
 		OverS               float64 `json:"over_s"`
-		Accepted            int     `json:"accepted"`
-		Refused             int     `json:"refused"`   // 503 with Retry-After: told to retry, nothing stored
-		NoAnswer            int     `json:"no_answer"` // the client gave up waiting
+		Rate                int     `json:"rate_per_s"`
+		Accepted            int     `json:"accepted"`               // on the first and only try
+		AcceptedFirstTryPct float64 `json:"accepted_first_try_pct"` // accepted of those sent
+		Refused             int     `json:"refused"`                // 503 with Retry-After: told to retry, nothing stored
+		NoAnswer            int     `json:"no_answer"`              // the client gave up waiting
 		Latency             Lat     `json:"post_latency"`
-		DrainS              float64 `json:"drain_s"` // end of the burst → every accepted order's four effects
+		DrainS              float64 `json:"drain_s"`   // end of the burst → every accepted order's four effects
+		NoneLost            bool    `json:"none_lost"` // every accepted order stored with its effects, nothing unexpected
 		EmailAtDefaultLimit float64 `json:"email_drain_at_25_per_min_h"`
 	} `json:"burst"`
 
@@ -80,6 +87,22 @@ type Results struct {
 	} `json:"memory"`
 
 	Lost []string `json:"lost,omitempty"`
+}
+
+// Marginal is what one more order a second costs in CPU: the slope between
+// the hold and a second window at a lower rate, so that what the parts
+// spend whatever the rate is not charged to the orders.
+type Marginal struct {
+	LowRate        int                `json:"low_rate_per_s"` // offered in the second window
+	LowSeconds     float64            `json:"low_held_s"`
+	LowErrors      int                `json:"low_errors"`
+	HighOrdersPerS float64            `json:"high_accepted_per_s"` // the slope's rates: accepted a second
+	LowOrdersPerS  float64            `json:"low_accepted_per_s"`
+	HighCPUMsPerS  map[string]float64 `json:"high_cpu_ms_per_s"` // each part's CPU a second in each window
+	LowCPUMsPerS   map[string]float64 `json:"low_cpu_ms_per_s"`
+	MsPerOrder     map[string]float64 `json:"ms_per_order"`
+	MsPerOrderSum  float64            `json:"ms_per_order_sum"`
+	Skipped        string             `json:"skipped,omitempty"` // why there is no slope
 }
 
 // Probe is one step of the search for the highest order rate.
@@ -133,29 +156,52 @@ func (r *Results) print(w io.Writer) {
 	c := r.Ceilings
 	fmt.Fprintf(tw, "\nDabba bench, %s, %d cores%s\n", r.Date.Format(time.RFC3339), r.Cores, map[bool]string{true: " (quick sizes)"}[r.Quick])
 	fmt.Fprintln(tw, "figure\tvalue\tceiling (same run)\tratio")
-	fmt.Fprintf(tw, "PostgreSQL: order + outbox row per tx (%d conns)\t%.0f tx/s\t\t\n", c.PostgresConcurrency, c.PostgresOrderTxPerS)
-	fmt.Fprintf(tw, "RabbitMQ: persistent, confirmed, 4 quorum queues\t%.0f msg/s in, %.0f deliveries/s out\t\t\n", c.RabbitPersistentPerS, c.RabbitPersistentDrainPerS)
-	fmt.Fprintf(tw, "RabbitMQ: transient to a topic exchange\t%.0f msg/s delivered\t\t\n", c.RabbitTransientPerS)
-	o := r.Orders
-	fmt.Fprintf(tw, "orders: highest rate passing (p99 ≤ 50 ms, no errors, queues flat)\t%d/s\t%.0f tx/s (PostgreSQL)\t%.0f%%\n", o.Rate, c.PostgresOrderTxPerS, 100*o.FractionOfPG)
-	fmt.Fprintf(tw, "orders: held %.0f s, accepted / errors\t%d / %d\t\t\n", o.Seconds, o.Accepted, o.Errors)
-	fmt.Fprintf(tw, "orders: POST latency\t%s\t\t\n", o.Latency)
-	fmt.Fprintf(tw, "orders: POST → last consumer's effect\t%s\t\t\n", o.EndToEnd)
-	fmt.Fprintf(tw, "orders: all paid and in analytics within 5 s of the end\t%v (after %.1f s)\t\t\n", o.AllDoneWithin5s, o.AllDoneAfterS)
-	fmt.Fprintf(tw, "orders: what stopped the next rate\t%s\t\t\n", o.LimitedBy)
-	fmt.Fprintf(tw, "orders: CPU while held (%.0f%% of all cores busy), ms per order\t%s\t\t\n", 100*o.CoresBusy, sortedFigures(o.CPUMsPerOrder, 1))
-	bu := r.Burst
-	fmt.Fprintf(tw, "burst: %d orders over %.0f s\t%d accepted, %d refused (503), %d unanswered\t\t\n", bu.Orders, bu.OverS, bu.Accepted, bu.Refused, bu.NoAnswer)
-	fmt.Fprintf(tw, "burst: POST latency\t%s\t\t\n", bu.Latency)
-	fmt.Fprintf(tw, "burst: drain after the burst (every effect)\t%.1f s\t\t\n", bu.DrainS)
-	fmt.Fprintf(tw, "burst: e-mail at the default 25/min limit\t%.1f h\t\t\n", bu.EmailAtDefaultLimit)
-	l := r.Locations
-	fmt.Fprintf(tw, "locations: %d riders, %d customers: fixes ingested\t%.0f/s of %.0f/s offered\t%.0f msg/s (transient)\t%.0f%%\n",
-		l.Riders, l.Customers, l.IngestedPerS, l.OfferedPerS, c.RabbitTransientPerS, 100*l.FractionOfCeiling)
-	fmt.Fprintf(tw, "locations: rider → customer\t%s\t\t\n", l.Latency)
-	fmt.Fprintf(tw, "locations: refused / stale / coalesced\t%d / %d / %d\t\t\n", l.Refused, l.Stale, l.Coalesced)
+	// A run of some steps (-only) prints only theirs: zeros for the
+	// others would read as measured.
+	ran := func(step string) bool { return slices.Contains(r.Steps, step) }
+	if ran("ceilings") {
+		fmt.Fprintf(tw, "PostgreSQL: order + outbox row per tx (%d conns)\t%.0f tx/s\t\t\n", c.PostgresConcurrency, c.PostgresOrderTxPerS)
+		fmt.Fprintf(tw, "RabbitMQ: persistent, confirmed, 4 quorum queues\t%.0f msg/s in, %.0f deliveries/s out\t\t\n", c.RabbitPersistentPerS, c.RabbitPersistentDrainPerS)
+		fmt.Fprintf(tw, "RabbitMQ: transient to a topic exchange\t%.0f msg/s delivered\t\t\n", c.RabbitTransientPerS)
+	}
+	if ran("orders") {
+		o, m := r.Orders, r.Orders.Marginal
+		fmt.Fprintf(tw, "orders: highest rate passing (p99 ≤ 50 ms, no errors, queues flat)\t%d/s\t%.0f tx/s (PostgreSQL)\t%.0f%%\n", o.Rate, c.PostgresOrderTxPerS, 100*o.FractionOfPG)
+		fmt.Fprintf(tw, "orders: held %.0f s, accepted / errors\t%d / %d\t\t\n", o.Seconds, o.Accepted, o.Errors)
+		fmt.Fprintf(tw, "orders: POST latency\t%s\t\t\n", o.Latency)
+		fmt.Fprintf(tw, "orders: POST → paid (order_status_history)\t%s\t\t\n", o.PostToPaid)
+		fmt.Fprintf(tw, "orders: POST → last consumer's effect\t%s\t\t\n", o.EndToEnd)
+		fmt.Fprintf(tw, "orders: all paid and in analytics within 5 s of the end\t%v (after %.1f s)\t\t\n", o.AllDoneWithin5s, o.AllDoneAfterS)
+		fmt.Fprintf(tw, "orders: what stopped the next rate\t%s\t\t\n", o.LimitedBy)
+		fmt.Fprintf(tw, "orders: CPU while held (%.0f%% of all cores busy), average ms per order, idle included\t%s\t\t\n", 100*o.CoresBusy, withSum(o.CPUMsPerOrder))
+		if m.Skipped != "" {
+			fmt.Fprintf(tw, "orders: marginal CPU per order\tnot measured: %s\t\t\n", m.Skipped)
+		} else {
+			// Windows of seconds catch RabbitMQ's and PostgreSQL's
+			// periodic work unevenly: the quick run's slope is noise.
+			fmt.Fprintf(tw, "orders: marginal CPU, ms per order (slope %.1f → %.1f orders/s; %d/s offered for %.0f s%s)\t%s\t\t\n",
+				m.LowOrdersPerS, m.HighOrdersPerS, m.LowRate, m.LowSeconds, map[bool]string{true: "; quick: noise"}[r.Quick], withSum(m.MsPerOrder))
+		}
+	}
+	if ran("burst") {
+		bu := r.Burst
+		fmt.Fprintf(tw, "burst: %d orders at %d/s over %.0f s\t%d accepted on first try (%.1f%%), %d refused (503), %d unanswered\t\t\n",
+			bu.Orders, bu.Rate, bu.OverS, bu.Accepted, bu.AcceptedFirstTryPct, bu.Refused, bu.NoAnswer)
+		fmt.Fprintf(tw, "burst: POST latency\t%s\t\t\n", bu.Latency)
+		fmt.Fprintf(tw, "burst: drain after the burst (every effect); nothing lost\t%.1f s; %v\t\t\n", bu.DrainS, bu.NoneLost)
+		fmt.Fprintf(tw, "burst: e-mail at the default 25/min limit\t%.1f h\t\t\n", bu.EmailAtDefaultLimit)
+	}
+	if ran("locations") {
+		l := r.Locations
+		fmt.Fprintf(tw, "locations: %d riders, %d customers: fixes ingested\t%.0f/s of %.0f/s offered\t%.0f msg/s (transient)\t%.0f%%\n",
+			l.Riders, l.Customers, l.IngestedPerS, l.OfferedPerS, c.RabbitTransientPerS, 100*l.FractionOfCeiling)
+		fmt.Fprintf(tw, "locations: rider → customer\t%s\t\t\n", l.Latency)
+		fmt.Fprintf(tw, "locations: refused / stale / coalesced\t%d / %d / %d\t\t\n", l.Refused, l.Stale, l.Coalesced)
+	}
 	m := r.Memory
-	fmt.Fprintf(tw, "memory: per idle customer socket (%d open)\t%.1f KiB\t\t\n", m.IdleSockets, m.BytesPerIdleSocket/1024)
+	if ran("memory") {
+		fmt.Fprintf(tw, "memory: per idle customer socket (%d open)\t%.1f KiB\t\t\n", m.IdleSockets, m.BytesPerIdleSocket/1024)
+	}
 	peaks := map[string]float64{}
 	for n, kib := range m.PeakRSSKiB {
 		peaks[n] = float64(kib) / 1024
@@ -165,6 +211,15 @@ func (r *Results) print(w io.Writer) {
 		fmt.Fprintf(tw, "LOST\t%v\t\t\n", r.Lost)
 	}
 	tw.Flush()
+}
+
+// withSum prints milliseconds per order for each part after their sum.
+func withSum(m map[string]float64) string {
+	var sum float64
+	for _, v := range m {
+		sum += v
+	}
+	return fmt.Sprintf("total %.1f: %s", sum, sortedFigures(m, 1))
 }
 
 // sortedFigures prints name-value pairs, largest first.

@@ -55,6 +55,7 @@ type Conn struct {
 	closed  atomic.Bool
 	blocked atomic.Bool
 	stop    context.CancelFunc
+	wrap    func(net.Conn) net.Conn // applied to every socket dialled, recovery's too
 
 	// Reconnects counts how often the connection came back after a loss.
 	Reconnects atomic.Int64
@@ -75,8 +76,14 @@ func (c *Conn) Instrument(m *metrics.Set) {
 // broker answers, so a service can start (and its HTTP API serve) while the
 // broker is down. Channel waits for the connection.
 func Dial(urls []string, name string, log *zap.Logger) *Conn {
+	return dialWith(urls, name, log, coalesce)
+}
+
+// dialWith is Dial with the socket's wrapper as a parameter, so that tests
+// and benchmarks can compare write combining with the bare socket.
+func dialWith(urls []string, name string, log *zap.Logger, wrap func(net.Conn) net.Conn) *Conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Conn{urls: urls, name: name, log: log.With(zap.String("amqp_connection", name)), dialled: make(chan struct{}), stop: cancel}
+	c := &Conn{urls: urls, name: name, log: log.With(zap.String("amqp_connection", name)), dialled: make(chan struct{}), stop: cancel, wrap: wrap}
 	go c.keepConnected(ctx)
 	return c
 }
@@ -161,7 +168,9 @@ func (c *Conn) dial() (*amqp.Connection, error) {
 						conn.Close()
 						return nil, err
 					}
-					return conn, nil
+					// amqp091-go flushes after every publish and
+					// ack: combine those writes (coalesce.go).
+					return c.wrap(conn), nil
 				}
 				errs = append(errs, err)
 			}
