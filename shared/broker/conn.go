@@ -56,6 +56,10 @@ type Conn struct {
 	blocked atomic.Bool
 	stop    context.CancelFunc
 	wrap    func(net.Conn) net.Conn // applied to every socket dialled, recovery's too
+	baseLog *zap.Logger
+
+	publishOnce sync.Once
+	publish     *Conn // publishers' own connection, see forPublishing
 
 	// Reconnects counts how often the connection came back after a loss.
 	Reconnects atomic.Int64
@@ -83,7 +87,8 @@ func Dial(urls []string, name string, log *zap.Logger) *Conn {
 // and benchmarks can compare write combining with the bare socket.
 func dialWith(urls []string, name string, log *zap.Logger, wrap func(net.Conn) net.Conn) *Conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Conn{urls: urls, name: name, log: log.With(zap.String("amqp_connection", name)), dialled: make(chan struct{}), stop: cancel, wrap: wrap}
+	c := &Conn{urls: urls, name: name, log: log.With(zap.String("amqp_connection", name)), dialled: make(chan struct{}), stop: cancel,
+		wrap: wrap, baseLog: log}
 	go c.keepConnected(ctx)
 	return c
 }
@@ -213,11 +218,31 @@ type libraryLogger struct{ s *zap.SugaredLogger }
 
 func (l libraryLogger) Printf(format string, v ...any) { l.s.Debugf(format, v...) }
 
-// Ready reports whether the connection is open right now.
+// Ready reports whether the connection is open right now, and so is its
+// publishers' connection if it has one.
 func (c *Conn) Ready() bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.conn != nil && !c.conn.IsClosed()
+	ready := c.conn != nil && !c.conn.IsClosed()
+	publish := c.publish
+	c.mu.Unlock()
+	return ready && (publish == nil || publish.Ready())
+}
+
+// forPublishing returns the connection publishers on c use: a second
+// connection to the same broker, dialled the first time one is made.
+// RabbitMQ throttles a connection that publishes faster than its queues
+// take (flow control) and blocks it during a resource alarm; with
+// publishes on a connection of their own, neither ever stalls the
+// deliveries and acks on c. It shares c's metrics.
+func (c *Conn) forPublishing() *Conn {
+	c.publishOnce.Do(func() {
+		p := dialWith(c.urls, c.name+" (publish)", c.baseLog, c.wrap)
+		p.metrics = c.metrics
+		c.mu.Lock()
+		c.publish = p
+		c.mu.Unlock()
+	})
+	return c.publish
 }
 
 // Channel opens a channel, waiting while the broker is unreachable or the
@@ -249,13 +274,16 @@ func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
 	}
 }
 
-// Close closes the connection for good.
+// Close closes the connection, and its publishers' connection, for good.
 func (c *Conn) Close() error {
 	c.closed.Store(true)
 	c.stop()
 	c.mu.Lock()
-	conn := c.conn
+	conn, publish := c.conn, c.publish
 	c.mu.Unlock()
+	if publish != nil {
+		publish.Close()
+	}
 	if conn == nil {
 		return nil
 	}

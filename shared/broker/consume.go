@@ -220,6 +220,12 @@ func (c *consumer) openSession(ctx context.Context, conn *Conn, h BatchHandler) 
 	}
 	defer conn.Release(ch)
 	lost := ChannelLost(ch)
+	// The service declares the topology too, in the background; declaring
+	// it here as well (a no-op when it exists) means a consumer never
+	// starts before its queue does.
+	if err := Declare(ch); err != nil {
+		return err
+	}
 	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
 		return fmt.Errorf("set prefetch: %w", err)
 	}

@@ -74,16 +74,17 @@ type Publisher struct {
 	lost <-chan struct{}
 }
 
-// NewPublisher returns a publisher on conn.
+// NewPublisher returns a publisher on conn's publishing connection (see
+// Conn.forPublishing).
 func NewPublisher(conn *Conn, log *zap.Logger) *Publisher {
-	return &Publisher{conn: conn, log: log, metrics: conn.metrics, confirms: true}
+	return &Publisher{conn: conn.forPublishing(), log: log, metrics: conn.metrics, confirms: true}
 }
 
 // NewTransientPublisher returns a publisher without confirms, for messages
 // that are worthless once a newer one exists (rider fixes): it never waits
 // for the broker, and a message lost in a reset is simply superseded.
 func NewTransientPublisher(conn *Conn, log *zap.Logger) *Publisher {
-	return &Publisher{conn: conn, log: log, metrics: conn.metrics}
+	return &Publisher{conn: conn.forPublishing(), log: log, metrics: conn.metrics}
 }
 
 // channel returns the current confirm-mode channel, opening a new one when

@@ -36,10 +36,13 @@ func Open(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	}
 	cfg.HealthCheckPeriod = 5 * time.Second
 	// pgxpool's default, four connections on this machine, leaves requests
-	// queueing for a connection while PostgreSQL idles between round trips;
-	// pool_max_conns in the URL still wins.
+	// queueing for a connection while PostgreSQL idles between round trips.
+	// Eight serve a consumer's workers and the short transactions of
+	// batches; the seven processes of a stack then hold at most 56 (plus
+	// the orders API's extra, see services/orders) of PostgreSQL's default
+	// 100. pool_max_conns in the URL still wins.
 	if !strings.Contains(url, "pool_max_conns") {
-		cfg.MaxConns = 16
+		cfg.MaxConns = 8
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -95,7 +98,9 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {
-	locker, err := lock.NewPostgresSessionLocker()
+	// Services start together and each migrates: the lock is retried
+	// every second (goose's default is every 5), for up to 5 minutes.
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockTimeout(1, 300))
 	if err != nil {
 		return fmt.Errorf("migration lock: %w", err)
 	}
@@ -104,6 +109,15 @@ func migrate(ctx context.Context, db *sql.DB) error {
 		goose.WithAllowOutofOrder(true))
 	if err != nil {
 		return fmt.Errorf("migrations: %w", err)
+	}
+	// Looking takes no lock, so services starting on a migrated database
+	// do not queue for it one after another.
+	pending, err := provider.HasPending(ctx)
+	if err != nil {
+		return fmt.Errorf("check migrations: %w", err)
+	}
+	if !pending {
+		return nil
 	}
 	if _, err := provider.Up(ctx); err != nil {
 		return fmt.Errorf("apply migrations: %w", err)
