@@ -42,6 +42,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	if err != nil {
 		return err
 	}
+	defer sender.Close() // after the consumer drained: QUIT the session it kept open
 	renderer, err := NewRenderer()
 	if err != nil {
 		return err

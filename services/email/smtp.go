@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"mime/quotedprintable"
 	"net"
 	"net/mail"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 )
@@ -33,8 +35,12 @@ type Mail struct {
 }
 
 // SMTPSender sends mail through one SMTP server, plain (no TLS, no AUTH),
-// as a relay on loopback or the fake provider speaks it. It opens a
-// connection per mail: the send rate is a few a minute.
+// as a relay on loopback or the fake provider speaks it. It keeps one SMTP
+// session open and sends mail after mail on it: a session per mail (connect,
+// greeting, EHLO, QUIT) cost the service and the server more CPU than the
+// mail itself. Sends are serialised on the session, which is no limit: the
+// provider's rate limit is far below what one session carries. It is safe
+// for concurrent use; Close ends the session.
 type SMTPSender struct {
 	addr     string
 	from     string // the From header, "Name <address>" allowed
@@ -42,6 +48,18 @@ type SMTPSender struct {
 	domain   string // the right-hand side of Message-ID
 
 	commandTimeout, submissionTimeout time.Duration
+	idleTimeout                       time.Duration
+	trace                             io.Writer // the SMTP conversation, for tests; nil for none
+
+	// slot is the mutex over the session: a channel, so that a Send
+	// waiting for it can give up when its ctx ends. It guards the fields
+	// below.
+	slot     chan struct{}
+	client   *smtp.Client // nil when no session is open
+	conn     net.Conn     // client's connection
+	lastUsed time.Time
+	idle     *time.Timer // ends the session once idle; nil until the first one
+	closed   bool
 }
 
 // These bound a conversation whose ctx has no deadline; go-smtp's defaults
@@ -51,8 +69,22 @@ const (
 	submissionTimeout = time.Minute
 )
 
+// idleTimeout is how long a session may sit unused before the sender quits
+// it: below the 30 s the fake provider (and many servers) wait before
+// hanging up themselves, so a busy server is not held open by a quiet
+// sender, and the sender rarely finds its session dropped under it.
+const idleTimeout = 20 * time.Second
+
+// quitTimeout bounds QUIT, which has no ctx: Close at shutdown and the idle
+// timer should not wait a full command timeout on a server that is gone.
+const quitTimeout = 5 * time.Second
+
+// errSenderClosed is what Send returns after Close.
+var errSenderClosed = errors.New("smtp sender closed")
+
 // NewSMTPSender returns a sender through the server at addr, from the
-// address from ("orders@example.com" or "Dabba <orders@example.com>").
+// address from ("orders@example.com" or "Dabba <orders@example.com>"). It
+// connects on the first Send.
 func NewSMTPSender(addr, from string) (*SMTPSender, error) {
 	a, err := mail.ParseAddress(from)
 	if err != nil {
@@ -60,7 +92,8 @@ func NewSMTPSender(addr, from string) (*SMTPSender, error) {
 	}
 	domain := a.Address[strings.LastIndexByte(a.Address, '@')+1:]
 	return &SMTPSender{addr: addr, from: headerAddress(a), envelope: a.Address, domain: domain,
-		commandTimeout: commandTimeout, submissionTimeout: submissionTimeout}, nil
+		commandTimeout: commandTimeout, submissionTimeout: submissionTimeout, idleTimeout: idleTimeout,
+		slot: make(chan struct{}, 1)}, nil
 }
 
 // headerAddress writes a for a header, bare when it has no name: mail.Address
@@ -77,31 +110,186 @@ func headerAddress(a *mail.Address) string {
 // transient. A transient failure after the server took the message (the
 // connection lost while waiting for its final reply) leads to a resend,
 // which is what X-Dabba-Message-Id is for.
+//
+// Send reuses the open session, or opens one. A session that fails (a
+// network error, a timeout, a 421 reply, ctx ending) is closed and the next
+// Send opens another. Send itself tries a second time only when a reused
+// session fails before the server accepted MAIL FROM: the server had hung
+// up on an idle connection, and nothing of the mail can have reached it.
+// Any later failure is left to the caller's retry, since past DATA the
+// server may have taken the message.
 func (s *SMTPSender) Send(ctx context.Context, m Mail) error {
 	rcpt, msg, err := s.compose(m, time.Now())
 	if err != nil {
 		return fmt.Errorf("compose mail: %w: %w", ErrRejected, err)
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", s.addr)
-	if err != nil {
-		return fmt.Errorf("connect to smtp server %s: %w", s.addr, err)
+	select {
+	case s.slot <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the smtp session: %w", context.Cause(ctx))
 	}
+	defer func() { <-s.slot }()
+	if s.closed {
+		return fmt.Errorf("send mail: %w", errSenderClosed)
+	}
+	// A ctx already done would close the session at once through
+	// context.AfterFunc, for nothing.
+	if ctx.Err() != nil {
+		return fmt.Errorf("send mail: %w", context.Cause(ctx))
+	}
+	reused := s.client != nil
+	mailAccepted, err := s.transact(ctx, rcpt, msg)
+	if err != nil && reused && !mailAccepted && lostSession(err) && ctx.Err() == nil {
+		_, err = s.transact(ctx, rcpt, msg)
+	}
+	if s.client != nil {
+		s.lastUsed = time.Now()
+		if s.idle == nil {
+			s.idle = time.AfterFunc(s.idleTimeout, s.closeIdle)
+		} else {
+			s.idle.Reset(s.idleTimeout)
+		}
+	}
+	if err != nil {
+		return classify(ctx, err)
+	}
+	return nil
+}
+
+// transact sends one mail on the session, opening one if there is none.
+// mailAccepted reports whether the server accepted MAIL FROM, past which a
+// failure may not be retried blindly. On failure it leaves either no
+// session or a reset one. The caller holds slot.
+func (s *SMTPSender) transact(ctx context.Context, rcpt string, msg []byte) (mailAccepted bool, err error) {
+	fresh := s.client == nil
+	if fresh {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", s.addr)
+		if err != nil {
+			return false, fmt.Errorf("connect to smtp server %s: %w", s.addr, err)
+		}
+		s.conn, s.client = conn, smtp.NewClient(conn)
+		s.client.CommandTimeout, s.client.SubmissionTimeout = s.commandTimeout, s.submissionTimeout
+		if s.trace != nil {
+			s.client.DebugWriter = s.trace
+		}
+	}
+	c, conn := s.client, s.conn
 	// go-smtp sets and clears the connection's deadline around every
 	// command, so a deadline set here would not last; closing the
 	// connection when ctx ends interrupts whatever it is waiting for.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	c := smtp.NewClient(conn)
-	defer c.Close()
-	c.CommandTimeout, c.SubmissionTimeout = s.commandTimeout, s.submissionTimeout
-	if err := c.SendMail(s.envelope, []string{rcpt}, bytes.NewReader(msg)); err != nil {
-		return classify(ctx, err)
+	defer func() {
+		if !stop() && s.conn == conn {
+			// ctx ended and closed the connection, maybe just after
+			// the server's last reply: the session is gone either way.
+			s.drop(false)
+		}
+	}()
+	defer func() {
+		if err == nil {
+			return
+		}
+		// A refusal leaves the session usable once RSET clears what the
+		// transaction left (a sender, recipients); anything else leaves
+		// it in an unknown state. After a success there is nothing to
+		// reset: the reply to DATA ends the transaction (RFC 5321,
+		// 4.1.1.4), and go-smtp would send EHLO again after RSET.
+		if lostSession(err) || c.Reset() != nil {
+			s.drop(false)
+		}
+	}()
+	if fresh {
+		// Greeting and EHLO, sent by go-smtp before the first command
+		// otherwise, here so that their failure is not taken for a
+		// refused MAIL FROM.
+		if err := c.Hello("localhost"); err != nil {
+			return false, err
+		}
 	}
-	// The server took the message with its reply to DATA; a failed QUIT
-	// changes nothing about that.
-	_ = c.Quit()
-	return nil
+	var opts *smtp.MailOptions
+	if !isASCII(s.envelope) || !isASCII(rcpt) {
+		opts = &smtp.MailOptions{UTF8: true}
+	}
+	if err := c.Mail(s.envelope, opts); err != nil {
+		return false, err
+	}
+	if err := c.Rcpt(rcpt, nil); err != nil {
+		return true, err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return true, err
+	}
+	if _, err := w.Write(msg); err != nil {
+		return true, err
+	}
+	return true, w.Close()
+}
+
+// lostSession reports whether err ends the session: anything but an SMTP
+// reply (a network error, a timeout, the connection closed when ctx ended),
+// or a 421, with which the server says it is closing the connection.
+func lostSession(err error) bool {
+	var serr *smtp.SMTPError
+	return !errors.As(err, &serr) || serr.Code == 421
+}
+
+// drop ends the session, with QUIT when quit is set, and returns QUIT's
+// error. The caller holds slot.
+func (s *SMTPSender) drop(quit bool) error {
+	if s.client == nil {
+		return nil
+	}
+	c := s.client
+	s.client, s.conn = nil, nil
+	var err error
+	if quit {
+		c.CommandTimeout = quitTimeout
+		if err = c.Quit(); err != nil {
+			err = fmt.Errorf("quit smtp session: %w", err)
+		}
+	}
+	_ = c.Close() // after a successful QUIT, closed already
+	return err
+}
+
+// closeIdle quits a session unused for the idle timeout. It runs on the
+// idle timer.
+func (s *SMTPSender) closeIdle() {
+	select {
+	case s.slot <- struct{}{}:
+	default:
+		return // a Send has the session, and arms the timer again when done
+	}
+	defer func() { <-s.slot }()
+	if s.client != nil && time.Since(s.lastUsed) >= s.idleTimeout {
+		_ = s.drop(true) // nothing to do about a failed QUIT on an idle session
+	}
+}
+
+// Close quits the session, if one is open, waiting for a Send in progress
+// to finish. Send fails after Close.
+func (s *SMTPSender) Close() error {
+	s.slot <- struct{}{}
+	defer func() { <-s.slot }()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.idle != nil {
+		s.idle.Stop()
+	}
+	return s.drop(true)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // classify wraps a failed conversation's error: ErrRejected for a 5xx

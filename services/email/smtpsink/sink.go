@@ -53,6 +53,19 @@ type Stats struct {
 	Received   int `json:"received"`    // messages accepted, including any forgotten since
 	Refused    int `json:"refused"`     // transactions refused by SetRefuse
 	RefuseCode int `json:"refuse_code"` // the current refusal, 0 when accepting
+	// Sessions counts SMTP sessions opened (a connection's first EHLO or
+	// HELO), so a test can tell mails sent over one connection from mails
+	// that each paid for their own.
+	Sessions int `json:"sessions"`
+	Open     int `json:"open"` // sessions not ended yet (no QUIT, hang-up or timeout)
+}
+
+// Config tunes a sink; the zero value is what Start uses.
+type Config struct {
+	// IdleTimeout is how long the server waits for a client's next line
+	// before it answers 421 and hangs up, as real servers drop idle
+	// connections. 0 means 30 s.
+	IdleTimeout time.Duration
 }
 
 // Sink is a running SMTP server and its inbox.
@@ -70,17 +83,23 @@ type Sink struct {
 
 // Start listens on addr ("127.0.0.1:0" picks a free port) and serves SMTP
 // until Close or Shutdown.
-func Start(addr string) (*Sink, error) {
+func Start(addr string) (*Sink, error) { return StartConfig(addr, Config{}) }
+
+// StartConfig is Start with the settings in c.
+func StartConfig(addr string, c Config) (*Sink, error) {
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 30 * time.Second
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	s := &Sink{ln: ln, done: make(chan struct{})}
-	s.srv = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &session{sink: s}, nil }))
+	s.srv = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return s.newSession(), nil }))
 	s.srv.Domain = "smtpsink.dabba.local"
 	s.srv.MaxMessageBytes = 1 << 20
 	s.srv.MaxRecipients = 50
-	s.srv.ReadTimeout = 30 * time.Second
+	s.srv.ReadTimeout = c.IdleTimeout
 	s.srv.WriteTimeout = 30 * time.Second
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("GET /messages", s.handleMessages)
@@ -163,6 +182,15 @@ func (s *Sink) refusal() error {
 	return &smtp.SMTPError{Code: s.stats.RefuseCode, Message: "mail refused (injected failure)"}
 }
 
+// newSession counts a session go-smtp opens; its Logout counts it ended.
+func (s *Sink) newSession() *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.Sessions++
+	s.stats.Open++
+	return &session{sink: s}
+}
+
 func (s *Sink) store(m Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -183,8 +211,15 @@ type session struct {
 	to   []string
 }
 
-func (s *session) Reset()        { s.from, s.to = "", nil }
-func (s *session) Logout() error { return nil }
+func (s *session) Reset() { s.from, s.to = "", nil }
+
+// Logout is called once, whichever way the session ended.
+func (s *session) Logout() error {
+	s.sink.mu.Lock()
+	s.sink.stats.Open--
+	s.sink.mu.Unlock()
+	return nil
+}
 
 // Mail refuses the transaction when the sink is told to, before anything is
 // sent: the way a real server turns mail away.

@@ -10,6 +10,7 @@ import (
 	"net/textproto"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -169,8 +170,76 @@ func TestSinkAdminRefuse(t *testing.T) {
 	}
 	code, body := do(t, http.MethodGet, srv.URL+"/stats", "")
 	var st Stats
-	if code != http.StatusOK || json.Unmarshal([]byte(body), &st) != nil || st != (Stats{Received: 1, Refused: 1}) {
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &st) != nil || st.Received != 1 || st.Refused != 1 || st.RefuseCode != 0 || st.Sessions != 2 {
 		t.Fatalf("GET /stats = %d %s", code, body)
+	}
+}
+
+func TestSinkCountsSessions(t *testing.T) {
+	s := MustStart(t)
+	c, err := smtp.Dial(s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 3 {
+		if err := c.SendMail("orders@dabba.local", []string{"eater@example.com"}, strings.NewReader(qpMail)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.Stats(); st.Received != 3 || st.Sessions != 1 || st.Open != 1 {
+		t.Fatalf("three mails over one connection: stats %+v, want 3 received in 1 open session", st)
+	}
+	if err := send(s.Addr(), "orders@dabba.local", []string{"eater@example.com"}, strings.NewReader(qpMail)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	// The server counts a session ended just after its 221 to QUIT.
+	st := waitStats(t, s, func(st Stats) bool { return st.Open == 0 })
+	if st.Received != 4 || st.Sessions != 2 {
+		t.Fatalf("stats %+v, want 4 received in 2 sessions", st)
+	}
+}
+
+func TestSinkIdleTimeout(t *testing.T) {
+	s, err := StartConfig("127.0.0.1:0", Config{IdleTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, err := smtp.Dial(s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Noop(); err != nil {
+		t.Fatal(err)
+	}
+	waitStats(t, s, func(st Stats) bool { return st.Sessions == 1 && st.Open == 0 })
+	// The server said 421 before it hung up; the client reads it as the
+	// reply to its next command.
+	var serr *smtp.SMTPError
+	if err := c.Noop(); !errors.As(err, &serr) || serr.Code != 421 {
+		t.Fatalf("command after the idle timeout: err = %v, want SMTP 421", err)
+	}
+}
+
+// waitStats waits until ok holds for the sink's counters: sessions end a
+// moment after the client's last reply.
+func waitStats(tb testing.TB, s *Sink, ok func(Stats) bool) Stats {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := s.Stats()
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("stats %+v after 10 s", st)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
