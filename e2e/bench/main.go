@@ -226,6 +226,7 @@ func run(ctx context.Context, sz sizes, opt options) error {
 		"TRACKING_MAX_CONNS_PER_IP": "0",
 		"EMAIL_RATE_PER_MINUTE":     "6000000", // see the report: the real limit is a business rule
 		"GATEWAY_LATENCY":           "5ms",
+		"DEBUG_PPROF":               "1", // the stack serves /debug/pprof for DABBA_BENCH_PPROF
 	}), logs)
 	if err != nil {
 		return fmt.Errorf("start the stack: %w (logs in %s)", err, logs.Name())

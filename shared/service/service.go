@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -133,6 +134,11 @@ func (b *Base) Router() chi.Router {
 	r := chi.NewRouter()
 	r.Use(trace.Middleware, b.Metrics.Middleware, httpx.Recoverer(b.Log), httpx.LogRequests(b.Log))
 	r.Method(http.MethodGet, "/metrics", b.Metrics.Handler())
+	if b.Env.String("DEBUG_PPROF", "") == "1" {
+		// Go's profiler, for make bench's profiles: off unless asked for,
+		// since a profile costs CPU and tells a caller much.
+		r.Mount("/debug", middleware.Profiler())
+	}
 	r.Method(http.MethodGet, "/healthz", httpx.Healthz())
 	r.Method(http.MethodGet, "/readyz", httpx.Readyz(map[string]httpx.Check{
 		"database": func(r *http.Request) error {
