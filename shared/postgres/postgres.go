@@ -77,7 +77,9 @@ func EnsureDatabase(ctx context.Context, url string) error {
 	}
 	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42P04" { // created meanwhile by another service
+	// Created meanwhile by another service: 42P04, or, when the two
+	// CREATE DATABASE commands race, a unique violation on the catalog.
+	if errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "23505" && pgErr.ConstraintName == "pg_database_datname_index") {
 		return nil
 	}
 	if err != nil {
