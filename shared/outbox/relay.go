@@ -147,6 +147,14 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer func() { r.flush(done) }()
 	backoff := r.minBackoff
 	for {
+		// This claim sees every row committed before a Wake it takes
+		// here (Wake comes after the commit, the claim's snapshot after
+		// this), so a wake-up pending from a busy spell is spent, not
+		// answered later by a claim that finds nothing.
+		select {
+		case <-r.wake:
+		default:
+		}
 		b, err := r.round(ctx, done, true)
 		if err == nil {
 			// Until published, the claimed rows are to be freed if the
