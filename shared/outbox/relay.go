@@ -66,6 +66,8 @@ func Add(ctx context.Context, b *pgx.Batch, routingKey, orderID string, at time.
 // publisher confirms.
 type Publisher interface {
 	// PublishBatch publishes msgs and reports which the broker confirmed.
+	// Given none, it returns once it could publish (a channel open, the
+	// broker not blocking publishers), or with why it cannot.
 	PublishBatch(ctx context.Context, msgs []broker.Message) (acked []bool, err error)
 }
 
@@ -155,14 +157,18 @@ func (r *Relay) Run(ctx context.Context) error {
 		case <-r.wake:
 		default:
 		}
-		b, err := r.round(ctx, done, true)
-		if err == nil {
+		err := r.ready(ctx)
+		b, rerr := r.round(ctx, done, err == nil)
+		if rerr == nil {
 			// Until published, the claimed rows are to be freed if the
 			// relay stops now.
 			done = outcome{unsent: b.ids, lease: b.lease}
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if err == nil {
+			err = rerr
 		}
 		if err != nil {
 			r.log.Warn("relay outbox; will retry", zap.Error(err), zap.Duration("in", backoff))
@@ -186,14 +192,14 @@ func (r *Relay) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if len(done.unsent) == 0 {
+		if err == nil {
 			// Poll while busy: record this batch and claim the next in
 			// one round trip, until a claim comes back empty.
 			backoff = r.minBackoff
 			continue
 		}
-		// The broker refused or is gone: record what it confirmed, free
-		// the rest, and wait before trying again rather than spin.
+		// The broker refused some or went away: record what it confirmed,
+		// free the rest, and wait before trying again rather than spin.
 		r.log.Warn("publish outbox batch; will retry", zap.Error(err), zap.Int("confirmed", len(done.sent)),
 			zap.Int("of", len(b.ids)), zap.Duration("in", backoff))
 		if _, err := r.round(ctx, done, false); err == nil {
@@ -204,6 +210,17 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, r.maxBackoff)
 	}
+}
+
+// ready waits, up to publishTimeout, until the broker can take messages,
+// so that the relay leases no rows it cannot publish: were it to die
+// waiting for the broker, its lease would hold them back until it expired.
+// With the broker there, it costs nothing (the channel is open).
+func (r *Relay) ready(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, r.publishTimeout)
+	defer cancel()
+	_, err := r.pub.PublishBatch(pctx, nil)
+	return err
 }
 
 // sleep waits d, or less if wake fires (a nil wake never does). It reports
@@ -256,6 +273,9 @@ const (
 // round records done and, if next, claims the next batch: one round trip,
 // one short transaction.
 func (r *Relay) round(ctx context.Context, done outcome, next bool) (claimed, error) {
+	if !next && done.empty() {
+		return claimed{}, nil
+	}
 	var b pgx.Batch
 	b.Queue("SET LOCAL synchronous_commit TO off")
 	if len(done.sent) > 0 {

@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -322,6 +323,9 @@ type flakyPublisher struct {
 }
 
 func (p *flakyPublisher) PublishBatch(ctx context.Context, msgs []broker.Message) ([]bool, error) {
+	if len(msgs) == 0 { // the relay asking whether the broker is there
+		return p.pub.PublishBatch(ctx, msgs)
+	}
 	p.mu.Lock()
 	p.calls++
 	call := p.calls
@@ -368,6 +372,57 @@ func TestRelayUnconfirmedGoesAgain(t *testing.T) {
 	if pub.calls < 2 || !pub.unsent {
 		t.Fatalf("%d batches; the unconfirmed row unsent before the next: %v", pub.calls, pub.unsent)
 	}
+}
+
+// awayPublisher is a broker that cannot be published to until up is
+// closed: each time the relay asks whether it can publish, asked gets a
+// value first.
+type awayPublisher struct {
+	pub   *broker.Publisher
+	asked chan struct{}
+	up    chan struct{}
+}
+
+func (p *awayPublisher) PublishBatch(ctx context.Context, msgs []broker.Message) ([]bool, error) {
+	if len(msgs) == 0 {
+		select {
+		case p.asked <- struct{}{}:
+			return nil, errors.New("broker away")
+		case <-p.up:
+		}
+	}
+	return p.pub.PublishBatch(ctx, msgs)
+}
+
+// TestRelayLeasesNothingWhileBrokerAway has the broker away while rows
+// wait: the relay leases none of them (a relay that died then would hold
+// them back for a lease), and publishes them all once it is back.
+func TestRelayLeasesNothingWhileBrokerAway(t *testing.T) {
+	db := MustOwnOutbox(t)
+	conn := testenv.MustBroker(t)
+	key, msgs := MustQueue(t, conn)
+	orderID := uuid.NewString()
+	want := MustEnqueue(t, db, key, orderID, 3)
+
+	pub := &awayPublisher{pub: mustPublisher(t, conn), asked: make(chan struct{}), up: make(chan struct{})}
+	r := NewRelay(db, pub, zaptest.NewLogger(t))
+	r.minBackoff = time.Millisecond
+	startRelay(t, r)
+	for range 3 {
+		<-pub.asked
+		var leased int
+		err := db.QueryRow(context.Background(), "SELECT count(*) FROM outbox WHERE order_id = $1 AND lease_until IS NOT NULL",
+			orderID).Scan(&leased)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leased != 0 {
+			t.Fatalf("%d rows leased while the broker is away", leased)
+		}
+	}
+	close(pub.up)
+	MustReceive(t, msgs, key, orderID, want)
+	MustAllSent(t, db, orderID)
 }
 
 // TestRelayLeaseExpiry has a relay claim rows and die before publishing
