@@ -27,7 +27,7 @@ func TestConsumerBindings(t *testing.T) {
 func TestApplyOutcomeBatch(t *testing.T) {
 	db := testenv.MustDB(t)
 	ctx := context.Background()
-	store := NewStore(db)
+	store := NewStore(db, nil)
 	place := func() string {
 		o := Order{ID: uuid.NewString(), CustomerID: "c-" + uuid.NewString(), RestaurantID: "r-1", Email: "eater@example.com",
 			Items: []events.Item{{SKU: "thali", Name: "Thali", Quantity: 1, UnitPriceCents: 100}}, TotalCents: 100,

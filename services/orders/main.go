@@ -28,10 +28,11 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	defer base.Close()
 	log := base.Log
 
-	store := NewStore(base.DB)
-	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
 	pub := broker.NewPublisher(base.Broker, log)
 	defer pub.Close()
+	relay := outbox.NewRelay(base.DB, pub, log)
+	store := NewStore(base.DB, relay.Wake)
+	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
 
 	var limits Limits
 	if limits.PerIP, err = base.Env.Int("ORDERS_RATE_PER_IP", 200); err != nil {
@@ -51,7 +52,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	g.Go(func() error {
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8080"), r, log, nil)
 	})
-	g.Go(func() error { return outbox.NewRelay(base.DB, pub, log).Run(ctx) })
+	g.Go(func() error { return relay.Run(ctx) })
 	g.Go(func() error {
 		return newConsumer(log, base.DB).Run(ctx, base.Broker)
 	})

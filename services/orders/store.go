@@ -37,10 +37,19 @@ const idempotencyTTL = 24 * time.Hour
 // Store keeps orders, their history, idempotency records and outbox events.
 type Store struct {
 	db *pgxpool.Pool
+	// wake tells this process's outbox relay that a commit wrote outbox
+	// rows, so it publishes them now rather than at its next poll.
+	wake func()
 }
 
-// NewStore returns a store on db.
-func NewStore(db *pgxpool.Pool) *Store { return &Store{db: db} }
+// NewStore returns a store on db that calls wake (which may be nil) after
+// every commit that wrote outbox rows.
+func NewStore(db *pgxpool.Pool, wake func()) *Store {
+	if wake == nil {
+		wake = func() {}
+	}
+	return &Store{db: db, wake: wake}
+}
 
 // savedResponse is the first answer to an idempotent request.
 type savedResponse struct {
@@ -50,10 +59,18 @@ type savedResponse struct {
 	Replayed bool
 }
 
+// errReplayed ends Place's transaction without writing: the answer is the
+// one recorded.
+var errReplayed = errors.New("replayed")
+
 // Place stores a new order, its first history entry, its order.placed outbox
 // event and the idempotency record of the request, in one transaction. The
 // response is rendered inside the transaction by respond so the record holds
 // exactly the bytes sent.
+//
+// It takes two round trips (postgres.InBatchedTx): BEGIN, the lock and the
+// lookup; then the inserts and COMMIT. A request that ends early (key in
+// flight, replay, key reused) costs the same two: the second is ROLLBACK.
 //
 // A transaction-scoped advisory lock on (customer, key) serialises requests
 // that share a key: the second one, finding the lock taken, gets
@@ -61,26 +78,20 @@ type savedResponse struct {
 // finds the record and replays it.
 func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order, respond func(Order) ([]byte, error)) (savedResponse, error) {
 	var res savedResponse
-	err := postgres.InTx(ctx, s.db, func(tx pgx.Tx) error {
-		// Lock, then look up, in one round trip: a batch's statements run in
-		// order, each with its own snapshot, so the lookup sees a record
-		// committed by whoever held the lock before.
-		var check pgx.Batch
-		check.Queue("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
-			fmt.Sprintf("%d:%s:%s", len(req.CustomerID), req.CustomerID, key))
-		check.Queue(`SELECT request_hash, status_code, response_body, location FROM idempotency_keys
+	err := postgres.InBatchedTx(ctx, s.db, func(b *pgx.Batch) {
+		// A batch's statements run in order, each with its own snapshot,
+		// so the lookup sees a record committed by whoever held the lock
+		// before.
+		b.Queue("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", lockKey(req.CustomerID, key))
+		b.Queue(`SELECT request_hash, status_code, response_body, location FROM idempotency_keys
 			WHERE customer_id = $1 AND key = $2 AND expires_at > now()`, req.CustomerID, key)
-		results := tx.SendBatch(ctx, &check)
+	}, func(results pgx.BatchResults, b *pgx.Batch) error {
 		var locked bool
 		if err := results.QueryRow().Scan(&locked); err != nil {
-			results.Close()
 			return fmt.Errorf("lock idempotency key: %w", err)
 		}
 		var hash []byte
 		err := results.QueryRow().Scan(&hash, &res.Status, &res.Body, &res.Location)
-		if cerr := results.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
 		switch {
 		case !locked:
 			return ErrKeyInFlight
@@ -89,7 +100,7 @@ func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order
 				return ErrKeyReused
 			}
 			res.Replayed = true
-			return nil
+			return errReplayed
 		case !errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("look up idempotency key: %w", err)
 		}
@@ -100,16 +111,13 @@ func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order
 		res = savedResponse{Status: 201, Body: body, Location: "/v1/orders/" + o.ID}
 		items, _ := json.Marshal(o.Items)
 		addr, _ := json.Marshal(o.DeliveryAddress)
-		// The order, its history, its event and the idempotency record go
-		// in one round trip.
-		var b pgx.Batch
 		b.Queue(`INSERT INTO orders (id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, created_at, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)`,
 			o.ID, o.CustomerID, o.RestaurantID, o.Email, items, addr, o.TotalCents, o.Status, o.CreatedAt)
-		queueHistory(&b, o.ID, o.Status, o.CreatedAt)
+		queueHistory(b, o.ID, o.Status, o.CreatedAt)
 		placed := events.Placed{CustomerID: o.CustomerID, RestaurantID: o.RestaurantID, Email: o.Email,
 			Items: o.Items, TotalCents: o.TotalCents, DeliveryAddress: o.DeliveryAddress}
-		if _, err := outbox.Add(ctx, &b, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
+		if _, err := outbox.Add(ctx, b, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
 			return err
 		}
 		// An expired record for the same key is replaced; a live one
@@ -119,12 +127,24 @@ func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order
 			ON CONFLICT (customer_id, key) DO UPDATE SET request_hash = excluded.request_hash, status_code = excluded.status_code,
 				response_body = excluded.response_body, location = excluded.location, created_at = now(), expires_at = excluded.expires_at`,
 			req.CustomerID, key, req.fingerprint(), res.Status, res.Body, res.Location, idempotencyTTL.String())
-		if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-			return fmt.Errorf("insert order: %w", err)
-		}
 		return nil
 	})
-	return res, err
+	switch {
+	case errors.Is(err, errReplayed):
+		return res, nil
+	case errors.Is(err, ErrKeyInFlight), errors.Is(err, ErrKeyReused):
+		return res, err
+	case err != nil:
+		return res, fmt.Errorf("place order: %w", err)
+	}
+	s.wake()
+	return res, nil
+}
+
+// lockKey names the advisory lock of a customer's Idempotency-Key; the
+// length prefix keeps ("a:b", "c") and ("a", "b:c") apart.
+func lockKey(customerID, key string) string {
+	return fmt.Sprintf("%d:%s:%s", len(customerID), customerID, key)
 }
 
 func addHistory(ctx context.Context, tx pgx.Tx, orderID, status string, at time.Time) error {
@@ -196,6 +216,7 @@ func (s *Store) Move(ctx context.Context, id, to string, at time.Time) (Order, e
 	if err != nil {
 		return Order{}, err
 	}
+	s.wake()
 	return s.Get(ctx, id)
 }
 
@@ -243,6 +264,7 @@ func (s *Store) AssignRider(ctx context.Context, id, riderID string, at time.Tim
 	if err != nil {
 		return Order{}, err
 	}
+	s.wake()
 	return s.Get(ctx, id)
 }
 

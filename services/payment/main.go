@@ -1,6 +1,6 @@
 // Command payment charges placed orders through the payment provider and
 // announces the outcome, order.paid or order.payment_failed, through the
-// transactional outbox.
+// transactional outbox, which it relays to RabbitMQ itself.
 package main
 
 import (
@@ -13,13 +13,15 @@ import (
 
 	"github.com/dabba/dabba/services/payment/gateway"
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/outbox"
 	"github.com/dabba/dabba/shared/service"
 )
 
 func main() { service.Main("payment", run) }
 
 // run starts the service and blocks until ctx is done, then drains it: the
-// HTTP server finishes its requests and the consumer the charges in hand.
+// HTTP server finishes its requests, the consumer the charges in hand and
+// the relay the batch it is publishing.
 func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Writer) error {
 	base, err := service.Open(ctx, "payment", getenv)
 	if err != nil {
@@ -34,13 +36,21 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	q, _ := broker.LookupWorkQueue(broker.QueuePayment)
 	transport := &http.Transport{MaxIdleConns: q.Workers * q.Batch, MaxIdleConnsPerHost: q.Workers * q.Batch, IdleConnTimeout: time.Minute}
 	gw := gateway.NewClient(base.Env.String("PAYMENT_GATEWAY_URL", "http://127.0.0.1:8090"), &http.Client{Timeout: 10 * time.Second, Transport: transport})
+	// The consumer writes order.paid and order.payment_failed to the
+	// outbox: this service's own relay publishes them as soon as it is
+	// woken. Relays elsewhere (orders) would only find them at their next
+	// poll.
+	pub := broker.NewPublisher(base.Broker, log)
+	defer pub.Close()
+	relay := outbox.NewRelay(base.DB, pub, log)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8082"), base.Router(), log, nil)
 	})
 	g.Go(func() error {
-		return newConsumer(log, base.DB, gw, nil).Run(ctx, base.Broker)
+		return newConsumer(log, base.DB, gw, relay.Wake).Run(ctx, base.Broker)
 	})
+	g.Go(func() error { return relay.Run(ctx) })
 	return g.Wait()
 }

@@ -80,7 +80,9 @@ func EnsureDatabase(ctx context.Context, url string) error {
 	}
 	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42P04" { // created meanwhile by another service
+	// Created meanwhile by another service: 42P04, or, when the two
+	// CREATE DATABASE commands race, a unique violation on the catalog.
+	if errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "23505" && pgErr.ConstraintName == "pg_database_datname_index") {
 		return nil
 	}
 	if err != nil {
@@ -128,6 +130,100 @@ func migrate(ctx context.Context, db *sql.DB) error {
 // InTx runs fn in a transaction, committing if it returns nil.
 func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
 	return pgx.BeginFunc(ctx, pool, fn)
+}
+
+// InBatchedTx runs a transaction that reads, then writes, in two round trips
+// where InTx spends one more on BEGIN and one on COMMIT. The first batch is
+// BEGIN followed by the statements read queues; write reads their results in
+// order from res and queues the statements to commit on b; the second batch
+// is those statements followed by COMMIT.
+//
+// An error from write, or from any statement, rolls the transaction back and
+// is returned. So does a decision to write nothing that must not commit:
+// write returns a sentinel error of its own, and the caller maps it back.
+// The connection never goes back to the pool inside a transaction: if the
+// ROLLBACK fails, the connection is closed.
+func InBatchedTx(ctx context.Context, pool *pgxpool.Pool, read func(b *pgx.Batch), write func(res pgx.BatchResults, b *pgx.Batch) error) (err error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("acquire connection: %w", err)
+	}
+	defer conn.Release()
+	defer func() {
+		if err != nil {
+			rollback(ctx, conn.Conn())
+		}
+	}()
+	var first pgx.Batch
+	first.Queue("BEGIN")
+	read(&first)
+	res := conn.SendBatch(ctx, &first)
+	if _, err := res.Exec(); err != nil {
+		_ = res.Close()
+		return fmt.Errorf("begin: %w", err)
+	}
+	var last pgx.Batch
+	err = write(res, &last)
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	last.Queue("COMMIT")
+	return conn.SendBatch(ctx, &last).Close()
+}
+
+// SendTx runs b's statements as one transaction in one round trip: BEGIN,
+// them and COMMIT go in one batch. read gets their results in order, after
+// the server has already run the COMMIT, so it cannot veto it: a statement
+// that fails is what rolls the transaction back (the server skips the rest
+// of the batch, COMMIT included). A statement may be SET LOCAL, which then
+// holds for this transaction only. read may be nil.
+func SendTx(ctx context.Context, pool *pgxpool.Pool, b *pgx.Batch, read func(res pgx.BatchResults) error) (err error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("acquire connection: %w", err)
+	}
+	defer conn.Release()
+	defer func() {
+		if err != nil {
+			rollback(ctx, conn.Conn())
+		}
+	}()
+	tx := pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, b.Len()+2)}
+	tx.Queue("BEGIN")
+	tx.QueuedQueries = append(tx.QueuedQueries, b.QueuedQueries...)
+	tx.Queue("COMMIT")
+	res := conn.SendBatch(ctx, &tx)
+	if _, err := res.Exec(); err != nil {
+		_ = res.Close()
+		return fmt.Errorf("begin: %w", err)
+	}
+	if read != nil {
+		err = read(res)
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// rollback ends the transaction a failed InBatchedTx or SendTx left open on
+// conn, so the connection can go back to the pool. ctx may be what failed
+// (a request's deadline): the ROLLBACK gets a moment of its own rather than
+// costing the pool a connection. If it fails, the connection is closed;
+// pgxpool would destroy one released inside a transaction anyway (its
+// Conn.Release checks TxStatus), closing it says so outright.
+func rollback(ctx context.Context, conn *pgx.Conn) {
+	if conn.IsClosed() || conn.PgConn().TxStatus() == 'I' {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if _, err := conn.Exec(rctx, "ROLLBACK"); err != nil || conn.PgConn().TxStatus() != 'I' {
+		_ = conn.Close(rctx)
+	}
 }
 
 // RecordProcessed records in the inbox that consumer has processed the

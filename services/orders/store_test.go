@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/testenv"
+)
+
+// tripConn counts round trips on a database connection: a round trip
+// begins with the first write after a read.
+type tripConn struct {
+	net.Conn
+	mu      sync.Mutex
+	trips   int
+	reading bool
+}
+
+func (c *tripConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	if c.reading || c.trips == 0 {
+		c.trips++
+	}
+	c.reading = false
+	c.mu.Unlock()
+	return c.Conn.Write(b)
+}
+
+func (c *tripConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.mu.Lock()
+		c.reading = true
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+func (c *tripConn) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.trips
+}
+
+// mustCountedPool returns a pool of one connection whose round trips conn
+// counts. It never pings on acquire, which would add a round trip of the
+// pool's, not the caller's.
+func mustCountedPool(tb testing.TB) (*pgxpool.Pool, *tripConn) {
+	tb.Helper()
+	testenv.MustDB(tb) // creates and migrates the database
+	cfg, err := pgxpool.ParseConfig(testenv.Env.DatabaseURL())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+	var conn *tripConn
+	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if conn != nil {
+			tb.Error("the pool opened a second connection")
+		}
+		conn = &tripConn{Conn: c}
+		return conn, nil
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pool.Close)
+	if err := pool.Ping(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return pool, conn
+}
+
+// newPlace returns a valid request for customer and the order the handler
+// would make of it.
+func newPlace(tb testing.TB, customer string) (placeRequest, Order) {
+	tb.Helper()
+	var req placeRequest
+	if err := json.Unmarshal([]byte(orderBody(customer)), &req); err != nil {
+		tb.Fatal(err)
+	}
+	items, addr, total, err := req.validate()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	return req, Order{ID: uuid.NewString(), Status: events.StatusPlaced, CustomerID: req.CustomerID, RestaurantID: req.RestaurantID,
+		Email: req.Email, Items: items, DeliveryAddress: addr, TotalCents: total, CreatedAt: now, UpdatedAt: now}
+}
+
+func render(o Order) ([]byte, error) { return json.Marshal(o) }
+
+// TestPlaceRoundTrips counts Place's round trips to the database: two,
+// whether it places the order, replays it or refuses the key.
+func TestPlaceRoundTrips(t *testing.T) {
+	pool, conn := mustCountedPool(t)
+	var woken int
+	store := NewStore(pool, func() { woken++ })
+	ctx := context.Background()
+	// The first use of a statement on a connection prepares it, once:
+	// one more round trip that a pooled connection pays only then.
+	warm, o := newPlace(t, uuid.NewString())
+	if _, err := store.Place(ctx, "warm-up", warm, o, render); err != nil {
+		t.Fatal(err)
+	}
+	woken = 0
+
+	trips := func(t *testing.T, do func()) {
+		t.Helper()
+		before := conn.count()
+		do()
+		if n := conn.count() - before; n != 2 {
+			t.Errorf("%d round trips, want 2", n)
+		}
+	}
+	key := uuid.NewString()
+	req, o := newPlace(t, uuid.NewString())
+
+	t.Run("OK", func(t *testing.T) {
+		trips(t, func() {
+			res, err := store.Place(ctx, key, req, o, render)
+			if err != nil || res.Status != 201 || res.Replayed {
+				t.Fatalf("Place = %+v, %v", res, err)
+			}
+		})
+		if woken != 1 {
+			t.Errorf("relay woken %d times, want 1", woken)
+		}
+	})
+
+	t.Run("Replay", func(t *testing.T) {
+		first, _ := render(o)
+		trips(t, func() {
+			res, err := store.Place(ctx, key, req, o, render)
+			if err != nil || !res.Replayed || string(res.Body) != string(first) {
+				t.Fatalf("Place = %+v, %v", res, err)
+			}
+		})
+		if woken != 1 {
+			t.Errorf("relay woken %d times after a replay, want 1", woken)
+		}
+	})
+
+	t.Run("ErrKeyReused", func(t *testing.T) {
+		other, o := newPlace(t, req.CustomerID)
+		other.Email = "someone.else@example.com"
+		trips(t, func() {
+			if _, err := store.Place(ctx, key, other, o, render); !errors.Is(err, ErrKeyReused) {
+				t.Fatalf("err = %v, want ErrKeyReused", err)
+			}
+		})
+	})
+
+	t.Run("ErrKeyInFlight", func(t *testing.T) {
+		req, o := newPlace(t, uuid.NewString())
+		key := uuid.NewString()
+		// Another request holds the key's lock: Place's own, taken in a
+		// transaction of its own that stays open.
+		holder, err := testenv.MustDB(t).Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer holder.Rollback(ctx)
+		var locked bool
+		err = holder.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+			lockKey(req.CustomerID, key)).Scan(&locked)
+		if err != nil || !locked {
+			t.Fatalf("lock: %v %v", locked, err)
+		}
+		trips(t, func() {
+			if _, err := store.Place(ctx, key, req, o, render); !errors.Is(err, ErrKeyInFlight) {
+				t.Fatalf("err = %v, want ErrKeyInFlight", err)
+			}
+		})
+	})
+
+	// Every early return ended its transaction: the one connection is
+	// still the pool's and outside a transaction.
+	c, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	if s := c.Conn().PgConn().TxStatus(); s != 'I' || c.Conn().PgConn().Conn() != net.Conn(conn) {
+		t.Fatalf("connection status %q, the first connection: %v", s, c.Conn().PgConn().Conn() == net.Conn(conn))
+	}
+}
