@@ -43,6 +43,7 @@ type Base struct {
 
 	topology atomic.Bool
 	stop     context.CancelFunc
+	pprof    bool // serve /debug/pprof (DEBUG_PPROF=1)
 }
 
 // Open builds the logger, creates and migrates the database, and connects to
@@ -71,7 +72,7 @@ func Open(ctx context.Context, name string, getenv func(string) string) (*Base, 
 	m := metrics.New()
 	conn := broker.Dial(env.BrokerURLs(), name, log)
 	conn.Instrument(m)
-	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: conn, Metrics: m, stop: stop}
+	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: conn, Metrics: m, stop: stop, pprof: env.String("DEBUG_PPROF", "") == "1"}
 	go b.declareTopology(bctx)
 	return b, nil
 }
@@ -134,7 +135,7 @@ func (b *Base) Router() chi.Router {
 	r := chi.NewRouter()
 	r.Use(trace.Middleware, b.Metrics.Middleware, httpx.Recoverer(b.Log), httpx.LogRequests(b.Log))
 	r.Method(http.MethodGet, "/metrics", b.Metrics.Handler())
-	if b.Env.String("DEBUG_PPROF", "") == "1" {
+	if b.pprof {
 		// Go's profiler, for make bench's profiles: off unless asked for,
 		// since a profile costs CPU and tells a caller much.
 		r.Mount("/debug", middleware.Profiler())
