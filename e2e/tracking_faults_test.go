@@ -17,6 +17,9 @@ func TestFaultTrackingBrokerRestart(t *testing.T) {
 	tracking := base(ports.Tracking)
 	for _, how := range []string{"app", "node"} {
 		t.Run(how, func(t *testing.T) {
+			// A fault test before this one may have restarted the
+			// broker: start from a stack that has recovered.
+			wantAllReady(t, nil, time.Minute)
 			o, r := assignedOrder(t)
 			s := openTrack(t, tracking, o.ID, o.TrackingToken)
 			mustFirstFix(t, s, tracking, r)

@@ -54,6 +54,10 @@ type Conn struct {
 	dialled chan struct{} // closed once the first connection is up
 	closed  atomic.Bool
 	blocked atomic.Bool
+	// open follows the connection's state: true from a dial or a
+	// recovery until it is lost. (IsClosed alone says false while the
+	// library is still trying to recover.)
+	open atomic.Bool
 	stop    context.CancelFunc
 	wrap    func(net.Conn) net.Conn // applied to every socket dialled, recovery's too
 	baseLog *zap.Logger
@@ -114,6 +118,7 @@ func (c *Conn) keepConnected(ctx context.Context) {
 		c.mu.Lock()
 		c.conn = conn
 		c.mu.Unlock()
+		c.open.Store(true)
 		select {
 		case <-c.dialled:
 			c.Reconnects.Add(1)
@@ -126,12 +131,15 @@ func (c *Conn) keepConnected(ctx context.Context) {
 		for s := range states {
 			switch s.To {
 			case amqp.StateReconnecting:
+				c.open.Store(false)
 				c.log.Warn("broker connection lost, recovering")
 			case amqp.StateOpen:
+				c.open.Store(true)
 				c.Reconnects.Add(1)
 				c.log.Info("broker connection recovered")
 			}
 		}
+		c.open.Store(false)
 		if c.closed.Load() || ctx.Err() != nil {
 			return
 		}
@@ -222,7 +230,7 @@ func (l libraryLogger) Printf(format string, v ...any) { l.s.Debugf(format, v...
 // publishers' connection if it has one.
 func (c *Conn) Ready() bool {
 	c.mu.Lock()
-	ready := c.conn != nil && !c.conn.IsClosed()
+	ready := c.conn != nil && !c.conn.IsClosed() && c.open.Load()
 	publish := c.publish
 	c.mu.Unlock()
 	return ready && (publish == nil || publish.Ready())
