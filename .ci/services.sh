@@ -73,6 +73,13 @@ if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; 
   as_root su postgres -c "psql -Atc 'SELECT pg_reload_conf()'" >/dev/null
   psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null
 fi
+# Autovacuum keeps the outbox (each row is updated when claimed and when
+# sent) and the inbox from bloating; a machine set up with it off gets it
+# back (a reload suffices).
+if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SHOW autovacuum')" != on ]; then
+  say "turning PostgreSQL's autovacuum on"
+  psql -h 127.0.0.1 -U postgres -d postgres -qc 'ALTER SYSTEM SET autovacuum = on' -c 'SELECT pg_reload_conf()' >/dev/null
+fi
 if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'dabba'")" != 1 ]; then
   say "creating database dabba"
   psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE DATABASE dabba'

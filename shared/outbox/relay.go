@@ -95,6 +95,10 @@ type Relay struct {
 	batch int
 	// poll is how long an idle relay waits for a Wake before looking anyway.
 	poll time.Duration
+	// gather is how long an idle relay lets rows gather after it is woken
+	// before it claims: at a few hundred orders a second each wake-up
+	// finds several rows, not one, for a few milliseconds of latency.
+	gather time.Duration
 	// lease is how long a claim keeps other relays off its rows; it must
 	// outlast publishTimeout, or a slow publish is repeated by another relay.
 	lease          time.Duration
@@ -111,7 +115,7 @@ type Relay struct {
 // NewRelay returns a relay publishing through pub (a *broker.Publisher).
 func NewRelay(db *pgxpool.Pool, pub Publisher, log *zap.Logger) *Relay {
 	return &Relay{db: db, pub: pub, log: log.With(zap.String("component", "outbox-relay")), batch: 500,
-		poll: time.Second, lease: 30 * time.Second, publishTimeout: 10 * time.Second,
+		poll: time.Second, gather: 5 * time.Millisecond, lease: 30 * time.Second, publishTimeout: 10 * time.Second,
 		minBackoff: 100 * time.Millisecond, maxBackoff: 5 * time.Second, wake: make(chan struct{}, 1)}
 }
 
@@ -183,7 +187,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			if r.idle != nil {
 				r.idle()
 			}
-			if !sleep(ctx, r.poll, r.wake) {
+			if !sleep(ctx, r.poll, r.wake) || !sleep(ctx, r.gather, nil) {
 				return nil
 			}
 			continue
