@@ -22,19 +22,37 @@ type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+// orderColumns are what loadOrder and loadOrders read of tracking_orders.
+const orderColumns = `order_id::text, coalesce(rider_id, ''), rider_at, coalesce(status, ''), status_at, dest_lat, dest_lng,
+	coalesce(dest_line1, '')`
+
 // loadOrder returns what tracking knows of an order.
 func loadOrder(ctx context.Context, db querier, orderID string) (orderUpdate, error) {
-	u := orderUpdate{OrderID: orderID}
+	u, err := scanOrder(db.QueryRow(ctx, "SELECT "+orderColumns+" FROM tracking_orders WHERE order_id = $1", orderID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return orderUpdate{OrderID: orderID}, errUnknownOrder
+	}
+	return u, err
+}
+
+// loadOrders returns what tracking knows of each of the orders.
+func loadOrders(ctx context.Context, tx pgx.Tx, orderIDs []string) ([]orderUpdate, error) {
+	rows, err := tx.Query(ctx, "SELECT "+orderColumns+" FROM tracking_orders WHERE order_id = ANY($1)", orderIDs)
+	if err != nil {
+		return nil, fmt.Errorf("load orders: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (orderUpdate, error) { return scanOrder(r) })
+}
+
+func scanOrder(row pgx.Row) (orderUpdate, error) {
+	var u orderUpdate
 	var riderAt, statusAt *time.Time
 	var lat, lng *float64
 	var line1 string
-	err := db.QueryRow(ctx, `SELECT coalesce(rider_id, ''), rider_at, coalesce(status, ''), status_at, dest_lat, dest_lng,
-		coalesce(dest_line1, '') FROM tracking_orders WHERE order_id = $1`, orderID).
-		Scan(&u.RiderID, &riderAt, &u.Status, &statusAt, &lat, &lng, &line1)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return u, errUnknownOrder
-	}
-	if err != nil {
+	if err := row.Scan(&u.OrderID, &u.RiderID, &riderAt, &u.Status, &statusAt, &lat, &lng, &line1); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return u, err
+		}
 		return u, fmt.Errorf("load order: %w", err)
 	}
 	if riderAt != nil {

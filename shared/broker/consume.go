@@ -185,7 +185,7 @@ type consumer struct {
 // restarts by starting a new session on a new channel. On cancellation, the
 // batches in hand are finished and acked; the rest go back to the queue
 // when the channels close. Retry and dead-letter copies are published on
-// conn too.
+// conn's publishing connection.
 func Consume(ctx context.Context, conn *Conn, cfg ConsumerConfig, h BatchHandler, log *zap.Logger) error {
 	cfg = cfg.withDefaults()
 	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log, metrics: conn.metrics.Queue(cfg.Queue)}
