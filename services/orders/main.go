@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/config"
 	"github.com/dabba/dabba/shared/outbox"
 	"github.com/dabba/dabba/shared/service"
 	"github.com/dabba/dabba/shared/token"
@@ -21,7 +22,9 @@ func main() { service.Main("orders", run) }
 // run starts the service and blocks until ctx is done, then drains it: the
 // HTTP server finishes its requests and consumers their messages in hand.
 func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Writer) error {
-	base, err := service.Open(ctx, "orders", getenv)
+	// The API's requests are many short transactions that commit
+	// together: twice the consumers' pool.
+	base, err := service.Open(ctx, "orders", config.WithDefault(getenv, "DATABASE_POOL_SIZE", "16"))
 	if err != nil {
 		return err
 	}

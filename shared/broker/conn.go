@@ -57,7 +57,7 @@ type Conn struct {
 	// open follows the connection's state: true from a dial or a
 	// recovery until it is lost. (IsClosed alone says false while the
 	// library is still trying to recover.)
-	open atomic.Bool
+	open    atomic.Bool
 	stop    context.CancelFunc
 	wrap    func(net.Conn) net.Conn // applied to every socket dialled, recovery's too
 	baseLog *zap.Logger

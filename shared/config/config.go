@@ -61,6 +61,17 @@ func (e Env) Duration(key string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
+// WithDefault returns getenv with def as key's value when getenv has
+// none: a service's own default for a setting others default differently.
+func WithDefault(getenv func(string) string, key, def string) func(string) string {
+	return func(k string) string {
+		if v := getenv(k); v != "" || k != key {
+			return v
+		}
+		return def
+	}
+}
+
 // DatabaseURL is DATABASE_URL or the local default.
 func (e Env) DatabaseURL() string { return e.String("DATABASE_URL", postgres.DefaultURL) }
 

@@ -57,6 +57,19 @@ func Open(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
+// WithPoolSize returns url asking for a pool of n connections
+// (pgxpool's pool_max_conns), unless url already says how many.
+func WithPoolSize(url, n string) string {
+	if strings.Contains(url, "pool_max_conns") {
+		return url
+	}
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	return url + sep + "pool_max_conns=" + n
+}
+
 // EnsureDatabase creates url's database when it does not exist, connecting
 // to the server's "postgres" database to do so.
 func EnsureDatabase(ctx context.Context, url string) error {

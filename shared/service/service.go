@@ -59,6 +59,9 @@ func Open(ctx context.Context, name string, getenv func(string) string) (*Base, 
 	if err := postgres.EnsureDatabase(ctx, url); err != nil {
 		return nil, err
 	}
+	if n := env.String("DATABASE_POOL_SIZE", ""); n != "" {
+		url = postgres.WithPoolSize(url, n)
+	}
 	db, err := postgres.Open(ctx, url)
 	if err != nil {
 		return nil, err
