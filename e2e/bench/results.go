@@ -69,15 +69,15 @@ type Results struct {
 	} `json:"burst"`
 
 	Locations struct {
-		Riders            int     `json:"riders"`
-		Customers         int     `json:"customers"`
-		OfferedPerS       float64 `json:"fixes_offered_per_s"`
-		IngestedPerS      float64 `json:"fixes_ingested_per_s"`
-		Refused           int64   `json:"fixes_refused"` // error frames: rate limit, broker away
+		Riders       int     `json:"riders"`
+		Customers    int     `json:"customers"`
+		OfferedPerS  float64 `json:"fixes_offered_per_s"`
+		IngestedPerS float64 `json:"fixes_ingested_per_s"`
+		Refused      int64   `json:"fixes_refused"` // error frames: rate limit, broker away
 		// Closed counts rider sockets the service closed during the run
 		// (a rider too slow to read its error frames, say): a rider app
 		// would reconnect; the bench stops that rider and goes on.
-		Closed int64 `json:"rider_sockets_closed"`
+		Closed            int64   `json:"rider_sockets_closed"`
 		Latency           Lat     `json:"rider_to_customer_latency"`
 		Stale             int64   `json:"dropped_stale"`
 		Coalesced         int64   `json:"dropped_coalesced"`
