@@ -71,7 +71,7 @@ func MustQueue(tb testing.TB, conn *broker.Conn) (string, <-chan amqp.Delivery) 
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { ch.Close() })
-	key := "order.test_" + uuid.NewString()[:8]
+	key := "test.relay_" + uuid.NewString()[:8]
 	q, err := ch.QueueDeclare("", false, true, true, false, nil)
 	if err != nil {
 		tb.Fatal(err)
