@@ -19,11 +19,7 @@ import (
 
 // newConsumer records every order event, whatever its type, as it is.
 func newConsumer(log *zap.Logger, db *pgxpool.Pool) *consumer.Consumer {
-	routes := make([]consumer.Route, len(events.RoutingKeys))
-	for i, key := range events.RoutingKeys {
-		routes[i] = consumer.On(key, record)
-	}
-	return consumer.New(broker.QueueAnalytics, db, log, routes...)
+	return consumer.New(broker.QueueAnalytics, db, log, consumer.OnEvery(events.RoutingKeys, record)...)
 }
 
 // record stores a batch of events of one type with one statement; the

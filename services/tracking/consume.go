@@ -59,11 +59,7 @@ func newConsumer(db *pgxpool.Pool, live Publisher, log *zap.Logger) *consumer.Co
 		})
 		return nil
 	}
-	routes := make([]consumer.Route, len(events.RoutingKeys))
-	for i, key := range events.RoutingKeys {
-		routes[i] = consumer.On(key, apply)
-	}
-	return consumer.New(broker.QueueTracking, db, log, routes...)
+	return consumer.New(broker.QueueTracking, db, log, consumer.OnEvery(events.RoutingKeys, apply)...)
 }
 
 // publishUpdate tells the tracking instances whose customers watch u's

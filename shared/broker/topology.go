@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -49,6 +50,17 @@ type WorkQueue struct {
 	// worker, messages per batch, and how long a batch waits to fill.
 	Workers, Prefetch, Batch int
 	Wait                     time.Duration
+}
+
+// Binds reports whether one of q's bindings on the topic exchange matches
+// routing key ("order.#" matches every "order.…").
+func (q WorkQueue) Binds(key string) bool {
+	for _, b := range q.Bindings {
+		if b == key || strings.HasSuffix(b, ".#") && strings.HasPrefix(key, strings.TrimSuffix(b, "#")) {
+			return true
+		}
+	}
+	return false
 }
 
 // Config is the consumer configuration of q.

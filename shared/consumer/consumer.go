@@ -14,7 +14,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -102,6 +101,17 @@ func On[T any](typ string, h func(ctx context.Context, tx pgx.Tx, batch []Event[
 	}
 }
 
+// OnEvery routes each of types to h: for a consumer that treats every
+// event alike (analytics records them all, tracking keeps each order's
+// latest state).
+func OnEvery[T any](types []string, h func(ctx context.Context, tx pgx.Tx, batch []Event[T]) error) []Route {
+	routes := make([]Route, len(types))
+	for i, typ := range types {
+		routes[i] = On(typ, h)
+	}
+	return routes
+}
+
 // Consumer consumes one work queue through its routes.
 type Consumer struct {
 	queue  broker.WorkQueue
@@ -140,9 +150,6 @@ func (c *Consumer) Types() []string {
 	slices.Sort(types)
 	return types
 }
-
-// Queue is the work queue c consumes.
-func (c *Consumer) Queue() broker.WorkQueue { return c.queue }
 
 // LimitBatch lowers c's batch size to n (at least 1), for a consumer whose
 // effects are paced (e-mail's rate limit): a batch is one transaction, and a
@@ -243,7 +250,6 @@ func (c *Consumer) apply(ctx context.Context, tx pgx.Tx, items []*item) error {
 	var order []string
 	groups := map[string][]*item{}
 	for _, it := range items {
-		it.err = nil // a batch retried after a rollback starts clean
 		if !fresh[it.env.ID] {
 			if ce := c.log.Check(zap.InfoLevel, "duplicate event skipped"); ce != nil {
 				ce.Write(it.d.Fields()...)
@@ -288,11 +294,8 @@ func AfterCommit(ctx context.Context, fn func()) {
 func (c *Consumer) CheckBindings() error {
 	var bound []string
 	for _, key := range events.RoutingKeys {
-		for _, b := range c.queue.Bindings {
-			if b == key || strings.HasSuffix(b, ".#") && strings.HasPrefix(key, strings.TrimSuffix(b, "#")) {
-				bound = append(bound, key)
-				break
-			}
+		if c.queue.Binds(key) {
+			bound = append(bound, key)
 		}
 	}
 	slices.Sort(bound)
