@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,6 +39,8 @@ type Store struct {
 	// wake tells this process's outbox relay that a commit wrote outbox
 	// rows, so it publishes them now rather than at its next poll.
 	wake func()
+	// placing is the group commit of Place (place.go).
+	placing placeQueue
 }
 
 // NewStore returns a store on db that calls wake (which may be nil) after
@@ -48,97 +49,7 @@ func NewStore(db *pgxpool.Pool, wake func()) *Store {
 	if wake == nil {
 		wake = func() {}
 	}
-	return &Store{db: db, wake: wake}
-}
-
-// savedResponse is the first answer to an idempotent request.
-type savedResponse struct {
-	Status   int
-	Body     []byte
-	Location string
-	Replayed bool
-}
-
-// errReplayed ends Place's transaction without writing: the answer is the
-// one recorded.
-var errReplayed = errors.New("replayed")
-
-// Place stores a new order, its first history entry, its order.placed outbox
-// event and the idempotency record of the request, in one transaction. The
-// response is rendered inside the transaction by respond so the record holds
-// exactly the bytes sent.
-//
-// It takes two round trips (postgres.InBatchedTx): BEGIN, the lock and the
-// lookup; then the inserts and COMMIT. A request that ends early (key in
-// flight, replay, key reused) costs the same two: the second is ROLLBACK.
-//
-// A transaction-scoped advisory lock on (customer, key) serialises requests
-// that share a key: the second one, finding the lock taken, gets
-// ErrKeyInFlight at once instead of waiting; once the first committed, it
-// finds the record and replays it.
-func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order, respond func(Order) ([]byte, error)) (savedResponse, error) {
-	var res savedResponse
-	err := postgres.InBatchedTx(ctx, s.db, func(b *pgx.Batch) {
-		// A batch's statements run in order, each with its own snapshot,
-		// so the lookup sees a record committed by whoever held the lock
-		// before.
-		b.Queue("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", lockKey(req.CustomerID, key))
-		b.Queue(`SELECT request_hash, status_code, response_body, location FROM idempotency_keys
-			WHERE customer_id = $1 AND key = $2 AND expires_at > now()`, req.CustomerID, key)
-	}, func(results pgx.BatchResults, b *pgx.Batch) error {
-		var locked bool
-		if err := results.QueryRow().Scan(&locked); err != nil {
-			return fmt.Errorf("lock idempotency key: %w", err)
-		}
-		var hash []byte
-		err := results.QueryRow().Scan(&hash, &res.Status, &res.Body, &res.Location)
-		switch {
-		case !locked:
-			return ErrKeyInFlight
-		case err == nil:
-			if !bytes.Equal(hash, req.fingerprint()) {
-				return ErrKeyReused
-			}
-			res.Replayed = true
-			return errReplayed
-		case !errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("look up idempotency key: %w", err)
-		}
-		body, err := respond(o)
-		if err != nil {
-			return err
-		}
-		res = savedResponse{Status: 201, Body: body, Location: "/v1/orders/" + o.ID}
-		items, _ := json.Marshal(o.Items)
-		addr, _ := json.Marshal(o.DeliveryAddress)
-		b.Queue(`INSERT INTO orders (id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)`,
-			o.ID, o.CustomerID, o.RestaurantID, o.Email, items, addr, o.TotalCents, o.Status, o.CreatedAt)
-		queueHistory(b, o.ID, o.Status, o.CreatedAt)
-		placed := events.Placed{CustomerID: o.CustomerID, RestaurantID: o.RestaurantID, Email: o.Email,
-			Items: o.Items, TotalCents: o.TotalCents, DeliveryAddress: o.DeliveryAddress}
-		if _, err := outbox.Add(ctx, b, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
-			return err
-		}
-		// An expired record for the same key is replaced; a live one
-		// cannot exist here, since the lookup above found none.
-		b.Queue(`INSERT INTO idempotency_keys (customer_id, key, request_hash, status_code, response_body, location, expires_at)
-			VALUES ($1, $2, $3, $4, $5, $6, now() + $7::interval)
-			ON CONFLICT (customer_id, key) DO UPDATE SET request_hash = excluded.request_hash, status_code = excluded.status_code,
-				response_body = excluded.response_body, location = excluded.location, created_at = now(), expires_at = excluded.expires_at`,
-			req.CustomerID, key, req.fingerprint(), res.Status, res.Body, res.Location, idempotencyTTL.String())
-		return nil
-	})
-	switch {
-	case errors.Is(err, errReplayed):
-		return res, nil
-	case errors.Is(err, ErrKeyInFlight), errors.Is(err, ErrKeyReused):
-		return res, err
-	case err != nil:
-		return res, fmt.Errorf("place order: %w", err)
-	}
-	s.wake()
-	return res, nil
+	return &Store{db: db, wake: wake, placing: newPlaceQueue()}
 }
 
 // lockKey names the advisory lock of a customer's Idempotency-Key; the

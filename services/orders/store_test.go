@@ -200,3 +200,98 @@ func TestPlaceRoundTrips(t *testing.T) {
 		t.Fatalf("connection status %q, the first connection: %v", s, c.Conn().PgConn().Conn() == net.Conn(conn))
 	}
 }
+
+// TestPlaceGroups places many orders at once on a pool of one connection:
+// they share a few transactions (the group commit), every order is stored
+// once with its outbox event, and two requests with one key give one order.
+func TestPlaceGroups(t *testing.T) {
+	pool, conn := mustCountedPool(t)
+	store := NewStore(pool, nil)
+	ctx := context.Background()
+	warm, o := newPlace(t, uuid.NewString())
+	if _, err := store.Place(ctx, "warm-up", warm, o, render); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the connection while the requests arrive, so they all wait.
+	held, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	type result struct {
+		res savedResponse
+		err error
+	}
+	results := make([]result, n+2)
+	orders := make([]Order, n+2)
+	var wg sync.WaitGroup
+	for i := range n {
+		req, o := newPlace(t, uuid.NewString())
+		orders[i] = o
+		wg.Go(func() { results[i].res, results[i].err = store.Place(ctx, uuid.NewString(), req, o, render) })
+	}
+	twinKey := uuid.NewString()
+	twin, _ := newPlace(t, uuid.NewString())
+	for i := n; i < n+2; i++ {
+		_, o := newPlace(t, twin.CustomerID)
+		orders[i] = o
+		wg.Go(func() { results[i].res, results[i].err = store.Place(ctx, twinKey, twin, o, render) })
+	}
+	waitStill(t, func() int {
+		store.placing.mu.Lock()
+		defer store.placing.mu.Unlock()
+		return len(store.placing.pending)
+	})
+	before := conn.count()
+	held.Release()
+	wg.Wait()
+	if trips := conn.count() - before; trips > 2*(placeCommitters+2) {
+		t.Errorf("%d round trips for %d orders: not grouped", trips, n+2)
+	}
+	for i := range n {
+		if r := results[i]; r.err != nil || r.res.Status != 201 || r.res.Replayed {
+			t.Fatalf("order %d: %+v, %v", i, r.res, r.err)
+		}
+	}
+	var created, refused int
+	for _, r := range results[n:] {
+		switch {
+		case r.err == nil && !r.res.Replayed:
+			created++
+		case errors.Is(r.err, ErrKeyInFlight), r.err == nil && r.res.Replayed:
+			refused++
+		default:
+			t.Fatalf("twin: %+v, %v", r.res, r.err)
+		}
+	}
+	if created != 1 || refused != 1 {
+		t.Fatalf("twins: %d created, %d refused or replayed; want 1 and 1", created, refused)
+	}
+	ids := make([]string, len(orders))
+	for i, o := range orders {
+		ids[i] = o.ID
+	}
+	var stored, events int
+	err = pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM orders WHERE id = ANY($1::uuid[])),
+		(SELECT count(*) FROM outbox WHERE order_id = ANY($1::uuid[]))`, ids).Scan(&stored, &events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored != n+1 || events != n+1 {
+		t.Fatalf("%d orders and %d outbox events stored, want %d of each", stored, events, n+1)
+	}
+}
+
+// waitStill waits until f's value has stayed the same for 100 ms.
+func waitStill(tb testing.TB, f func() int) {
+	tb.Helper()
+	last, since := f(), time.Now()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if v := f(); v != last {
+			last, since = v, time.Now()
+		} else if time.Since(since) > 100*time.Millisecond {
+			return
+		}
+	}
+	tb.Fatal("still changing after 5 s")
+}

@@ -133,7 +133,7 @@ func record(ctx context.Context, tx pgx.Tx, log *zap.Logger, outcomes []outcome)
 	for _, id := range inserted {
 		fresh[id] = true
 	}
-	var b pgx.Batch
+	var announce outbox.Rows
 	now := time.Now()
 	for _, o := range outcomes {
 		if !fresh[o.e.OrderID] {
@@ -143,19 +143,21 @@ func record(ctx context.Context, tx pgx.Tx, log *zap.Logger, outcomes []outcome)
 		fresh[o.e.OrderID] = false // the same order twice in one batch: one outcome
 		p, ectx := o.e.Data, o.e.Context(ctx)
 		if o.declined {
-			_, err = outbox.Add(ectx, &b, events.OrderPaymentFailed, o.e.OrderID, now,
+			_, err = announce.Add(ectx, events.OrderPaymentFailed, o.e.OrderID, now,
 				events.PaymentFailed{Reason: declineReason, RestaurantID: p.RestaurantID, Email: p.Email})
 		} else {
-			_, err = outbox.Add(ectx, &b, events.OrderPaid, o.e.OrderID, now,
+			_, err = announce.Add(ectx, events.OrderPaid, o.e.OrderID, now,
 				events.Paid{ChargeID: o.charge.ID, AmountCents: o.charge.AmountCents, RestaurantID: p.RestaurantID, Email: p.Email})
 		}
 		if err != nil {
 			return err
 		}
 	}
-	if b.Len() == 0 {
+	if announce.Len() == 0 {
 		return nil
 	}
+	var b pgx.Batch
+	announce.Queue(&b)
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 		return fmt.Errorf("insert outbox events: %w", err)
 	}

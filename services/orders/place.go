@@ -1,0 +1,288 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/outbox"
+	"github.com/dabba/dabba/shared/postgres"
+)
+
+// Placing orders is a group commit: requests that arrive while earlier ones
+// are being committed wait, and the next free committer places all of them
+// in one transaction of two round trips, with one statement per table
+// rather than one per order. A lone request is placed at once, in a group
+// of one, so grouping costs no latency when the API is quiet; under load an
+// order costs the database a share of one commit instead of a commit of its
+// own (the WAL flush, BEGIN/COMMIT, four statements' parse and plan).
+// Every order is still committed, with synchronous_commit on, before its
+// 201.
+const (
+	// placeCommitters bounds the groups being committed at once, and so
+	// the pool connections placing takes (of orders' 16).
+	placeCommitters = 4
+	// placeGroupMax bounds a group: ORDERS_MAX_IN_FLIGHT (64) requests at
+	// most are in flight anyway.
+	placeGroupMax = 64
+	// placeTimeout bounds a group's transaction; a request's own deadline
+	// does not, since the others of its group are not its to cancel.
+	placeTimeout = 3 * time.Second
+)
+
+// savedResponse is the first answer to an idempotent request.
+type savedResponse struct {
+	Status   int
+	Body     []byte
+	Location string
+	Replayed bool
+}
+
+// placeCall is one request to Place, waiting for its group's commit.
+type placeCall struct {
+	ctx     context.Context
+	key     string
+	req     placeRequest
+	order   Order
+	respond func(Order) ([]byte, error)
+	done    chan placeResult // buffered: a committer never waits on a caller
+	// Filled in by the group's transaction.
+	res savedResponse
+	err error
+}
+
+type placeResult struct {
+	res savedResponse
+	err error
+}
+
+// placeQueue is the requests waiting to be placed and the committer slots.
+type placeQueue struct {
+	mu      sync.Mutex
+	pending []*placeCall
+	slots   chan struct{}
+}
+
+func newPlaceQueue() placeQueue {
+	return placeQueue{slots: make(chan struct{}, placeCommitters)}
+}
+
+// take removes up to placeGroupMax waiting calls, oldest first.
+func (q *placeQueue) take() []*placeCall {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := min(len(q.pending), placeGroupMax)
+	group := q.pending[:n:n]
+	q.pending = q.pending[n:]
+	return group
+}
+
+// Place stores a new order, its first history entry, its order.placed outbox
+// event and the idempotency record of the request, in one transaction with
+// the other requests placed at the same moment. The response is rendered
+// inside the transaction by respond so the record holds exactly the bytes
+// sent.
+//
+// A transaction-scoped advisory lock on (customer, key) serialises requests
+// that share a key: the second one, finding the lock taken, gets
+// ErrKeyInFlight at once instead of waiting; once the first committed, it
+// finds the record and replays it. Two requests with one key in the same
+// group are the same race, decided the same way.
+//
+// The caller that finds a committer slot free commits whatever is waiting,
+// its own request or not, and then returns once its own is done: no
+// goroutine of its own, nothing to start or stop.
+func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order, respond func(Order) ([]byte, error)) (savedResponse, error) {
+	c := &placeCall{ctx: ctx, key: key, req: req, order: o, respond: respond, done: make(chan placeResult, 1)}
+	q := &s.placing
+	q.mu.Lock()
+	q.pending = append(q.pending, c)
+	q.mu.Unlock()
+	for {
+		select {
+		case r := <-c.done:
+			return r.res, r.err
+		default:
+		}
+		select {
+		case r := <-c.done:
+			return r.res, r.err
+		case <-ctx.Done():
+			// Still waiting, or in a group being committed: either way
+			// the client has gone; a retry with its key finds what
+			// happened.
+			return savedResponse{}, fmt.Errorf("place order: %w", ctx.Err())
+		case q.slots <- struct{}{}:
+			if group := q.take(); len(group) > 0 {
+				s.placeGroup(group)
+			}
+			<-q.slots
+		}
+	}
+}
+
+// placeGroup places group and tells each call its outcome. If the server
+// rejected a statement (nothing was committed) a group of several is placed
+// again one by one, so one bad request never fails its neighbours.
+func (s *Store) placeGroup(group []*placeCall) {
+	live := group[:0:0]
+	for _, c := range group {
+		if err := c.ctx.Err(); err != nil {
+			c.done <- placeResult{err: fmt.Errorf("place order: %w", err)}
+			continue
+		}
+		live = append(live, c)
+	}
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), placeTimeout)
+	err := s.commitGroup(ctx, live)
+	cancel()
+	var pgErr *pgconn.PgError
+	if err != nil && len(live) > 1 && errors.As(err, &pgErr) {
+		for _, c := range live {
+			s.placeGroup([]*placeCall{c})
+		}
+		return
+	}
+	wrote := false
+	for _, c := range live {
+		r := placeResult{res: c.res, err: c.err}
+		switch {
+		case err != nil:
+			r = placeResult{err: fmt.Errorf("place order: %w", err)}
+		case r.err == nil && !r.res.Replayed:
+			wrote = true
+		}
+		c.done <- r
+	}
+	if wrote {
+		s.wake()
+	}
+}
+
+// commitGroup runs the group's transaction in two round trips
+// (postgres.InBatchedTx): BEGIN, the locks and the look-ups; then the
+// inserts and COMMIT. Each call's own outcome (in flight, reused, replayed,
+// a response it could not render) is left in its res and err; the error
+// returned is the transaction's.
+func (s *Store) commitGroup(ctx context.Context, group []*placeCall) error {
+	locks := make([]string, len(group))
+	customers, keys := make([]string, len(group)), make([]string, len(group))
+	for i, c := range group {
+		locks[i], customers[i], keys[i] = lockKey(c.req.CustomerID, c.key), c.req.CustomerID, c.key
+	}
+	return postgres.InBatchedTx(ctx, s.db, func(b *pgx.Batch) {
+		// A batch's statements run in order, each with its own snapshot,
+		// so the look-up sees a record committed by whoever held a lock
+		// before.
+		b.Queue(`SELECT i, pg_try_advisory_xact_lock(hashtextextended(k, 0))
+			FROM unnest($1::text[]) WITH ORDINALITY AS t (k, i)`, locks)
+		b.Queue(`SELECT t.i, k.request_hash, k.status_code, k.response_body, k.location
+			FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t (customer_id, key, i)
+			JOIN idempotency_keys k ON k.customer_id = t.customer_id AND k.key = t.key AND k.expires_at > now()`,
+			customers, keys)
+	}, func(results pgx.BatchResults, b *pgx.Batch) error {
+		locked := make([]bool, len(group))
+		var i int
+		var ok bool
+		rows, _ := results.Query()
+		if _, err := pgx.ForEachRow(rows, []any{&i, &ok}, func() error { locked[i-1] = ok; return nil }); err != nil {
+			return fmt.Errorf("lock idempotency keys: %w", err)
+		}
+		found := make([]*savedResponse, len(group))
+		hashes := make([][]byte, len(group))
+		var hash []byte
+		var saved savedResponse
+		rows, _ = results.Query()
+		if _, err := pgx.ForEachRow(rows, []any{&i, &hash, &saved.Status, &saved.Body, &saved.Location}, func() error {
+			found[i-1], hashes[i-1] = &savedResponse{Status: saved.Status, Body: saved.Body, Location: saved.Location, Replayed: true}, hash
+			return nil
+		}); err != nil {
+			return fmt.Errorf("look up idempotency keys: %w", err)
+		}
+		var w groupWrites
+		first := make(map[string]bool, len(group))
+		for n, c := range group {
+			switch {
+			case !locked[n] || first[locks[n]]:
+				c.err = ErrKeyInFlight
+			case found[n] != nil && !bytes.Equal(hashes[n], c.req.fingerprint()):
+				c.err = ErrKeyReused
+			case found[n] != nil:
+				c.res = *found[n]
+			default:
+				c.err = w.add(c)
+			}
+			first[locks[n]] = true
+		}
+		w.queue(b)
+		return nil
+	})
+}
+
+// groupWrites gathers a group's new orders into one insert per table.
+type groupWrites struct {
+	ids, customers, restaurants, emails, statuses []string
+	items, addrs                                  [][]byte
+	totals                                        []int64
+	ats                                           []time.Time
+	outbox                                        outbox.Rows
+	keyCustomers, keys, locations                 []string
+	hashes, bodies                                [][]byte
+}
+
+// add renders c's response and gathers its rows.
+func (w *groupWrites) add(c *placeCall) error {
+	o := c.order
+	body, err := c.respond(o)
+	if err != nil {
+		return fmt.Errorf("place order: %w", err)
+	}
+	placed := events.Placed{CustomerID: o.CustomerID, RestaurantID: o.RestaurantID, Email: o.Email,
+		Items: o.Items, TotalCents: o.TotalCents, DeliveryAddress: o.DeliveryAddress}
+	if _, err := w.outbox.Add(c.ctx, events.OrderPlaced, o.ID, o.CreatedAt, placed); err != nil {
+		return fmt.Errorf("place order: %w", err)
+	}
+	items, _ := json.Marshal(o.Items)
+	addr, _ := json.Marshal(o.DeliveryAddress)
+	w.ids, w.customers, w.restaurants = append(w.ids, o.ID), append(w.customers, o.CustomerID), append(w.restaurants, o.RestaurantID)
+	w.emails, w.statuses, w.ats = append(w.emails, o.Email), append(w.statuses, o.Status), append(w.ats, o.CreatedAt)
+	w.items, w.addrs, w.totals = append(w.items, items), append(w.addrs, addr), append(w.totals, o.TotalCents)
+	c.res = savedResponse{Status: 201, Body: body, Location: "/v1/orders/" + o.ID}
+	w.keyCustomers, w.keys = append(w.keyCustomers, c.req.CustomerID), append(w.keys, c.key)
+	w.hashes, w.bodies, w.locations = append(w.hashes, c.req.fingerprint()), append(w.bodies, body), append(w.locations, c.res.Location)
+	return nil
+}
+
+// queue queues the group's inserts on b; nothing when no order is new.
+func (w *groupWrites) queue(b *pgx.Batch) {
+	if len(w.ids) == 0 {
+		return
+	}
+	b.Queue(`INSERT INTO orders (id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, created_at, updated_at)
+		SELECT id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, at, at
+		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::bigint[], $8::text[], $9::timestamptz[])
+			AS o (id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, at)`,
+		w.ids, w.customers, w.restaurants, w.emails, w.items, w.addrs, w.totals, w.statuses, w.ats)
+	b.Queue(`INSERT INTO order_status_history (order_id, status, at)
+		SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) ON CONFLICT DO NOTHING`, w.ids, w.statuses, w.ats)
+	w.outbox.Queue(b)
+	// An expired record for the same key is replaced; a live one cannot
+	// exist here, since the look-up found none and the lock is held.
+	b.Queue(`INSERT INTO idempotency_keys (customer_id, key, request_hash, status_code, response_body, location, expires_at)
+		SELECT customer_id, key, request_hash, 201, response_body, location, now() + $6::interval
+		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[]) AS k (customer_id, key, request_hash, response_body, location)
+		ON CONFLICT (customer_id, key) DO UPDATE SET request_hash = excluded.request_hash, status_code = excluded.status_code,
+			response_body = excluded.response_body, location = excluded.location, created_at = now(), expires_at = excluded.expires_at`,
+		w.keyCustomers, w.keys, w.hashes, w.bodies, w.locations, idempotencyTTL.String())
+}
