@@ -54,6 +54,7 @@ type placeCall struct {
 	order   Order
 	respond func(Order) ([]byte, error)
 	done    chan placeResult // buffered: a committer never waits on a caller
+	taken   bool             // in a group; guarded by placeQueue.mu
 	// Filled in by the group's transaction.
 	res savedResponse
 	err error
@@ -82,7 +83,17 @@ func (q *placeQueue) take() []*placeCall {
 	n := min(len(q.pending), placeGroupMax)
 	group := q.pending[:n:n]
 	q.pending = q.pending[n:]
+	for _, c := range group {
+		c.taken = true
+	}
 	return group
+}
+
+// isTaken reports whether c is in a group already.
+func (q *placeQueue) isTaken(c *placeCall) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return c.taken
 }
 
 // Place stores a new order, its first history entry, its order.placed outbox
@@ -107,10 +118,11 @@ func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order
 	q.pending = append(q.pending, c)
 	q.mu.Unlock()
 	for {
-		select {
-		case r := <-c.done:
-			return r.res, r.err
-		default:
+		// Once another caller took c into its group, c only waits:
+		// competing for a slot then would spin.
+		var slots chan struct{}
+		if !q.isTaken(c) {
+			slots = q.slots
 		}
 		select {
 		case r := <-c.done:
@@ -120,11 +132,11 @@ func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order
 			// the client has gone; a retry with its key finds what
 			// happened.
 			return savedResponse{}, fmt.Errorf("place order: %w", ctx.Err())
-		case q.slots <- struct{}{}:
+		case slots <- struct{}{}:
 			if group := q.take(); len(group) > 0 {
 				s.placeGroup(group)
 			}
-			<-q.slots
+			<-slots
 		}
 	}
 }
