@@ -95,21 +95,28 @@ func (q WorkQueue) retry() []time.Duration {
 // twice the batch so the next batch is already here when a worker is free.
 // Payment's batch is smaller because each of its messages waits on the
 // payment provider (called concurrently for a batch); e-mail's is cut down
-// further by the provider's rate limit (services/email); analytics, whose
-// rows nobody waits for, lets a batch fill for up to 100 ms.
+// further by the provider's rate limit (services/email); the consumers
+// nobody's payment waits on let a batch fill for longer (sideWait, and
+// 100 ms for analytics).
 var WorkQueues = []WorkQueue{
 	{Name: QueuePayment, Bindings: []string{events.OrderPlaced}, Workers: 1, Prefetch: 128, Batch: 64, Wait: batchWait},
-	{Name: QueueRestaurant, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderCancelled}, Workers: 1, Prefetch: 512, Batch: 256, Wait: batchWait},
-	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered}, Workers: 1, Prefetch: 128, Batch: 64, Wait: batchWait},
+	{Name: QueueRestaurant, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderCancelled}, Workers: 1, Prefetch: 512, Batch: 256, Wait: sideWait},
+	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered}, Workers: 1, Prefetch: 128, Batch: 64, Wait: sideWait},
 	{Name: QueueAnalytics, Bindings: []string{"order.#"}, Workers: 1, Prefetch: 2000, Batch: 1000, Wait: 100 * time.Millisecond},
 	{Name: QueueOrderStatus, Bindings: []string{events.OrderPaid, events.OrderPaymentFailed}, Workers: 1, Prefetch: 512, Batch: 256, Wait: batchWait},
-	{Name: QueueTracking, Bindings: []string{"order.#"}, Workers: 1, Prefetch: 512, Batch: 256, Wait: batchWait},
+	{Name: QueueTracking, Bindings: []string{"order.#"}, Workers: 1, Prefetch: 512, Batch: 256, Wait: sideWait},
 }
 
 // batchWait is how long a batch that is not full waits for more: at a few
 // hundred orders a second it makes batches of several messages, and so
 // several times fewer commits and acks, for 20 ms of latency per hop.
 const batchWait = 20 * time.Millisecond
+
+// sideWait is batchWait for the consumers off the path from an order to
+// its payment (restaurant feed, e-mail, tracking's copy): their effects can
+// wait 50 ms, and the longer window makes their batches, and so their
+// commits, fewer again.
+const sideWait = 50 * time.Millisecond
 
 // RetryDelays is the ladder a transiently failing message climbs: attempt n
 // waits RetryDelays[n-1] in "<queue>.retry.<delay>"; past the last step the
