@@ -17,9 +17,10 @@ import (
 	"github.com/dabba/dabba/shared/events"
 )
 
-// newConsumer records every order event, whatever its type, as it is.
+// newConsumer records every order event, whatever its type, as it is,
+// keyed by the event id: the rows are their own inbox.
 func newConsumer(log *zap.Logger, db *pgxpool.Pool) *consumer.Consumer {
-	return consumer.New(broker.QueueAnalytics, db, log, consumer.OnEvery(events.RoutingKeys, record)...)
+	return consumer.New(broker.QueueAnalytics, db, log, consumer.OnEvery(events.RoutingKeys, record)...).EffectsKeyedByEvent()
 }
 
 // record stores a batch of events of one type with one statement; the

@@ -16,7 +16,8 @@ import (
 )
 
 // newConsumer records a notification for the order's restaurant for each
-// order.placed, order.paid and order.cancelled, keyed by the event id.
+// order.placed, order.paid and order.cancelled, keyed by the event id: the
+// notifications are their own inbox.
 func newConsumer(log *zap.Logger, db *pgxpool.Pool) *consumer.Consumer {
 	return consumer.New(broker.QueueRestaurant, db, log,
 		consumer.On(events.OrderPlaced, func(ctx context.Context, tx pgx.Tx, batch []consumer.Event[events.Placed]) error {
@@ -44,7 +45,7 @@ func newConsumer(log *zap.Logger, db *pgxpool.Pool) *consumer.Consumer {
 			}
 			return notify(ctx, tx, rows)
 		}),
-	)
+	).EffectsKeyedByEvent()
 }
 
 // notification is one event of an order, told to its restaurant.

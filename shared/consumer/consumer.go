@@ -119,6 +119,8 @@ type Consumer struct {
 	db     *pgxpool.Pool
 	log    *zap.Logger
 	routes map[string]Route
+	// keyed: the effects are their own inbox (EffectsKeyedByEvent).
+	keyed bool
 }
 
 // New returns the consumer of the work queue named queue (a row of
@@ -156,6 +158,20 @@ func (c *Consumer) Types() []string {
 // transaction should not stay open for long.
 func (c *Consumer) LimitBatch(n int) *Consumer {
 	c.cfg.Batch = max(1, min(c.cfg.Batch, n))
+	return c
+}
+
+// EffectsKeyedByEvent declares that each of c's effects is one row keyed by
+// the event id and written with ON CONFLICT DO NOTHING (the restaurant's
+// notifications, analytics' events), and that an event failed with Fail
+// writes no row. Such an effect is its own inbox: c records nothing in
+// processed_messages (one row and one index entry fewer per message), and
+// a redelivered event reaches its route again and changes nothing. A
+// consumer with any other effect (an e-mail sent, a charge, an update)
+// keeps the shared inbox, which tells it which events are new before it
+// acts.
+func (c *Consumer) EffectsKeyedByEvent() *Consumer {
+	c.keyed = true
 	return c
 }
 
@@ -243,7 +259,7 @@ func (c *Consumer) apply(ctx context.Context, tx pgx.Tx, items []*item) error {
 	for i, it := range items {
 		ids[i] = it.env.ID
 	}
-	fresh, err := postgres.RecordProcessed(ctx, tx, c.queue.Name, ids)
+	fresh, err := c.record(ctx, tx, ids)
 	if err != nil {
 		return err
 	}
@@ -272,7 +288,23 @@ func (c *Consumer) apply(ctx context.Context, tx pgx.Tx, items []*item) error {
 			}
 		}
 	}
+	if c.keyed {
+		return nil
+	}
 	return postgres.ForgetProcessed(ctx, tx, c.queue.Name, failed)
+}
+
+// record records ids in the inbox and returns those new to c; with keyed
+// effects every id counts as new, since the effect's key decides.
+func (c *Consumer) record(ctx context.Context, tx pgx.Tx, ids []string) (map[string]bool, error) {
+	if !c.keyed {
+		return postgres.RecordProcessed(ctx, tx, c.queue.Name, ids)
+	}
+	fresh := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		fresh[id] = true
+	}
+	return fresh, nil
 }
 
 type hooksKey struct{}
