@@ -44,8 +44,8 @@ Usage:
   dabba definitions [-o FILE]
         the topology as a RabbitMQ definitions file (services/rabbitmq/definitions.json)
 
-<queue> is a work queue (payment, restaurant-notify, email, analytics,
-order-status, tracking) or its DLQ's name (payment.dlq). --older-than takes
+<queue> is a work queue (payment, restaurant-notify, email, analytics) or
+its DLQ's name (payment.dlq). --older-than takes
 a Go duration (90s, 10m, 2h): how long a message has been dead.
 
 Environment:
