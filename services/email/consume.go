@@ -38,16 +38,16 @@ var errRecipientUnknown = errors.New("recipient of the order not known yet (orde
 // operator can see it. Since a batch is one transaction, a batch holds no
 // more mails than the limit lets through in about a second.
 //
-// Exactly once, as far as SMTP allows: the batch's inbox rows are inserted
-// first (their row locks make a concurrent copy of the same event wait and
-// then skip), each new event's mail is sent, emails_sent is written, and the
-// commit follows the sends. A mail that fails fails alone: its inbox row is
-// withdrawn and it is retried (a 4xx, a network error) or dead-lettered (a
-// 5xx) while the others commit, so no mail is sent twice because a
-// neighbour failed. A crash, or a lost database connection, between the
-// server's OK and the commit rolls the inbox back, so the redelivered event
-// sends the mail a second time: SMTP has no way to make a send and a commit
-// atomic. The mail carries X-Dabba-Message-Id (the event id) so that the
+// Exactly once, as far as SMTP allows: the batch's inbox entries are
+// claimed first (a concurrent copy of the same event waits, then skips),
+// each new event's mail is sent, emails_sent and the inbox rows are
+// written, and the commit follows the sends. A mail that fails fails alone:
+// it gets no inbox row and is retried (a 4xx, a network error) or
+// dead-lettered (a 5xx) while the others commit, so no mail is sent twice
+// because a neighbour failed. A crash, or a lost database connection,
+// between the server's OK and the commit leaves no inbox row, so the
+// redelivered event sends the mail a second time: SMTP has no way to make a
+// send and a commit atomic. The mail carries X-Dabba-Message-Id (the event id) so that the
 // receiving side can drop that rare duplicate.
 func newConsumer(log *zap.Logger, db *pgxpool.Pool, limiter *rate.Limiter, sender Sender, r *Renderer) *consumer.Consumer {
 	batch := int(max(1, min(float64(limiter.Limit()), 1<<20))) // rate.Inf is a float's largest
