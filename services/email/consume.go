@@ -17,13 +17,14 @@ import (
 	"github.com/dabba/dabba/shared/events"
 )
 
-// sendTimeout bounds one SMTP conversation, so a hung server cannot keep the
-// inbox row locked for the whole handler timeout.
+// sendTimeout bounds the SMTP conversation of a batch, so a hung server
+// cannot keep the inbox entries claimed for the whole handler timeout.
 const sendTimeout = 30 * time.Second
 
-// Sender sends one e-mail.
+// Sender sends e-mails: SendAll returns each one's outcome (nil: sent; an
+// error wrapping ErrRejected: never will be; any other: not now).
 type Sender interface {
-	Send(ctx context.Context, m Mail) error
+	SendAll(ctx context.Context, ms []Mail) []error
 }
 
 // errRecipientUnknown means an event without an address arrived before the
@@ -65,10 +66,12 @@ func newConsumer(log *zap.Logger, db *pgxpool.Pool, limiter *rate.Limiter, sende
 
 // mailer returns the route that mails events whose payload is T, addressed
 // to what to reads from it (or, when it names nobody, to whoever the
-// order's earlier mails went to).
+// order's earlier mails went to). The batch's mails go to the provider
+// together, each once the rate limit lets it.
 func mailer[T any](limiter *rate.Limiter, sender Sender, r *Renderer, to func(T) string) func(context.Context, pgx.Tx, []consumer.Event[T]) error {
 	return func(ctx context.Context, tx pgx.Tx, batch []consumer.Event[T]) error {
-		var sent []sentMail
+		var mails []Mail
+		var mailed []consumer.Event[T]
 		for _, e := range batch {
 			data := mailData{OrderID: e.OrderID, Short: e.OrderID[:8]}
 			set(&data, e.Data)
@@ -89,16 +92,23 @@ func mailer[T any](limiter *rate.Limiter, sender Sender, r *Renderer, to func(T)
 			if err := limiter.Wait(ctx); err != nil {
 				return fmt.Errorf("wait for a send slot: %w", err)
 			}
-			sctx, cancel := context.WithTimeout(ctx, sendTimeout)
-			err = sender.Send(sctx, m)
-			cancel()
-			switch {
+			mails, mailed = append(mails, m), append(mailed, e)
+		}
+		if len(mails) == 0 {
+			return nil
+		}
+		sctx, cancel := context.WithTimeout(ctx, sendTimeout)
+		errs := sender.SendAll(sctx, mails)
+		cancel()
+		var sent []sentMail
+		for i, e := range mailed {
+			switch err := errs[i]; {
 			case errors.Is(err, ErrRejected):
 				e.Fail(broker.Permanent(err)) // 5xx: the server will never take it
 			case err != nil:
 				e.Fail(err) // 4xx or network: retry
 			default:
-				sent = append(sent, sentMail{e.ID, e.OrderID, m.To, e.Type})
+				sent = append(sent, sentMail{e.ID, e.OrderID, mails[i].To, e.Type})
 			}
 		}
 		return recordSent(ctx, tx, sent)
