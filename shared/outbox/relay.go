@@ -358,8 +358,11 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 // the oldest is (as of its last stored position, at most a moment behind).
 func Backlog(ctx context.Context, db *pgxpool.Pool) (n int64, oldest time.Duration, err error) {
 	var age float64
+	// Planned at each call (QueryExecModeExec), not once: the rows after
+	// the position are few or all, and a plan made without knowing which
+	// scans the whole table for a handful of rows.
 	err = db.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM now() - min(o.created_at)), 0)
 		FROM outbox o WHERE (o.tx, o.id) > (SELECT coalesce(max(tx), 0), coalesce(max(id), 0) FROM outbox_readers WHERE name = $1)`,
-		relayName).Scan(&n, &age)
+		pgx.QueryExecModeExec, relayName).Scan(&n, &age)
 	return n, time.Duration(age * float64(time.Second)), err
 }
