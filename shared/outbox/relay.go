@@ -362,12 +362,13 @@ func Backlog(ctx context.Context, db *pgxpool.Pool) (n int64, oldest time.Durati
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return 0, 0, fmt.Errorf("outbox backlog: %w", err)
 	}
-	// Planned with the position's values (QueryExecModeExec), not once
-	// for any: rows after it are few or all, and a plan that does not know
-	// which reads the whole table for a handful of rows.
+	// Sent with the position's values in its text (the simple protocol),
+	// so it is planned for them: rows after the position are few or all,
+	// and the generic plan our connections use (postgres.Open) reads the
+	// whole table for a handful of rows.
 	var age float64
 	err = db.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)
-		FROM outbox WHERE (tx, id) > ($1, $2)`, pgx.QueryExecModeExec, pos.Tx, pos.ID).Scan(&n, &age)
+		FROM outbox WHERE (tx, id) > ($1, $2)`, pgx.QueryExecModeSimpleProtocol, pos.Tx, pos.ID).Scan(&n, &age)
 	if err != nil {
 		return 0, 0, fmt.Errorf("outbox backlog: %w", err)
 	}
