@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dabba/dabba/shared/testenv"
+	"github.com/dabba/dabba/shared/token"
 )
 
 func base(port int) string { return fmt.Sprintf("http://127.0.0.1:%d", port) }
@@ -59,11 +60,47 @@ func do(t testing.TB, method, url string, headers map[string]string, body string
 	return resp.StatusCode, resp.Header, b
 }
 
-// placeOrder places an order and returns it; the answer must be 201.
+// as returns a token of role for sub, signed with the stack's secret.
+func as(t testing.TB, role, sub string) string {
+	t.Helper()
+	tok, err := token.NewSigner([]byte(e2eSecret)).Mint(role, sub, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// opsToken is an operator's token: it may do anything to any order.
+func opsToken(t testing.TB) string { return as(t, token.AudienceOps, "e2e-operator") }
+
+// bearer returns the headers of a JSON request with tok (none if empty).
+func bearer(tok string) map[string]string {
+	h := map[string]string{"Content-Type": "application/json"}
+	if tok != "" {
+		h["Authorization"] = "Bearer " + tok
+	}
+	return h
+}
+
+// customerOf returns the customer an order body names.
+func customerOf(t testing.TB, body string) string {
+	t.Helper()
+	var b struct {
+		CustomerID string `json:"customer_id"`
+	}
+	if err := json.Unmarshal([]byte(body), &b); err != nil || b.CustomerID == "" {
+		t.Fatalf("no customer_id in %s: %v", body, err)
+	}
+	return b.CustomerID
+}
+
+// placeOrder places an order as the customer its body names and returns
+// it; the answer must be 201.
 func placeOrder(t testing.TB, key, body string) order {
 	t.Helper()
-	code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders",
-		map[string]string{"Content-Type": "application/json", "Idempotency-Key": key}, body)
+	h := bearer(as(t, token.AudienceCustomer, customerOf(t, body)))
+	h["Idempotency-Key"] = key
+	code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", h, body)
 	if code != http.StatusCreated {
 		t.Fatalf("POST /v1/orders = %d: %s", code, b)
 	}
@@ -74,9 +111,27 @@ func placeOrder(t testing.TB, key, body string) order {
 	return o
 }
 
+// move asks for an order's move to status with tok and returns the status
+// code of the answer.
+func move(t testing.TB, tok, orderID, status string) int {
+	t.Helper()
+	code, _, _ := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+orderID+"/status", bearer(tok), `{"status":"`+status+`"}`)
+	return code
+}
+
+// assignRider assigns rider to an order, as an operator.
+func assignRider(t testing.TB, orderID, rider string) {
+	t.Helper()
+	if code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+orderID+"/rider", bearer(opsToken(t)),
+		`{"rider_id":"`+rider+`"}`); code != http.StatusOK {
+		t.Fatalf("assign rider = %d %s", code, b)
+	}
+}
+
+// getOrder reads an order as an operator.
 func getOrder(t testing.TB, id string) order {
 	t.Helper()
-	code, _, b := do(t, http.MethodGet, base(ports.Orders)+"/v1/orders/"+id, nil, "")
+	code, _, b := do(t, http.MethodGet, base(ports.Orders)+"/v1/orders/"+id, bearer(opsToken(t)), "")
 	if code != http.StatusOK {
 		t.Fatalf("GET order = %d: %s", code, b)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/stack"
+	"github.com/dabba/dabba/shared/token"
 )
 
 // The fault suite: each case places orders under load while it breaks
@@ -122,8 +123,9 @@ func TestFaultPostgresRestartUnderLoad(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		for i := 0; i < 5; i++ {
 			start := time.Now()
-			code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders",
-				map[string]string{"Content-Type": "application/json", "Idempotency-Key": newKey()}, orderJSON(probe, "r-pg", 500))
+			headers := bearer(as(t, token.AudienceCustomer, probe))
+			headers["Idempotency-Key"] = newKey()
+			code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", headers, orderJSON(probe, "r-pg", 500))
 			if code != http.StatusServiceUnavailable || h.Get("Retry-After") == "" {
 				t.Errorf("POST while the database is down = %d (Retry-After %q): %s", code, h.Get("Retry-After"), b)
 			}

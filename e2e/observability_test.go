@@ -19,6 +19,7 @@ import (
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/metrics"
+	"github.com/dabba/dabba/shared/token"
 	"github.com/dabba/dabba/shared/trace"
 )
 
@@ -262,9 +263,10 @@ func TestTraceparentReachesConsumers(t *testing.T) {
 	db := mustDB(t)
 	traceID := strings.ReplaceAll(uuid.NewString(), "-", "")
 	in := "00-" + traceID + "-b7ad6b7169203331-01"
-	code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders",
-		map[string]string{"Content-Type": "application/json", "Idempotency-Key": newKey(), trace.Header: in},
-		orderJSON("c-trace-"+uuid.NewString(), "r-trace", 800))
+	customer := "c-trace-" + uuid.NewString()
+	headers := bearer(as(t, token.AudienceCustomer, customer))
+	headers["Idempotency-Key"], headers[trace.Header] = newKey(), in
+	code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", headers, orderJSON(customer, "r-trace", 800))
 	if code != http.StatusCreated {
 		t.Fatalf("POST /v1/orders = %d %s", code, b)
 	}

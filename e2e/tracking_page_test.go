@@ -28,10 +28,7 @@ func TestTrackingPageMarkerMoves(t *testing.T) {
 	}
 	o := placeOrder(t, newKey(), orderJSON("c-page-"+uuid.NewString(), "r-page", 500))
 	rider := "rider-" + uuid.NewString()[:8]
-	if code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+o.ID+"/rider",
-		map[string]string{"Content-Type": "application/json"}, `{"rider_id":"`+rider+`"}`); code != 200 {
-		t.Fatalf("assign rider = %d %s", code, b)
-	}
+	assignRider(t, o.ID, rider)
 	riderTok, _ := token.NewSigner([]byte(e2eSecret)).Rider(rider, time.Hour)
 	seq := int64(0)
 	post := func(lat, lng float64) {

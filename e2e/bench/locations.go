@@ -46,7 +46,9 @@ type trackingStats struct {
 
 func readStats() (trackingStats, error) {
 	var s trackingStats
-	resp, err := httpClient.Get(trackingURL("http") + "/stats")
+	req, _ := http.NewRequest(http.MethodGet, trackingURL("http")+"/stats", nil)
+	req.Header.Set("Authorization", "Bearer "+benchAdminToken)
+	resp, err := httpClient.Do(req)
 	if err != nil {
 		return s, err
 	}
@@ -73,8 +75,11 @@ func watchedOrders(ctx context.Context, n int) ([]watched, error) {
 				return
 			}
 			rider := riderID(i)
-			resp, err := httpClient.Post(fmt.Sprintf("http://127.0.0.1:%d/v1/orders/%s/rider", benchPorts.Orders, o.ID),
-				"application/json", strings.NewReader(`{"rider_id":"`+rider+`"}`))
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/v1/orders/%s/rider", benchPorts.Orders, o.ID),
+				strings.NewReader(`{"rider_id":"`+rider+`"}`))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+benchTokens.ops)
+			resp, err := httpClient.Do(req)
 			if err != nil {
 				errs <- err
 				return

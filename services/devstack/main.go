@@ -21,6 +21,7 @@ import (
 	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/service"
 	"github.com/dabba/dabba/shared/stack"
+	"github.com/dabba/dabba/shared/token"
 )
 
 // startTimeout bounds the wait for every service to be ready: a first run
@@ -59,6 +60,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		"DATABASE_URL": env.DatabaseURL(),
 		"RABBITMQ_URL": env.String("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"),
 		"ADMIN_TOKEN":  adminToken,
+		// Development mode: without TOKEN_SECRET the services sign with
+		// the development secret (and say so), as bin/dabba token does.
+		token.DevModeVar: "1",
 	}), stdout)
 	if err != nil {
 		return err
@@ -67,7 +71,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	if adminToken != devAdminToken {
 		shown = "$ADMIN_TOKEN" // a real secret stays off the terminal
 	}
-	printWelcome(stdout, ports, shown)
+	printWelcome(stdout, ports, shown, env.String("TOKEN_SECRET", "") != "")
 
 	waitErr := s.Wait(ctx)
 	if waitErr != nil {
@@ -83,8 +87,13 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 }
 
 // printWelcome tells the user where everything is and how to try it;
-// adminToken is the admin token as it may be shown.
-func printWelcome(w io.Writer, p stack.Ports, adminToken string) {
+// adminToken is the admin token as it may be shown, ownSecret whether the
+// user set TOKEN_SECRET (bin/dabba token then needs it too).
+func printWelcome(w io.Writer, p stack.Ports, adminToken string, ownSecret bool) {
+	secret := "the development secret (DEV_MODE=1)"
+	if ownSecret {
+		secret = "your TOKEN_SECRET: export it where you run bin/dabba token"
+	}
 	fmt.Fprintf(w, `
 Dabba is running. Ctrl-C stops it.
   orders API        http://127.0.0.1:%[1]d/v1/orders
@@ -93,12 +102,14 @@ Dabba is running. Ctrl-C stops it.
   RabbitMQ UI       http://127.0.0.1:15672  (guest / guest)
   fake SMTP inbox   http://127.0.0.1:%[4]d/messages
   fake gateway      http://127.0.0.1:%[5]d/v1/charges
+Tokens, signed with %[7]s (kinds: customer, restaurant, rider, ops, track):
+  CUSTOMER=$(bin/dabba token customer c1) RESTAURANT=$(bin/dabba token restaurant r1) OPS=$(bin/dabba token ops me)
 Place an order:
-  curl -si localhost:%[1]d/v1/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
-    -d '{"customer_id":"c1","restaurant_id":"r1","email":"me@example.com","items":[{"sku":"thali","name":"Thali","quantity":1,"unit_price_cents":25000}],"delivery_address":{"line1":"Dadar","lat":19.02,"lng":72.84}}'
+  curl -si localhost:%[1]d/v1/orders -H "Authorization: Bearer $CUSTOMER" -H 'Content-Type: application/json' -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
+    -d '{"restaurant_id":"r1","email":"me@example.com","items":[{"sku":"thali","name":"Thali","quantity":1,"unit_price_cents":25000}],"delivery_address":{"line1":"Dadar","lat":19.02,"lng":72.84}}'
 Watch riders move (in another terminal): make demo
 Dead letters: bin/dabba dlq list, or
   curl -s localhost:%[1]d/v1/admin/dlq -H 'Authorization: Bearer %[6]s'
 
-`, p.Orders, p.Restaurant, p.Tracking, p.SMTPHTTP, p.Gateway, adminToken)
+`, p.Orders, p.Restaurant, p.Tracking, p.SMTPHTTP, p.Gateway, adminToken, secret)
 }

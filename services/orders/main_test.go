@@ -19,13 +19,27 @@ import (
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
+	"github.com/dabba/dabba/shared/token"
 )
+
+// testSecret signs the tokens of the service MustRun starts.
+const testSecret = "orders-test-secret-of-32-bytes!!"
+
+// mint returns a token of role for sub, signed as MustRun's service wants.
+func mint(tb testing.TB, role, sub string) string {
+	tb.Helper()
+	tok, err := token.NewSigner([]byte(testSecret)).Mint(role, sub, time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
 
 // MustRun starts the service in-process on a free port, with env over the
 // test defaults, and returns its base URL once /readyz answers 200.
 func MustRun(tb testing.TB, env ...map[string]string) string {
 	tb.Helper()
-	vars := map[string]string{"TOKEN_SECRET": "test-secret"}
+	vars := map[string]string{"TOKEN_SECRET": testSecret}
 	for _, e := range env {
 		maps.Copy(vars, e)
 	}
@@ -38,7 +52,8 @@ func orderBody(customer string) string {
 		"delivery_address":{"line1":"1 MG Road","lat":17.385,"lng":78.4867}}`, customer)
 }
 
-func post(tb testing.TB, url, key, contentType, body string) (*http.Response, []byte) {
+// post sends body as tok's holder; key is the Idempotency-Key, if any.
+func post(tb testing.TB, tok, url, key, contentType, body string) (*http.Response, []byte) {
 	tb.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	if contentType != "" {
@@ -46,6 +61,25 @@ func post(tb testing.TB, url, key, contentType, body string) (*http.Response, []
 	}
 	if key != "" {
 		req.Header.Set("Idempotency-Key", key)
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// get reads url as tok's holder.
+func get(tb testing.TB, tok, url string) (*http.Response, []byte) {
+	tb.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -58,10 +92,12 @@ func post(tb testing.TB, url, key, contentType, body string) (*http.Response, []
 
 func TestPlaceOrder(t *testing.T) {
 	base := MustRun(t)
+	ops := mint(t, token.AudienceOps, "op-1")
 
 	t.Run("OK", func(t *testing.T) {
 		t.Parallel()
-		resp, body := post(t, base+"/v1/orders", uuid.NewString(), "application/json", orderBody(uuid.NewString()))
+		customer := uuid.NewString()
+		resp, body := post(t, mint(t, token.AudienceCustomer, customer), base+"/v1/orders", uuid.NewString(), "application/json", orderBody(customer))
 		if resp.StatusCode != 201 {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
 		}
@@ -75,13 +111,9 @@ func TestPlaceOrder(t *testing.T) {
 		if loc := resp.Header.Get("Location"); loc != "/v1/orders/"+o.ID {
 			t.Fatalf("Location = %q", loc)
 		}
-		got, err := http.Get(base + "/v1/orders/" + o.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer got.Body.Close()
+		got, b := get(t, mint(t, token.AudienceCustomer, customer), base+"/v1/orders/"+o.ID)
 		var g Order
-		_ = json.NewDecoder(got.Body).Decode(&g)
+		_ = json.Unmarshal(b, &g)
 		if got.StatusCode != 200 || g.ID != o.ID || len(g.History) != 1 || g.History[0].Status != "placed" {
 			t.Fatalf("GET = %d %+v", got.StatusCode, g)
 		}
@@ -90,8 +122,8 @@ func TestPlaceOrder(t *testing.T) {
 	t.Run("ReplayIsByteForByte", func(t *testing.T) {
 		t.Parallel()
 		key, body := uuid.NewString(), orderBody(uuid.NewString())
-		r1, b1 := post(t, base+"/v1/orders", key, "application/json", body)
-		r2, b2 := post(t, base+"/v1/orders", key, "application/json", body)
+		r1, b1 := post(t, ops, base+"/v1/orders", key, "application/json", body)
+		r2, b2 := post(t, ops, base+"/v1/orders", key, "application/json", body)
 		if r1.StatusCode != 201 || r2.StatusCode != 201 || !bytes.Equal(b1, b2) {
 			t.Fatalf("first %d %s, replay %d %s", r1.StatusCode, b1, r2.StatusCode, b2)
 		}
@@ -106,9 +138,9 @@ func TestPlaceOrder(t *testing.T) {
 	t.Run("ErrKeyReusedWithOtherBody", func(t *testing.T) {
 		t.Parallel()
 		key, customer := uuid.NewString(), uuid.NewString()
-		post(t, base+"/v1/orders", key, "application/json", orderBody(customer))
+		post(t, ops, base+"/v1/orders", key, "application/json", orderBody(customer))
 		other := strings.Replace(orderBody(customer), `"quantity":2`, `"quantity":3`, 1)
-		if r, b := post(t, base+"/v1/orders", key, "application/json", other); r.StatusCode != 422 {
+		if r, b := post(t, ops, base+"/v1/orders", key, "application/json", other); r.StatusCode != 422 {
 			t.Fatalf("status %d: %s", r.StatusCode, b)
 		}
 	})
@@ -123,7 +155,7 @@ func TestPlaceOrder(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r, b := post(t, base+"/v1/orders", key, "application/json", body)
+				r, b := post(t, ops, base+"/v1/orders", key, "application/json", body)
 				mu.Lock()
 				defer mu.Unlock()
 				codes[r.StatusCode]++
@@ -158,7 +190,7 @@ func TestPlaceOrder(t *testing.T) {
 			{"ErrTooLarge", "k", "application/json", big, 413, ""},
 		}
 		for _, tt := range tests {
-			resp, body := post(t, base+"/v1/orders", tt.key, tt.ct, tt.body)
+			resp, body := post(t, ops, base+"/v1/orders", tt.key, tt.ct, tt.body)
 			var p struct {
 				Status int    `json:"status"`
 				Field  string `json:"field"`
@@ -174,11 +206,7 @@ func TestPlaceOrder(t *testing.T) {
 	t.Run("GetErrors", func(t *testing.T) {
 		t.Parallel()
 		for path, want := range map[string]int{"/v1/orders/not-a-uuid": 400, "/v1/orders/" + uuid.NewString(): 404} {
-			resp, err := http.Get(base + path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
+			resp, _ := get(t, ops, base+path)
 			if resp.StatusCode != want {
 				t.Errorf("GET %s = %d, want %d", path, resp.StatusCode, want)
 			}
@@ -188,13 +216,14 @@ func TestPlaceOrder(t *testing.T) {
 
 func TestStatusMoves(t *testing.T) {
 	base := MustRun(t)
-	_, b := post(t, base+"/v1/orders", uuid.NewString(), "application/json", orderBody(uuid.NewString()))
+	ops := mint(t, token.AudienceOps, "op-1")
+	_, b := post(t, ops, base+"/v1/orders", uuid.NewString(), "application/json", orderBody(uuid.NewString()))
 	var o Order
 	if err := json.Unmarshal(b, &o); err != nil {
 		t.Fatalf("%v: %s", err, b)
 	}
 	move := func(status string) int {
-		r, _ := post(t, base+"/v1/orders/"+o.ID+"/status", "", "application/json", `{"status":"`+status+`"}`)
+		r, _ := post(t, ops, base+"/v1/orders/"+o.ID+"/status", "", "application/json", `{"status":"`+status+`"}`)
 		return r.StatusCode
 	}
 	if c := move("picked_up"); c != 409 {
@@ -209,7 +238,7 @@ func TestStatusMoves(t *testing.T) {
 	if c := move("accepted"); c != 409 {
 		t.Fatalf("cancelled → accepted = %d, want 409", c)
 	}
-	r, _ := post(t, base+"/v1/orders/"+o.ID+"/rider", "", "application/json", `{"rider_id":"rider-1"}`)
+	r, _ := post(t, ops, base+"/v1/orders/"+o.ID+"/rider", "", "application/json", `{"rider_id":"rider-1"}`)
 	if r.StatusCode != 409 {
 		t.Fatalf("assigning a rider to a cancelled order = %d, want 409", r.StatusCode)
 	}
@@ -219,7 +248,8 @@ func TestStatusMoves(t *testing.T) {
 // real exchange and watches the order follow them, once, never backwards.
 func TestPaymentEventsMoveOrders(t *testing.T) {
 	base := MustRun(t)
-	_, b := post(t, base+"/v1/orders", uuid.NewString(), "application/json", orderBody(uuid.NewString()))
+	ops := mint(t, token.AudienceOps, "op-1")
+	_, b := post(t, ops, base+"/v1/orders", uuid.NewString(), "application/json", orderBody(uuid.NewString()))
 	var o Order
 	if err := json.Unmarshal(b, &o); err != nil {
 		t.Fatalf("%v: %s", err, b)
@@ -244,13 +274,9 @@ func TestPaymentEventsMoveOrders(t *testing.T) {
 	waitStatus := func(want string) Order {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			resp, err := http.Get(base + "/v1/orders/" + o.ID)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, b := get(t, ops, base+"/v1/orders/"+o.ID)
 			var g Order
-			_ = json.NewDecoder(resp.Body).Decode(&g)
-			resp.Body.Close()
+			_ = json.Unmarshal(b, &g)
 			if g.Status == want {
 				return g
 			}
@@ -264,7 +290,7 @@ func TestPaymentEventsMoveOrders(t *testing.T) {
 	waitStatus(events.StatusPaid)
 	// A late payment_failed must not take the order backwards.
 	publish(events.OrderPaymentFailed, events.PaymentFailed{Reason: "late"})
-	if r, _ := post(t, base+"/v1/orders/"+o.ID+"/status", "", "application/json", `{"status":"accepted"}`); r.StatusCode != 200 {
+	if r, _ := post(t, ops, base+"/v1/orders/"+o.ID+"/status", "", "application/json", `{"status":"accepted"}`); r.StatusCode != 200 {
 		t.Fatalf("paid → accepted = %d", r.StatusCode)
 	}
 	g := waitStatus(events.StatusAccepted)
@@ -281,9 +307,10 @@ func TestPaymentEventsMoveOrders(t *testing.T) {
 // address gets 429 with Retry-After, and health checks are never limited.
 func TestFloodFromOneAddress(t *testing.T) {
 	base := MustRun(t, map[string]string{"ORDERS_RATE_PER_IP": "5"})
+	ops := mint(t, token.AudienceOps, "op-1")
 	var limited *http.Response
 	for i := 0; i < 20 && limited == nil; i++ {
-		resp, b := post(t, base+"/v1/orders", uuid.NewString(), "application/json", orderBody("c-flood-"+uuid.NewString()))
+		resp, b := post(t, ops, base+"/v1/orders", uuid.NewString(), "application/json", orderBody("c-flood-"+uuid.NewString()))
 		switch resp.StatusCode {
 		case http.StatusCreated:
 		case http.StatusTooManyRequests:

@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/config"
 	"github.com/dabba/dabba/shared/httpx"
@@ -40,6 +41,9 @@ type Base struct {
 	// Metrics is this run's registry, served at /metrics; the broker
 	// connection and everything on it record into it.
 	Metrics *metrics.Set
+	// AdminToken (ADMIN_TOKEN) opens what exposes the process's
+	// internals: its profiler, and whatever a service puts behind Admin.
+	AdminToken string
 
 	topology atomic.Bool
 	stop     context.CancelFunc
@@ -75,7 +79,8 @@ func Open(ctx context.Context, name string, getenv func(string) string) (*Base, 
 	m := metrics.New()
 	conn := broker.Dial(env.BrokerURLs(), name, log)
 	conn.Instrument(m)
-	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: conn, Metrics: m, stop: stop, pprof: env.String("DEBUG_PPROF", "") == "1"}
+	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: conn, Metrics: m, AdminToken: env.String("ADMIN_TOKEN", ""),
+		stop: stop, pprof: env.String("DEBUG_PPROF", "") == "1"}
 	go b.declareTopology(bctx)
 	return b, nil
 }
@@ -140,8 +145,9 @@ func (b *Base) Router() chi.Router {
 	r.Method(http.MethodGet, "/metrics", b.Metrics.Handler())
 	if b.pprof {
 		// Go's profiler, for make bench's profiles: off unless asked for,
-		// since a profile costs CPU and tells a caller much.
-		r.Mount("/debug", middleware.Profiler())
+		// and behind the admin token, since a profile costs CPU and tells
+		// a caller much.
+		r.Mount("/debug", b.Admin(middleware.Profiler()))
 	}
 	r.Method(http.MethodGet, "/healthz", httpx.Healthz())
 	r.Method(http.MethodGet, "/readyz", httpx.Readyz(map[string]httpx.Check{
@@ -162,6 +168,9 @@ func (b *Base) Router() chi.Router {
 	}))
 	return r
 }
+
+// Admin returns h behind the admin token (auth.Admin).
+func (b *Base) Admin(h http.Handler) http.Handler { return auth.Admin(b.AdminToken, h) }
 
 // Serve serves h on addr until ctx is done, then shuts down, giving requests
 // in flight up to 10 seconds. ready, if not nil, receives the bound address
