@@ -110,7 +110,7 @@ type placed struct {
 }
 
 // workQueues are the queues an order's events travel through.
-var workQueues = []string{broker.QueuePayment, broker.QueueRestaurant, broker.QueueEmail, broker.QueueAnalytics, broker.QueueOrderStatus}
+var workQueues = []string{broker.QueuePayment, broker.QueueRestaurant, broker.QueueEmail, broker.QueueAnalytics}
 
 // backlog returns the messages waiting in the work queues and the outbox
 // rows not yet published.

@@ -53,8 +53,8 @@ Usage:
         with the development secret of make run's stack (and says so on
         standard error).
 
-<queue> is a work queue (payment, restaurant-notify, email, analytics,
-order-status, tracking) or its DLQ's name (payment.dlq). --older-than takes
+<queue> is a work queue (payment, restaurant-notify, email, analytics) or
+its DLQ's name (payment.dlq). --older-than takes
 a Go duration (90s, 10m, 2h): how long a message has been dead.
 
 Environment:

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/dabba/dabba/shared/broker"
 )
 
 func adminDo(tb testing.TB, method, url, token, body string) (int, http.Header, []byte) {
@@ -65,7 +67,7 @@ func TestAdminAPI(t *testing.T) {
 				Messages *int   `json:"messages"`
 			} `json:"queues"`
 		}
-		if err := json.Unmarshal(b, &got); code != 200 || err != nil || len(got.Queues) != 6 {
+		if err := json.Unmarshal(b, &got); code != 200 || err != nil || len(got.Queues) != len(broker.WorkQueues) {
 			t.Fatalf("%d %s", code, b)
 		}
 		for _, q := range got.Queues {
@@ -75,12 +77,12 @@ func TestAdminAPI(t *testing.T) {
 		}
 	})
 	t.Run("Messages", func(t *testing.T) {
-		code, _, b := adminDo(t, "GET", base+"/v1/admin/dlq/order-status.dlq/messages?limit=5", "s3cret-admin", "")
+		code, _, b := adminDo(t, "GET", base+"/v1/admin/dlq/restaurant-notify.dlq/messages?limit=5", "s3cret-admin", "")
 		var page struct {
 			Queue    string            `json:"queue"`
 			Messages []json.RawMessage `json:"messages"`
 		}
-		if err := json.Unmarshal(b, &page); code != 200 || err != nil || page.Queue != "order-status.dlq" || page.Messages == nil || len(page.Messages) > 5 {
+		if err := json.Unmarshal(b, &page); code != 200 || err != nil || page.Queue != "restaurant-notify.dlq" || page.Messages == nil || len(page.Messages) > 5 {
 			t.Fatalf("%d %s", code, b)
 		}
 	})

@@ -1,5 +1,5 @@
 // Command orders serves the order API, relays the transactional outbox to
-// RabbitMQ and applies the payment service's events to orders.
+// RabbitMQ and applies the payment service's outcomes to orders.
 package main
 
 import (
@@ -61,9 +61,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8080"), r, log, nil)
 	})
 	g.Go(func() error { return relay.Run(ctx) })
-	g.Go(func() error {
-		return newConsumer(log, base.DB).Run(ctx, base.Broker)
-	})
+	g.Go(func() error { return paymentOutcomes().Run(ctx, base.DB, log) })
 	g.Go(func() error { sweep(ctx, store, log); return nil })
 	return g.Wait()
 }

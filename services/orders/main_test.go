@@ -14,10 +14,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"go.uber.org/zap/zaptest"
+	"github.com/jackc/pgx/v5"
 
-	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/outbox"
+	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/testenv"
 	"github.com/dabba/dabba/shared/token"
 )
@@ -244,9 +245,10 @@ func TestStatusMoves(t *testing.T) {
 	}
 }
 
-// TestPaymentEventsMoveOrders publishes the payment service's events to the
-// real exchange and watches the order follow them, once, never backwards.
-func TestPaymentEventsMoveOrders(t *testing.T) {
+// TestPaymentOutcomesMoveOrders writes the payment service's outcomes to
+// the outbox, as payment does, and sees the running service move the order:
+// paid, then not back by a late payment_failed.
+func TestPaymentOutcomesMoveOrders(t *testing.T) {
 	base := MustRun(t)
 	ops := mint(t, token.AudienceOps, "op-1")
 	_, b := post(t, ops, base+"/v1/orders", uuid.NewString(), "application/json", orderBody(uuid.NewString()))
@@ -254,22 +256,15 @@ func TestPaymentEventsMoveOrders(t *testing.T) {
 	if err := json.Unmarshal(b, &o); err != nil {
 		t.Fatalf("%v: %s", err, b)
 	}
-	log := zaptest.NewLogger(t)
-	conn := testenv.MustBroker(t)
-	pub := broker.NewPublisher(conn, log)
-	defer pub.Close()
-	publish := func(key string, data any) string {
-		e, err := events.New(uuid.NewString(), key, o.ID, time.Now(), data)
+	db := testenv.MustDB(t)
+	announce := func(key string, data any) {
+		err := postgres.InTx(context.Background(), db, func(tx pgx.Tx) error {
+			_, err := outbox.Enqueue(context.Background(), tx, key, o.ID, time.Now(), data)
+			return err
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		body, _ := json.Marshal(e)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := pub.Publish(ctx, broker.Message{Exchange: broker.ExchangeOrders, RoutingKey: key, MessageID: e.ID, Type: key, CorrelationID: o.ID, Body: body}); err != nil {
-			t.Fatal(err)
-		}
-		return e.ID
 	}
 	waitStatus := func(want string) Order {
 		deadline := time.Now().Add(10 * time.Second)
@@ -286,10 +281,10 @@ func TestPaymentEventsMoveOrders(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	publish(events.OrderPaid, events.Paid{ChargeID: "ch_1", AmountCents: o.TotalCents})
+	announce(events.OrderPaid, events.Paid{ChargeID: "ch_1", AmountCents: o.TotalCents})
 	waitStatus(events.StatusPaid)
 	// A late payment_failed must not take the order backwards.
-	publish(events.OrderPaymentFailed, events.PaymentFailed{Reason: "late"})
+	announce(events.OrderPaymentFailed, events.PaymentFailed{Reason: "late"})
 	if r, _ := post(t, ops, base+"/v1/orders/"+o.ID+"/status", "", "application/json", `{"status":"accepted"}`); r.StatusCode != 200 {
 		t.Fatalf("paid → accepted = %d", r.StatusCode)
 	}

@@ -184,13 +184,10 @@ func (s *Store) AssignRider(ctx context.Context, id, riderID string, at time.Tim
 }
 
 // Sweep deletes idempotency records past their expiry and outbox rows sent
-// more than a day ago.
+// more than a day ago (outbox.Sweep).
 func (s *Store) Sweep(ctx context.Context) error {
 	if _, err := s.db.Exec(ctx, "DELETE FROM idempotency_keys WHERE expires_at <= now()"); err != nil {
 		return fmt.Errorf("sweep idempotency keys: %w", err)
 	}
-	if _, err := s.db.Exec(ctx, "DELETE FROM outbox WHERE sent_at < now() - interval '1 day'"); err != nil {
-		return fmt.Errorf("sweep outbox: %w", err)
-	}
-	return nil
+	return outbox.Sweep(ctx, s.db, 24*time.Hour)
 }

@@ -20,10 +20,9 @@ type Destination struct {
 	Line1 string  `json:"line1,omitempty"`
 }
 
-// orderUpdate is what tracking knows of an order: loaded from
-// tracking_orders when a customer connects, and published live as
-// "order.<id>" on the locations exchange each time the consumer stores an
-// order event. Zero fields are unknown.
+// orderUpdate is what tracking knows of an order: read from the orders
+// database when a customer connects (loadOrder), then each change the order
+// feed reads from the outbox. Zero fields are unknown.
 type orderUpdate struct {
 	OrderID     string       `json:"order_id"`
 	RiderID     string       `json:"rider_id,omitempty"`
@@ -123,7 +122,13 @@ func (w *watcher) apply(u orderUpdate) string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if u.Destination != nil {
+		// What the table says arrives after whatever the feed handed over
+		// meanwhile, before anything was written: those statuses go out
+		// with the destination too.
 		w.dest = u.Destination
+		for i := range w.statuses {
+			w.statuses[i].Destination = w.dest
+		}
 	}
 	if u.RiderID != "" && u.RiderID != w.riderID && (u.RiderAt.IsZero() || u.RiderAt.After(w.riderAt)) {
 		// Another rider's seq says nothing about this one's.
@@ -185,9 +190,8 @@ type Binder interface {
 	Unbind(key string)
 }
 
-// Routing keys on the locations exchange.
+// riderKey is a rider's routing key on the locations exchange.
 func riderKey(riderID string) string { return "rider." + riderID }
-func orderKey(orderID string) string { return "order." + orderID }
 
 // riderWatch is a rider someone on this instance watches.
 type riderWatch struct {
@@ -220,9 +224,6 @@ func (h *Hub) Add(w *watcher) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.orders[w.orderID] = append(h.orders[w.orderID], w)
-	if len(h.orders[w.orderID]) == 1 {
-		h.binder.Bind(orderKey(w.orderID))
-	}
 }
 
 // Remove unregisters w.
@@ -236,14 +237,13 @@ func (h *Hub) Remove(w *watcher) {
 	}
 	if len(ws) == 0 {
 		delete(h.orders, w.orderID)
-		h.binder.Unbind(orderKey(w.orderID))
 	} else {
 		h.orders[w.orderID] = ws
 	}
 	h.follow(w, "")
 }
 
-// Update hands an order update to the watchers of its order.
+// Update hands an order update to the watchers of its order, if any.
 func (h *Hub) Update(u orderUpdate) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

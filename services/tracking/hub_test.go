@@ -58,7 +58,7 @@ func TestHubBindsWhileWatched(t *testing.T) {
 	h.Remove(w2)
 	h.Remove(w3)
 	h.Remove(w3) // twice is harmless
-	want := []string{"+order.o1", "+rider.r1", "+order.o2", "-order.o1", "-order.o2", "-rider.r1"}
+	want := []string{"+rider.r1", "-rider.r1"}
 	if !slices.Equal(b.calls, want) {
 		t.Fatalf("binder calls %v, want %v", b.calls, want)
 	}
@@ -125,7 +125,7 @@ func TestHubReassignment(t *testing.T) {
 	if !has || fix.RiderID != "r2" || fix.Seq != 1 {
 		t.Fatalf("pending %+v, want r2's seq 1", fix)
 	}
-	want := []string{"+order.o1", "+rider.r1", "-rider.r1", "+rider.r2"}
+	want := []string{"+rider.r1", "-rider.r1", "+rider.r2"}
 	if !slices.Equal(b.calls, want) {
 		t.Fatalf("binder calls %v, want %v", b.calls, want)
 	}
@@ -199,35 +199,30 @@ func TestWatcherOverflow(t *testing.T) {
 	}
 }
 
-type recordingSink struct {
-	fixes   []Fix
-	updates []orderUpdate
-}
+type recordingSink struct{ fixes []Fix }
 
-func (s *recordingSink) Fix(f Fix)            { s.fixes = append(s.fixes, f) }
-func (s *recordingSink) Update(u orderUpdate) { s.updates = append(s.updates, u) }
+func (s *recordingSink) Fix(f Fix) { s.fixes = append(s.fixes, f) }
 
 func TestRelayHandle(t *testing.T) {
 	r := NewRelay(nil, zaptest.NewLogger(t))
 	sink := &recordingSink{}
 	tests := []struct {
 		name, key, body string
-		wantFix, wantUp int
+		wantFix         int
 	}{
-		{"OKFix", "rider.r1", `{"rider_id":"r1","lat":1,"lng":2,"seq":3,"ts":"2026-11-23T12:00:00Z"}`, 1, 0},
-		{"OKUpdate", "order.o1", `{"order_id":"o1","status":"paid","status_at":"2026-11-23T12:00:00Z"}`, 0, 1},
-		{"ErrRiderMismatch", "rider.r2", `{"rider_id":"r1","seq":3}`, 0, 0},
-		{"ErrOrderMismatch", "order.o2", `{"order_id":"o1"}`, 0, 0},
-		{"ErrNoSeq", "rider.r1", `{"rider_id":"r1"}`, 0, 0},
-		{"ErrGarbage", "rider.r1", `{`, 0, 0},
-		{"ErrOtherKey", "something", `{}`, 0, 0},
+		{"OKFix", "rider.r1", `{"rider_id":"r1","lat":1,"lng":2,"seq":3,"ts":"2026-11-23T12:00:00Z"}`, 1},
+		{"ErrRiderMismatch", "rider.r2", `{"rider_id":"r1","seq":3}`, 0},
+		{"ErrNoSeq", "rider.r1", `{"rider_id":"r1"}`, 0},
+		{"ErrGarbage", "rider.r1", `{`, 0},
+		{"ErrOrderKey", "order.o1", `{"order_id":"o1"}`, 0},
+		{"ErrOtherKey", "something", `{}`, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sink.fixes, sink.updates = nil, nil
+			sink.fixes = nil
 			r.handle(amqp.Delivery{RoutingKey: tt.key, Body: []byte(tt.body)}, sink)
-			if len(sink.fixes) != tt.wantFix || len(sink.updates) != tt.wantUp {
-				t.Fatalf("fixes %d updates %d, want %d %d", len(sink.fixes), len(sink.updates), tt.wantFix, tt.wantUp)
+			if len(sink.fixes) != tt.wantFix {
+				t.Fatalf("fixes %d, want %d", len(sink.fixes), tt.wantFix)
 			}
 		})
 	}

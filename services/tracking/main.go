@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dabba/dabba/shared/auth"
-	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/logging"
 	"github.com/dabba/dabba/shared/metrics"
 	"github.com/dabba/dabba/shared/service"
@@ -73,8 +72,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	limits := NewRiderLimits(riderRate, int(2*riderRate))
 	ingest := NewIngest(base.Broker, positions, limits, log)
 	sockets := NewSockets(perIP, maxSockets)
-	live := broker.NewTransientPublisher(base.Broker, log)
-	defer live.Close()
 
 	base.Metrics.WatchTracking(metrics.Tracking{SocketsOpen: sockets.Open, FixesIn: counterOf(&ingest.Stats.Accepted),
 		FixesOut: counterOf(&hub.Stats.Sent), Stale: counterOf(&hub.Stats.Stale), Coalesced: counterOf(&hub.Stats.Coalesced)})
@@ -87,9 +84,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	g.Go(func() error { return ingest.Run(ctx) })
 	g.Go(func() error { return limits.Run(ctx) })
 	g.Go(func() error { return positions.Run(ctx, positionEvery) })
-	g.Go(func() error {
-		return newConsumer(base.DB, live, log).Run(ctx, base.Broker)
-	})
+	g.Go(func() error { return orderFeed{db: base.DB, hub: hub, log: log}.Run(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
 		sockets.CloseAll()

@@ -8,61 +8,50 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/dabba/dabba/shared/events"
 )
 
 func validLatLng(lat, lng float64) bool {
 	return !math.IsNaN(lat) && !math.IsNaN(lng) && lat >= -90 && lat <= 90 && lng >= -180 && lng <= 180
 }
 
-// errUnknownOrder means tracking has not heard of the order (yet).
-var errUnknownOrder = errors.New("order not known to tracking")
+// errUnknownOrder means there is no such order.
+var errUnknownOrder = errors.New("no such order")
 
 // querier is a pool or a transaction.
 type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// orderColumns are what loadOrder and loadOrders read of tracking_orders.
-const orderColumns = `order_id::text, coalesce(rider_id, ''), rider_at, coalesce(status, ''), status_at, dest_lat, dest_lng,
-	coalesce(dest_line1, '')`
-
-// loadOrder returns what tracking knows of an order.
+// loadOrder reads what a customer's page shows of an order from the orders
+// database: its status (with when it was reached, from its history), its
+// rider and where it goes. The rider's time is the order's last change, no
+// earlier than the assignment: a late event of an older assignment then
+// cannot replace it.
 func loadOrder(ctx context.Context, db querier, orderID string) (orderUpdate, error) {
-	u, err := scanOrder(db.QueryRow(ctx, "SELECT "+orderColumns+" FROM tracking_orders WHERE order_id = $1", orderID))
+	u := orderUpdate{OrderID: orderID}
+	var statusAt *time.Time
+	var updatedAt time.Time
+	var addr events.Address
+	err := db.QueryRow(ctx, `SELECT o.status, coalesce(o.rider_id, ''), o.updated_at, h.at, o.delivery_address
+		FROM orders o LEFT JOIN order_status_history h ON h.order_id = o.id AND h.status = o.status
+		WHERE o.id = $1`, orderID).Scan(&u.Status, &u.RiderID, &updatedAt, &statusAt, &addr)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return orderUpdate{OrderID: orderID}, errUnknownOrder
+		return u, errUnknownOrder
 	}
-	return u, err
-}
-
-// loadOrders returns what tracking knows of each of the orders.
-func loadOrders(ctx context.Context, tx pgx.Tx, orderIDs []string) ([]orderUpdate, error) {
-	rows, err := tx.Query(ctx, "SELECT "+orderColumns+" FROM tracking_orders WHERE order_id = ANY($1)", orderIDs)
 	if err != nil {
-		return nil, fmt.Errorf("load orders: %w", err)
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (orderUpdate, error) { return scanOrder(r) })
-}
-
-func scanOrder(row pgx.Row) (orderUpdate, error) {
-	var u orderUpdate
-	var riderAt, statusAt *time.Time
-	var lat, lng *float64
-	var line1 string
-	if err := row.Scan(&u.OrderID, &u.RiderID, &riderAt, &u.Status, &statusAt, &lat, &lng, &line1); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return u, err
-		}
 		return u, fmt.Errorf("load order: %w", err)
 	}
-	if riderAt != nil {
-		u.RiderAt = riderAt.UTC()
-	}
+	u.StatusAt = updatedAt.UTC()
 	if statusAt != nil {
 		u.StatusAt = statusAt.UTC()
 	}
-	if lat != nil && lng != nil {
-		u.Destination = &Destination{Lat: *lat, Lng: *lng, Line1: line1}
+	if u.RiderID != "" {
+		u.RiderAt = updatedAt.UTC()
+	}
+	if validLatLng(addr.Lat, addr.Lng) && (addr.Lat != 0 || addr.Lng != 0) {
+		u.Destination = &Destination{Lat: addr.Lat, Lng: addr.Lng, Line1: addr.Line1}
 	}
 	return u, nil
 }

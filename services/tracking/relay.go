@@ -32,14 +32,12 @@ const (
 // Sink is what the relay feeds: the hub.
 type Sink interface {
 	Fix(f Fix)
-	Update(u orderUpdate)
 }
 
-// Relay feeds this instance's hub from RabbitMQ. It owns one exclusive,
-// auto-delete classic queue on the locations exchange, bound to
-// "rider.<id>" and "order.<id>" only while some customer connected here
-// watches that rider or order, so N instances do not each receive the whole
-// city. After a broker reset it declares a new queue and binds every key
+// Relay feeds this instance's hub riders' fixes from RabbitMQ. It owns one
+// exclusive, auto-delete classic queue on the locations exchange, bound to
+// "rider.<id>" only while some customer connected here watches that rider,
+// so N instances do not each receive the whole city. After a broker reset it declares a new queue and binds every key
 // again; the customers' sockets never notice beyond a gap in fixes.
 type Relay struct {
 	conn *broker.Conn
@@ -230,13 +228,6 @@ func (r *Relay) handle(d amqp.Delivery, sink Sink) {
 			return
 		}
 		sink.Fix(f)
-	case strings.HasPrefix(d.RoutingKey, "order."):
-		var u orderUpdate
-		if err := json.Unmarshal(d.Body, &u); err != nil || orderKey(u.OrderID) != d.RoutingKey {
-			r.malformed(d, err)
-			return
-		}
-		sink.Update(u)
 	default:
 		r.malformed(d, nil)
 	}

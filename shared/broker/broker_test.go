@@ -376,3 +376,53 @@ func eventuallyDepth(t *testing.T, ch *amqp.Channel, queue string, want int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestRetireQueues: a retired work queue goes with its retry queues, even
+// holding messages; its dead-letter queue stays while it holds any, and
+// goes once empty. Retiring what is not there is a no-op.
+func TestRetireQueues(t *testing.T) {
+	c := MustConn(t)
+	q := mustTestQueue(t, c, nil)
+	pub := NewPublisher(c, zaptest.NewLogger(t))
+	defer pub.Close()
+	publishTest(t, pub, q.Bindings[0], uuid.NewString())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, Message{Exchange: ExchangeDLX, RoutingKey: q.Name, MessageID: uuid.NewString(), Body: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	exists := func(name string) bool {
+		ch, err := c.Channel(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Release(ch)
+		_, err = ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		return err == nil
+	}
+	if err := retire(ctx, c, []string{q.Name, "never-declared-" + uuid.NewString()[:8]}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range append([]string{q.Name}, retryNames(q)...) {
+		if exists(name) {
+			t.Errorf("%s still there", name)
+		}
+	}
+	if !exists(DLQ(q.Name)) {
+		t.Fatal("the DLQ went while it held a message")
+	}
+	ch, err := c.Channel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueuePurge(DLQ(q.Name), false); err != nil {
+		t.Fatal(err)
+	}
+	c.Release(ch)
+	if err := retire(ctx, c, []string{q.Name}); err != nil {
+		t.Fatal(err)
+	}
+	if exists(DLQ(q.Name)) {
+		t.Fatal("the empty DLQ is still there")
+	}
+}

@@ -30,12 +30,10 @@ const (
 
 // Work queue names.
 const (
-	QueuePayment     = "payment"
-	QueueRestaurant  = "restaurant-notify"
-	QueueEmail       = "email"
-	QueueAnalytics   = "analytics"
-	QueueOrderStatus = "order-status"
-	QueueTracking    = "tracking"
+	QueuePayment    = "payment"
+	QueueRestaurant = "restaurant-notify"
+	QueueEmail      = "email"
+	QueueAnalytics  = "analytics"
 )
 
 // WorkQueue is a durable quorum queue fed by the orders exchange, with its
@@ -103,8 +101,6 @@ var WorkQueues = []WorkQueue{
 	{Name: QueueRestaurant, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderCancelled}, Workers: 1, Prefetch: 512, Batch: 256, Wait: sideWait},
 	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered}, Workers: 1, Prefetch: 128, Batch: 64, Wait: sideWait},
 	{Name: QueueAnalytics, Bindings: []string{"order.#"}, Workers: 1, Prefetch: 2000, Batch: 1000, Wait: 100 * time.Millisecond},
-	{Name: QueueOrderStatus, Bindings: []string{events.OrderPaid, events.OrderPaymentFailed}, Workers: 1, Prefetch: 512, Batch: 256, Wait: batchWait},
-	{Name: QueueTracking, Bindings: []string{"order.#"}, Workers: 1, Prefetch: 512, Batch: 256, Wait: sideWait},
 }
 
 // batchWait is how long a batch that is not full waits for more: at a few
@@ -251,13 +247,60 @@ func DeclareWorkQueue(ch *amqp.Channel, q WorkQueue) error {
 	return s.Declare(ch)
 }
 
-// DeclareTopology opens a channel on conn, declares the topology and closes
-// the channel. Services call it at start; it waits for the broker.
+// RetiredQueues are work queues the topology no longer has. order-status
+// and tracking only copied into this database what the outbox already
+// holds, and are now projections of it (shared/outbox.Read): no delivery,
+// inbox row or transaction per event.
+var RetiredQueues = []string{"order-status", "tracking"}
+
+// DeclareTopology opens a channel on conn, declares the topology, retires
+// what it no longer has, and closes the channel. Services call it at start;
+// it waits for the broker.
 func DeclareTopology(ctx context.Context, conn *Conn) error {
 	ch, err := conn.Channel(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Release(ch)
-	return Declare(ch)
+	if err := Declare(ch); err != nil {
+		return err
+	}
+	return retire(ctx, conn, RetiredQueues)
+}
+
+// retire deletes each retired work queue with its retry queues, so that a
+// broker upgraded from an older release stops filling them (what they held,
+// the projections that replace them read from the outbox), and its
+// dead-letter queue once that is empty: an operator may still want what a
+// DLQ holds (the management UI shows it). Deleting a
+// queue that is not there is a no-op.
+func retire(ctx context.Context, conn *Conn, queues []string) error {
+	for _, q := range queues {
+		ch, err := conn.Channel(ctx)
+		if err != nil {
+			return err
+		}
+		names := []string{q}
+		for _, d := range RetryDelays {
+			names = append(names, RetryQueue(q, d))
+		}
+		for _, name := range names {
+			if _, err := ch.QueueDelete(name, false, false, false); err != nil {
+				conn.Release(ch)
+				return fmt.Errorf("delete retired queue %s: %w", name, err)
+			}
+		}
+		// Quorum queues refuse queue.delete's if-empty flag: look first.
+		// Nothing routes to the DLQ once its work queue is gone, so the
+		// count cannot grow between the look and the delete. A DLQ that
+		// is not there fails the look and closes the channel.
+		if info, err := ch.QueueDeclarePassive(DLQ(q), true, false, false, false, nil); err == nil && info.Messages == 0 {
+			if _, err := ch.QueueDelete(DLQ(q), false, false, false); err != nil {
+				conn.Release(ch)
+				return fmt.Errorf("delete retired queue %s: %w", DLQ(q), err)
+			}
+		}
+		conn.Release(ch)
+	}
+	return nil
 }

@@ -160,11 +160,14 @@ func DecodeData(e Envelope, v any) error {
 	return nil
 }
 
-// New builds an envelope around data; id must be unique (a UUID).
+// New builds an envelope around data; id must be unique (a UUID). The time
+// keeps PostgreSQL's precision (microseconds), so an event's time equals
+// the time its writer stored with the change it announces, and a reader
+// comparing the two sees the same instant.
 func New(id, typ, orderID string, at time.Time, data any) (Envelope, error) {
 	raw, err := json.Marshal(data)
 	if err != nil {
 		return Envelope{}, fmt.Errorf("encode %s data: %w", typ, err)
 	}
-	return Envelope{ID: id, Type: typ, OccurredAt: at.UTC(), OrderID: orderID, Data: raw}, nil
+	return Envelope{ID: id, Type: typ, OccurredAt: at.UTC().Truncate(time.Microsecond), OrderID: orderID, Data: raw}, nil
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -23,42 +22,6 @@ import (
 	"github.com/dabba/dabba/shared/testenv"
 	"github.com/dabba/dabba/shared/trace"
 )
-
-// MustOwnOutbox returns a pool on a schema of the test's own, migrated, so
-// the relays the test starts see only its rows, and the relays other tests
-// run (other packages' tests run at the same time) never take them.
-func MustOwnOutbox(tb testing.TB) *pgxpool.Pool {
-	tb.Helper()
-	shared := testenv.MustDB(tb)
-	schema := "outbox_test_" + strings.ReplaceAll(uuid.NewString()[:13], "-", "")
-	ctx := context.Background()
-	if _, err := shared.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if _, err := shared.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			tb.Error(err)
-		}
-	})
-	dbURL := testenv.Env.DatabaseURL()
-	if u, err := url.Parse(dbURL); err == nil && u.Scheme != "" {
-		q := u.Query()
-		q.Set("search_path", schema)
-		u.RawQuery = q.Encode()
-		dbURL = u.String()
-	} else {
-		dbURL += " search_path=" + schema
-	}
-	db, err := postgres.Open(ctx, dbURL)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(db.Close)
-	if err := postgres.Migrate(ctx, db); err != nil {
-		tb.Fatal(err)
-	}
-	return db
-}
 
 // MustQueue binds a queue of the test's own to the orders exchange under a
 // routing key of its own, and returns the key and the queue's deliveries.
@@ -175,7 +138,7 @@ func mustPublisher(tb testing.TB, conn *broker.Conn) *broker.Publisher {
 // it on as a traceparent header (a new span in the same trace); the others
 // carry none.
 func TestRelayPublishesWithConfirms(t *testing.T) {
-	db := MustOwnOutbox(t)
+	db := testenv.MustOwnSchema(t)
 	conn := testenv.MustBroker(t)
 	key, msgs := MustQueue(t, conn)
 	ctx := context.Background()
@@ -221,7 +184,7 @@ func TestRelayPublishesWithConfirms(t *testing.T) {
 // TestRelayWake commits rows while the relay is idle and would not poll
 // for an hour: Wake alone gets them published.
 func TestRelayWake(t *testing.T) {
-	db := MustOwnOutbox(t)
+	db := testenv.MustOwnSchema(t)
 	conn := testenv.MustBroker(t)
 	key, msgs := MustQueue(t, conn)
 	r := NewRelay(db, mustPublisher(t, conn), zaptest.NewLogger(t))
@@ -240,7 +203,7 @@ func TestRelayWake(t *testing.T) {
 // TestRelayPollsWithoutWake commits rows while the relay is idle and never
 // wakes it: its poll finds them.
 func TestRelayPollsWithoutWake(t *testing.T) {
-	db := MustOwnOutbox(t)
+	db := testenv.MustOwnSchema(t)
 	conn := testenv.MustBroker(t)
 	key, msgs := MustQueue(t, conn)
 	r := NewRelay(db, mustPublisher(t, conn), zaptest.NewLogger(t))
@@ -259,7 +222,7 @@ func TestRelayPollsWithoutWake(t *testing.T) {
 // is marked sent exactly once. A trigger in the test's schema counts the
 // marks.
 func TestTwoRelays(t *testing.T) {
-	db := MustOwnOutbox(t)
+	db := testenv.MustOwnSchema(t)
 	conn := testenv.MustBroker(t)
 	key, msgs := MustQueue(t, conn)
 	ctx := context.Background()
@@ -355,7 +318,7 @@ func (p *flakyPublisher) PublishBatch(ctx context.Context, msgs []broker.Message
 // unconfirmed: its row stays unsent while the others are marked, and the
 // relay publishes it again after backing off.
 func TestRelayUnconfirmedGoesAgain(t *testing.T) {
-	db := MustOwnOutbox(t)
+	db := testenv.MustOwnSchema(t)
 	conn := testenv.MustBroker(t)
 	key, msgs := MustQueue(t, conn)
 	orderID := uuid.NewString()
@@ -398,7 +361,7 @@ func (p *awayPublisher) PublishBatch(ctx context.Context, msgs []broker.Message)
 // wait: the relay leases none of them (a relay that died then would hold
 // them back for a lease), and publishes them all once it is back.
 func TestRelayLeasesNothingWhileBrokerAway(t *testing.T) {
-	db := MustOwnOutbox(t)
+	db := testenv.MustOwnSchema(t)
 	conn := testenv.MustBroker(t)
 	key, msgs := MustQueue(t, conn)
 	orderID := uuid.NewString()
@@ -429,7 +392,7 @@ func TestRelayLeasesNothingWhileBrokerAway(t *testing.T) {
 // them. While its lease holds, no other relay takes them; once it has
 // passed, another relay publishes them.
 func TestRelayLeaseExpiry(t *testing.T) {
-	db := MustOwnOutbox(t)
+	db := testenv.MustOwnSchema(t)
 	conn := testenv.MustBroker(t)
 	key, msgs := MustQueue(t, conn)
 	ctx := context.Background()
@@ -459,7 +422,7 @@ func TestRelayLeaseExpiry(t *testing.T) {
 // TestClaimUsesUnsentIndex checks the claim reads outbox_unsent_idx, not the
 // whole table, once most rows are sent.
 func TestClaimUsesUnsentIndex(t *testing.T) {
-	db := MustOwnOutbox(t)
+	db := testenv.MustOwnSchema(t)
 	ctx := context.Background()
 	_, err := db.Exec(ctx, `INSERT INTO outbox (event_id, routing_key, order_id, payload, sent_at)
 		SELECT gen_random_uuid(), 'order.test', gen_random_uuid(), '\x7b7d', CASE WHEN g % 1000 = 0 THEN NULL ELSE now() END

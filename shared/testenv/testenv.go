@@ -5,9 +5,12 @@ package testenv
 import (
 	"context"
 	"net"
+	"net/url"
 	"os"
+	"strings"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap/zaptest"
 
@@ -28,6 +31,44 @@ func MustDB(tb testing.TB) *pgxpool.Pool {
 		tb.Fatal(err)
 	}
 	db, err := postgres.Open(ctx, url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(db.Close)
+	if err := postgres.Migrate(ctx, db); err != nil {
+		tb.Fatal(err)
+	}
+	return db
+}
+
+// MustOwnSchema returns a pool on a migrated schema of the test's own,
+// dropped with the test, so that what the test writes (outbox rows, a
+// projection's position) is seen by nothing else running meanwhile (the
+// relays and projections of other packages' tests, a stack), and the test
+// sees nothing of theirs.
+func MustOwnSchema(tb testing.TB) *pgxpool.Pool {
+	tb.Helper()
+	shared := MustDB(tb)
+	schema := "test_" + strings.ReplaceAll(uuid.NewString()[:13], "-", "")
+	ctx := context.Background()
+	if _, err := shared.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if _, err := shared.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+			tb.Error(err)
+		}
+	})
+	dbURL := Env.DatabaseURL()
+	if u, err := url.Parse(dbURL); err == nil && u.Scheme != "" {
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
+		dbURL = u.String()
+	} else {
+		dbURL += " search_path=" + schema
+	}
+	db, err := postgres.Open(ctx, dbURL)
 	if err != nil {
 		tb.Fatal(err)
 	}
