@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,10 +37,85 @@ type order struct {
 	} `json:"history"`
 }
 
+// orderJSON is an order of one dish at priceCents, the price the customer
+// was shown: the restaurant's menu must list it (ensureMenu).
 func orderJSON(customer, restaurant string, priceCents int64) string {
 	return fmt.Sprintf(`{"customer_id":%q,"restaurant_id":%q,"email":"e2e@example.com",
-		"items":[{"sku":"thali","name":"Veg thali","quantity":1,"unit_price_cents":%d}],
-		"delivery_address":{"line1":"Dadar West","lat":19.02,"lng":72.84}}`, customer, restaurant, priceCents)
+		"items":[{"sku":%q,"quantity":1,"unit_price_cents":%d}],
+		"delivery_address":{"line1":"Dadar West","lat":19.02,"lng":72.84}}`, customer, restaurant, dish(priceCents), priceCents)
+}
+
+// dish is the sku of the suite's dish at priceCents.
+func dish(priceCents int64) string { return fmt.Sprintf("dish-%d", priceCents) }
+
+// menus holds the dishes the suite has put on each restaurant's menu.
+var menus = struct {
+	sync.Mutex
+	dishes map[string][]int64
+}{dishes: map[string][]int64{}}
+
+// ensureMenu puts on the menu of body's restaurant (an orderJSON) the
+// dishes its lines name, as an operator, unless the suite did already.
+func ensureMenu(body string) error {
+	var b struct {
+		RestaurantID string `json:"restaurant_id"`
+		Items        []struct {
+			UnitPriceCents int64 `json:"unit_price_cents"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal([]byte(body), &b); err != nil {
+		return err
+	}
+	menus.Lock()
+	defer menus.Unlock()
+	dishes, added := menus.dishes[b.RestaurantID], false
+	for _, it := range b.Items {
+		if !slices.Contains(dishes, it.UnitPriceCents) {
+			dishes, added = append(dishes, it.UnitPriceCents), true
+		}
+	}
+	if !added {
+		return nil
+	}
+	return putMenu(b.RestaurantID, dishes, func(int64) bool { return true })
+}
+
+// putMenu replaces a restaurant's menu, as an operator, with the suite's
+// dishes at prices, each available as available says, and remembers them.
+func putMenu(restaurant string, prices []int64, available func(int64) bool) error {
+	var m struct {
+		Items []map[string]any `json:"items"`
+	}
+	for _, p := range prices {
+		m.Items = append(m.Items, map[string]any{"sku": dish(p), "name": fmt.Sprintf("Dish at %d", p), "price_cents": p, "available": available(p)})
+	}
+	body, _ := json.Marshal(m)
+	ops, err := token.NewSigner([]byte(e2eSecret)).Mint(token.AudienceOps, "e2e-operator", time.Hour)
+	if err != nil {
+		return err
+	}
+	req, _ := http.NewRequest(http.MethodPut, base(ports.Orders)+"/v1/restaurants/"+restaurant+"/menu", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+ops)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("PUT menu of %s = %d %s", restaurant, resp.StatusCode, b)
+	}
+	menus.dishes[restaurant] = prices
+	return nil
+}
+
+// mustMenu is ensureMenu for a test.
+func mustMenu(t testing.TB, body string) {
+	t.Helper()
+	if err := ensureMenu(body); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // do sends a request and returns the status, headers and body.
@@ -98,6 +175,7 @@ func customerOf(t testing.TB, body string) string {
 // it; the answer must be 201.
 func placeOrder(t testing.TB, key, body string) order {
 	t.Helper()
+	mustMenu(t, body)
 	h := bearer(as(t, token.AudienceCustomer, customerOf(t, body)))
 	h["Idempotency-Key"] = key
 	code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", h, body)

@@ -55,6 +55,7 @@ type orderLoad struct {
 // startOrderLoad starts placing perSecond orders a second, open loop: each
 // order starts on the clock, whether or not earlier ones have finished.
 func startOrderLoad(t testing.TB, tag string, perSecond int) *orderLoad {
+	mustMenu(t, orderJSON("c-"+tag, "r-"+tag, loadPrice))
 	l := &orderLoad{t: t, tag: tag, stop: make(chan struct{}), byKey: map[string]string{}, retries: map[string]int{}}
 	l.wg.Add(1)
 	go func() {
@@ -77,13 +78,16 @@ func startOrderLoad(t testing.TB, tag string, perSecond int) *orderLoad {
 	return l
 }
 
+// loadPrice is what each order of a load costs.
+const loadPrice = 1500
+
 // client has a timeout well above any answer the API should take, so a
 // hang shows up as a failure rather than a stuck test.
 var client = &http.Client{Timeout: 10 * time.Second}
 
 func (l *orderLoad) place(key string) {
 	customer := "c-" + l.tag + "-" + key[:8]
-	body := orderJSON(customer, "r-"+l.tag, 1500)
+	body := orderJSON(customer, "r-"+l.tag, loadPrice)
 	// Not as(): this runs in a goroutine of its own, where t.Fatal may not.
 	tok, err := token.NewSigner([]byte(e2eSecret)).Mint(token.AudienceCustomer, customer, time.Hour)
 	if err != nil {

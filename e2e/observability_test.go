@@ -264,7 +264,9 @@ func TestTraceparentReachesConsumers(t *testing.T) {
 	customer := "c-trace-" + uuid.NewString()
 	headers := bearer(as(t, token.AudienceCustomer, customer))
 	headers["Idempotency-Key"], headers[trace.Header] = newKey(), in
-	code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", headers, orderJSON(customer, "r-trace", 800))
+	body := orderJSON(customer, "r-trace", 800)
+	mustMenu(t, body)
+	code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", headers, body)
 	if code != http.StatusCreated {
 		t.Fatalf("POST /v1/orders = %d %s", code, b)
 	}

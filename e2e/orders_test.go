@@ -109,6 +109,7 @@ func TestRetriedPostCreatesOneOrder(t *testing.T) {
 	}
 
 	key2, body2 := newKey(), orderJSON(customer, "r-idem", 800)
+	mustMenu(t, body2)
 	var wg sync.WaitGroup
 	codes := make(chan int, 50)
 	for i := 0; i < 50; i++ {
@@ -152,7 +153,7 @@ func TestBadInput(t *testing.T) {
 		{"ErrMalformedJSON", "POST", "/v1/orders", json, `{"customer_id": "c",`, 400},
 		{"ErrUnknownField", "POST", "/v1/orders", json, strings.Replace(good, `"email"`, `"mail"`, 1), 400},
 		{"ErrNegativeQuantity", "POST", "/v1/orders", json, strings.Replace(good, `"quantity":1`, `"quantity":-1`, 1), 400},
-		{"ErrMissingPrice", "POST", "/v1/orders", json, strings.Replace(good, `,"unit_price_cents":100`, ``, 1), 400},
+		{"ErrMissingQuantity", "POST", "/v1/orders", json, strings.Replace(good, `"quantity":1,`, ``, 1), 400},
 		{"ErrEmptyItems", "POST", "/v1/orders", json, `{"customer_id":"c","restaurant_id":"r","email":"a@b.c","items":[],"delivery_address":{"line1":"x","lat":1,"lng":1}}`, 400},
 		{"ErrTooLarge", "POST", "/v1/orders", json, `{"customer_id":"` + strings.Repeat("a", 1<<20+10) + `"}`, 413},
 		{"ErrMalformedID", "GET", "/v1/orders/12", json, "", 400},

@@ -238,6 +238,9 @@ func run(ctx context.Context, sz sizes, opt options) error {
 	}
 	defer s.Stop(30 * time.Second)
 	fmt.Printf("bench: stack up after %.1f s (logs in %s)\n", time.Since(began).Seconds(), logs.Name())
+	if err := seedMenu(ctx); err != nil {
+		return err
+	}
 
 	r := &Results{Date: time.Now().UTC(), Cores: runtime.NumCPU(), Quick: opt.quick, Go: runtime.Version(), Versions: versions(ctx, db)}
 	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r, pprof: opt.pprof}

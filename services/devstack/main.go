@@ -9,10 +9,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -67,6 +70,10 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	if err != nil {
 		return err
 	}
+	if err := seedMenu(ctx, fmt.Sprintf("http://127.0.0.1:%d", ports.Orders), getenv); err != nil {
+		_ = s.Stop(stopTimeout)
+		return fmt.Errorf("seed the demo restaurant's menu: %w", err)
+	}
 	shown := devAdminToken
 	if adminToken != devAdminToken {
 		shown = "$ADMIN_TOKEN" // a real secret stays off the terminal
@@ -84,6 +91,75 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		fmt.Fprintln(stdout, "devstack: all stopped cleanly")
 	}
 	return errors.Join(waitErr, stopErr)
+}
+
+// demoRestaurant is the restaurant make run seeds, so the README's order
+// works as printed; demoMenu is its menu.
+const demoRestaurant = "r1"
+
+var demoMenu = map[string]any{"items": []map[string]any{
+	{"sku": "thali", "name": "Veg thali", "price_cents": 25000, "available": true},
+	{"sku": "biryani", "name": "Chicken biryani", "price_cents": 32000, "available": true},
+	{"sku": "dosa", "name": "Masala dosa", "price_cents": 12000, "available": true},
+	{"sku": "lassi", "name": "Mango lassi", "price_cents": 9000, "available": true},
+	{"sku": "kulfi", "name": "Pista kulfi", "price_cents": 8000, "available": false},
+}}
+
+// seedMenu gives the demo restaurant its menu through the orders API, as
+// an operator would, unless it has one (a menu changed by hand stays).
+func seedMenu(ctx context.Context, ordersURL string, getenv func(string) string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	url := ordersURL + "/v1/restaurants/" + demoRestaurant + "/menu"
+	var current struct {
+		Items []json.RawMessage `json:"items"`
+	}
+	if err := call(ctx, http.MethodGet, url, "", nil, &current); err != nil {
+		return err
+	}
+	if len(current.Items) > 0 {
+		return nil
+	}
+	secret, _ := token.ClientSecret(getenv)
+	ops, err := token.NewSigner(secret).Mint(token.AudienceOps, "devstack", time.Minute)
+	if err != nil {
+		return err
+	}
+	return call(ctx, http.MethodPut, url, ops, demoMenu, nil)
+}
+
+// call sends body (if not nil) as JSON with tok (if not empty) and decodes
+// a 200 answer into out (if not nil).
+func call(ctx context.Context, method, url, tok string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %d %s", method, url, resp.StatusCode, bytes.TrimSpace(raw))
+	}
+	if out != nil {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
 }
 
 // printWelcome tells the user where everything is and how to try it;
@@ -104,9 +180,10 @@ Dabba is running. Ctrl-C stops it.
   fake gateway      http://127.0.0.1:%[5]d/v1/charges
 Tokens, signed with %[7]s (kinds: customer, restaurant, rider, ops, track):
   CUSTOMER=$(bin/dabba token customer c1) RESTAURANT=$(bin/dabba token restaurant r1) OPS=$(bin/dabba token ops me)
-Place an order:
+Restaurant r1's menu (seeded): curl -s localhost:%[1]d/v1/restaurants/r1/menu
+Place an order (priced from the menu):
   curl -si localhost:%[1]d/v1/orders -H "Authorization: Bearer $CUSTOMER" -H 'Content-Type: application/json' -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
-    -d '{"restaurant_id":"r1","email":"me@example.com","items":[{"sku":"thali","name":"Thali","quantity":1,"unit_price_cents":25000}],"delivery_address":{"line1":"Dadar","lat":19.02,"lng":72.84}}'
+    -d '{"restaurant_id":"r1","email":"me@example.com","items":[{"sku":"thali","quantity":1}],"delivery_address":{"line1":"Dadar","lat":19.02,"lng":72.84}}'
 Watch riders move (in another terminal): make demo
 Dead letters: bin/dabba dlq list, or
   curl -s localhost:%[1]d/v1/admin/dlq -H 'Authorization: Bearer %[6]s'

@@ -58,18 +58,18 @@ func handleOrderCreate(log *zap.Logger, store *Store, tokens TokenIssuer) http.H
 			}
 			req.CustomerID = who.ID
 		}
-		items, addr, total, err := req.validate()
+		lines, addr, err := req.validate()
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
 		now := time.Now().UTC().Truncate(time.Microsecond) // what PostgreSQL keeps
 		o := Order{ID: uuid.NewString(), Status: events.StatusPlaced, CustomerID: req.CustomerID, RestaurantID: req.RestaurantID,
-			Email: req.Email, Items: items, DeliveryAddress: addr, TotalCents: total, CreatedAt: now, UpdatedAt: now,
+			Email: req.Email, DeliveryAddress: addr, CreatedAt: now, UpdatedAt: now,
 			History: []StatusChange{{Status: events.StatusPlaced, At: now}}}
 		ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
 		defer cancel()
-		res, err := store.Place(ctx, key, req, o, func(o Order) ([]byte, error) {
+		res, err := store.Place(ctx, key, req, lines, o, func(o Order) ([]byte, error) {
 			tok, err := tokens.Tracking(o.ID, trackingTokenTTL)
 			if err != nil {
 				return nil, err
@@ -204,9 +204,22 @@ func orderID(r *http.Request) (string, error) {
 func writeError(w http.ResponseWriter, r *http.Request, log *zap.Logger, err error) {
 	var illegal *IllegalMoveError
 	var forbidden *ForbiddenError
+	var line *LineError
 	switch {
 	case errors.As(err, &forbidden):
 		err = auth.Forbidden(forbidden.Reason)
+	case errors.As(err, &line):
+		status := http.StatusUnprocessableEntity
+		if line.Reason == linePriceChanged {
+			status = http.StatusConflict
+		}
+		p := httpx.NewProblem(status, line.Error())
+		p.Field = line.Field()
+		err = p
+	case errors.Is(err, ErrZeroTotal):
+		p := httpx.NewProblem(http.StatusUnprocessableEntity, ErrZeroTotal.Error())
+		p.Field = "items"
+		err = p
 	case errors.Is(err, ErrNotFound):
 		err = httpx.NewProblem(http.StatusNotFound, "no such order")
 	case errors.Is(err, ErrKeyInFlight):

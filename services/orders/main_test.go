@@ -44,7 +44,20 @@ func MustRun(tb testing.TB, env ...map[string]string) string {
 	for _, e := range env {
 		maps.Copy(vars, e)
 	}
-	return testenv.MustRun(tb, run, vars)
+	base := testenv.MustRun(tb, run, vars)
+	body, _ := json.Marshal(map[string]any{"items": testMenu.Items})
+	req, _ := http.NewRequest(http.MethodPut, base+"/v1/restaurants/"+testMenu.RestaurantID+"/menu", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+mint(tb, token.AudienceRestaurant, testMenu.RestaurantID))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		tb.Fatalf("PUT the test menu = %d", resp.StatusCode)
+	}
+	return base
 }
 
 func orderBody(customer string) string {
@@ -211,6 +224,129 @@ func TestPlaceOrder(t *testing.T) {
 			if resp.StatusCode != want {
 				t.Errorf("GET %s = %d, want %d", path, resp.StatusCode, want)
 			}
+		}
+	})
+}
+
+// TestMenus: a restaurant replaces its own menu (an operator any), anyone
+// reads it, and orders are priced from it: a price the customer saw that
+// is no longer the menu's is 409, a dish not on it or not available 422.
+func TestMenus(t *testing.T) {
+	base := MustRun(t)
+	restaurant := "r-" + uuid.NewString()[:8]
+	url := base + "/v1/restaurants/" + restaurant + "/menu"
+	put := func(tok, body string) (int, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	own := mint(t, token.AudienceRestaurant, restaurant)
+	menu := `{"items":[{"sku":"dosa","name":"Masala dosa","price_cents":12000,"available":true},
+		{"sku":"vada","name":"Medu vada","price_cents":6000,"available":false}]}`
+
+	t.Run("WhoMayPut", func(t *testing.T) {
+		for _, tt := range []struct {
+			name, tok string
+			want      int
+		}{
+			{"ErrNoToken", "", 401},
+			{"ErrOtherRestaurant", mint(t, token.AudienceRestaurant, "r-other"), 403},
+			{"ErrCustomer", mint(t, token.AudienceCustomer, restaurant), 403},
+			{"Operator", mint(t, token.AudienceOps, "op-1"), 200},
+			{"Itself", own, 200},
+		} {
+			if code, b := put(tt.tok, menu); code != tt.want {
+				t.Errorf("%s: %d %s, want %d", tt.name, code, b, tt.want)
+			}
+		}
+	})
+	t.Run("AnyoneReads", func(t *testing.T) {
+		resp, b := get(t, "", url)
+		var m Menu
+		if err := json.Unmarshal(b, &m); resp.StatusCode != 200 || err != nil || m.RestaurantID != restaurant || len(m.Items) != 2 ||
+			m.Items[0] != (MenuItem{SKU: "dosa", Name: "Masala dosa", PriceCents: 12000, Available: true}) {
+			t.Fatalf("GET menu = %d %s", resp.StatusCode, b)
+		}
+		if resp, b := get(t, "", base+"/v1/restaurants/r-none-"+uuid.NewString()+"/menu"); resp.StatusCode != 200 || !strings.Contains(string(b), `"items":[]`) {
+			t.Fatalf("GET a menu never put = %d %s", resp.StatusCode, b)
+		}
+	})
+	t.Run("ErrBadMenu", func(t *testing.T) {
+		for _, tt := range []struct{ body, field string }{
+			{`{}`, "items"},
+			{`{"items":[{"sku":"a","name":"A","price_cents":1,"available":true},{"sku":"a","name":"B","price_cents":1,"available":true}]}`, "items[1].sku"},
+			{`{"items":[{"sku":"a","name":"A","price_cents":-1,"available":true}]}`, "items[0].price_cents"},
+			{`{"items":[{"sku":"a","name":"A","price_cents":1}]}`, "items[0].available"},
+			{`{"items":[{"sku":"a","price_cents":1,"available":true}]}`, "items[0].name"},
+		} {
+			code, b := put(own, tt.body)
+			var p struct{ Field string }
+			_ = json.Unmarshal(b, &p)
+			if code != 400 || p.Field != tt.field {
+				t.Errorf("PUT %s = %d %s, want 400 on %s", tt.body, code, b, tt.field)
+			}
+		}
+	})
+	t.Run("Pricing", func(t *testing.T) {
+		if code, b := put(own, menu); code != 200 {
+			t.Fatalf("PUT = %d %s", code, b)
+		}
+		customer := "c-" + uuid.NewString()
+		tok := mint(t, token.AudienceCustomer, customer)
+		order := func(items string) (int, []byte) {
+			body := `{"restaurant_id":"` + restaurant + `","email":"e@example.com","items":` + items + `,
+				"delivery_address":{"line1":"1 MG Road","lat":17.385,"lng":78.4867}}`
+			r, b := post(t, tok, base+"/v1/orders", uuid.NewString(), "application/json", body)
+			return r.StatusCode, b
+		}
+		code, b := order(`[{"sku":"dosa","quantity":2}]`)
+		var o Order
+		if err := json.Unmarshal(b, &o); code != 201 || err != nil || o.TotalCents != 24000 || o.CustomerID != customer ||
+			o.Items[0] != (events.Item{SKU: "dosa", Name: "Masala dosa", Quantity: 2, UnitPriceCents: 12000}) {
+			t.Fatalf("order = %d %s", code, b)
+		}
+		for _, tt := range []struct {
+			name, items string
+			want        int
+			field       string
+		}{
+			{"ShownPriceStillTheMenus", `[{"sku":"dosa","quantity":1,"unit_price_cents":12000}]`, 201, ""},
+			{"ErrPriceChanged", `[{"sku":"dosa","quantity":1},{"sku":"dosa","quantity":1,"unit_price_cents":11000}]`, 409, "items[1].unit_price_cents"},
+			{"ErrNotOnMenu", `[{"sku":"idli","quantity":1}]`, 422, "items[0].sku"},
+			{"ErrUnavailable", `[{"sku":"dosa","quantity":1},{"sku":"vada","quantity":1}]`, 422, "items[1].sku"},
+		} {
+			code, b := order(tt.items)
+			var p struct {
+				Field  string
+				Detail string
+			}
+			_ = json.Unmarshal(b, &p)
+			if code != tt.want || p.Field != tt.field || (tt.want == 409 && !strings.Contains(p.Detail, "price changed")) {
+				t.Errorf("%s: %d %s, want %d on %q", tt.name, code, b, tt.want, tt.field)
+			}
+		}
+		// The restaurant raises a price: what the app showed is refused.
+		if code, b := put(own, strings.Replace(menu, "12000", "13000", 1)); code != 200 {
+			t.Fatalf("PUT = %d %s", code, b)
+		}
+		if code, b := order(`[{"sku":"dosa","quantity":1,"unit_price_cents":12000}]`); code != 409 {
+			t.Fatalf("order at the old price = %d %s, want 409", code, b)
+		}
+	})
+	t.Run("ErrOtherCustomer", func(t *testing.T) {
+		r, b := post(t, mint(t, token.AudienceCustomer, "c-me"), base+"/v1/orders", uuid.NewString(), "application/json", orderBody("c-someone-else"))
+		if r.StatusCode != 403 {
+			t.Fatalf("an order naming another customer = %d %s, want 403", r.StatusCode, b)
 		}
 	})
 }

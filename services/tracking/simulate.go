@@ -88,14 +88,14 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 			return err
 		}
 		body := fmt.Sprintf(`{"restaurant_id":%q,"email":"demo%d@example.com",
-			"items":[{"sku":"thali","name":"Veg thali","quantity":1,"unit_price_cents":25000}],
+			"items":[{"sku":"thali","quantity":1}],
 			"delivery_address":{"line1":"Demo street %d","lat":%f,"lng":%f}}`, demoRestaurant, i, i+1, to[0], to[1])
 		var o struct {
 			ID            string `json:"id"`
 			TrackingToken string `json:"tracking_token"`
 		}
 		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders", uuid.NewString(), customer, body, &o); err != nil {
-			return fmt.Errorf("place order (is make run running?): %w", err)
+			return fmt.Errorf("place order (is make run running? it gives %s the menu the demo orders from): %w", demoRestaurant, err)
 		}
 		rider := fmt.Sprintf("demo-rider-%s-%d", batch, i+1)
 		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+o.ID+"/rider", "", ops, `{"rider_id":"`+rider+`"}`, nil); err != nil {
@@ -136,8 +136,9 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	return g.Wait()
 }
 
-// demoRestaurant is the kitchen the demo's orders come from.
-const demoRestaurant = "demo-kitchen"
+// demoRestaurant is the kitchen the demo's orders come from: the one make
+// run gives a menu.
+const demoRestaurant = "r1"
 
 // demoTokens mints the demo's tokens, valid for as long as a demo runs.
 type demoTokens struct{ s *token.Signer }
