@@ -106,8 +106,7 @@ func sum(samples []sample, name string, want ...string) (total float64, found bo
 // really expose.
 func TestMetricsAfterTraffic(t *testing.T) {
 	db := mustDB(t)
-	o, r := assignedOrder(t)
-	waitPaid(t, 30*time.Second, o.ID)
+	o, r := assignedOrder(t) // paid, and picked up by now
 	wantExactlyOnce(t, db, o.ID, 30*time.Second)
 	getOrder(t, o.ID) // a route with a parameter
 	tracking := base(ports.Tracking)

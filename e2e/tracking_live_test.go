@@ -99,17 +99,30 @@ type rider struct {
 	seq       int64
 }
 
-// assignedOrder places an order and assigns it a new rider.
+// assignedOrder places an order, assigns it a new rider, and has it paid,
+// accepted by its restaurant and picked up by the rider: an order whose
+// customer follows its rider.
 func assignedOrder(t testing.TB) (order, *rider) {
 	t.Helper()
 	o := placeOrder(t, newKey(), orderJSON("c-live-"+uuid.NewString(), "r-live", 700))
 	r := &rider{ID: "rider-" + uuid.NewString()[:8]}
+	r.Token = as(t, token.AudienceRider, r.ID)
 	assignRider(t, o.ID, r.ID)
-	var err error
-	if r.Token, err = token.NewSigner([]byte(e2eSecret)).Rider(r.ID, time.Hour); err != nil {
-		t.Fatal(err)
-	}
+	pickUp(t, o.ID, "r-live", r)
 	return o, r
+}
+
+// pickUp waits until the order is paid, has its restaurant accept it and
+// its rider pick it up.
+func pickUp(t testing.TB, orderID, restaurant string, r *rider) {
+	t.Helper()
+	waitPaid(t, 20*time.Second, orderID)
+	if code := move(t, as(t, token.AudienceRestaurant, restaurant), orderID, "accepted"); code != http.StatusOK {
+		t.Fatalf("accept = %d", code)
+	}
+	if code := move(t, r.Token, orderID, "picked_up"); code != http.StatusOK {
+		t.Fatalf("pick up = %d", code)
+	}
 }
 
 // post sends the rider's fix with the given seq to a tracking instance.

@@ -40,17 +40,18 @@ const (
 // admin API behind adminToken.
 func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, guard *auth.Guard, limits Limits, adminToken string, chs dlq.Channels) {
 	// One limit per address and one bound on requests in flight for the
-	// whole API, not one per group.
-	perIP, shed := httpx.LimitPerIP(limits.PerIP), httpx.Shed(limits.InFlight)
+	// whole API, not one per group; a request takes an in-flight slot only
+	// once its body has arrived (ReadBody), so slow senders starve no one.
+	limit := chi.Chain(httpx.LimitPerIP(limits.PerIP), httpx.ReadBody(maxBodyBytes), httpx.Shed(limits.InFlight))
 	r.Route("/v1/orders", func(r chi.Router) {
-		r.Use(perIP, shed)
+		r.Use(limit...)
 		r.Method(http.MethodPost, "/", guard.Allow(handleOrderCreate(log, store, tokens), customer, ops))
 		r.Method(http.MethodGet, "/{id}", guard.Allow(handleOrderGet(log, store), customer, restaurant, rider, ops, track))
 		r.Method(http.MethodPost, "/{id}/status", guard.Allow(handleOrderStatus(log, store), customer, restaurant, rider, ops))
 		r.Method(http.MethodPost, "/{id}/rider", guard.Allow(handleRiderAssign(log, store), ops))
 	})
 	r.Route("/v1/restaurants/{id}/menu", func(r chi.Router) {
-		r.Use(perIP, shed)
+		r.Use(limit...)
 		r.Method(http.MethodGet, "/", handleMenuGet(log, store))
 		r.Method(http.MethodPut, "/", guard.Allow(handleMenuPut(log, store), restaurant, ops))
 	})

@@ -68,7 +68,7 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, sockets *Sockets) 
 		o, err := loadOrder(ctx, db, orderID)
 		var fix Fix
 		var hasFix bool
-		if err == nil && o.RiderID != "" && !finished(o.Status) {
+		if err == nil && o.RiderID != "" && followsRider(o.Status) {
 			fix, hasFix, err = latestFix(ctx, db, hub, o.RiderID)
 		}
 		cancel()

@@ -172,6 +172,19 @@ func (b *Base) Router() chi.Router {
 // Admin returns h behind the admin token (auth.Admin).
 func (b *Base) Admin(h http.Handler) http.Handler { return auth.Admin(b.AdminToken, h) }
 
+// Timeouts of every server, so that slow or idle clients cannot hold
+// connections (and their goroutines and buffers) for ever: a request's
+// headers must arrive within ReadHeaderTimeout and the whole request
+// within ReadTimeout (1 MiB, the largest body, at 35 KB/s), and a
+// keep-alive connection with nothing to do is closed after IdleTimeout.
+// There is no write timeout: a WebSocket's writes are bounded by the
+// handler, per message, and a hijacked connection loses these deadlines.
+const (
+	ReadHeaderTimeout = 5 * time.Second
+	ReadTimeout       = 30 * time.Second
+	IdleTimeout       = 2 * time.Minute
+)
+
 // Serve serves h on addr until ctx is done, then shuts down, giving requests
 // in flight up to 10 seconds. ready, if not nil, receives the bound address
 // (useful with ":0" in tests).
@@ -180,7 +193,7 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *zap.Logger, re
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 64 << 10}
+	srv := NewServer(h)
 	log.Info("listening", zap.String("addr", ln.Addr().String()))
 	if ready != nil {
 		ready <- ln.Addr().String()
@@ -198,6 +211,13 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *zap.Logger, re
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// NewServer returns the server Serve serves h with: its timeouts, and
+// headers of at most 64 KiB.
+func NewServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: ReadHeaderTimeout, ReadTimeout: ReadTimeout, IdleTimeout: IdleTimeout,
+		MaxHeaderBytes: 64 << 10}
 }
 
 // Healthcheck is the "healthcheck" subcommand every binary answers, for
