@@ -140,11 +140,7 @@ func do(t testing.TB, method, url string, headers map[string]string, body string
 // as returns a token of role for sub, signed with the stack's secret.
 func as(t testing.TB, role, sub string) string {
 	t.Helper()
-	tok, err := token.NewSigner([]byte(e2eSecret)).Mint(role, sub, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return testenv.MustToken(t, e2eSecret, role, sub)
 }
 
 // opsToken is an operator's token: it may do anything to any order.

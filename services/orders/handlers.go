@@ -100,6 +100,11 @@ func handleOrderGet(log *zap.Logger, store *Store) http.Handler {
 			writeError(w, r, log, err)
 			return
 		}
+		if who := principal(r); who.Role == token.AudienceTrack && who.ID != id {
+			// The token names its order: no look-up, nothing revealed.
+			writeError(w, r, log, auth.Forbidden("this tracking token is for another order"))
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
 		defer cancel()
 		o, err := store.Get(ctx, id)

@@ -29,11 +29,7 @@ const testSecret = "orders-test-secret-of-32-bytes!!"
 // mint returns a token of role for sub, signed as MustRun's service wants.
 func mint(tb testing.TB, role, sub string) string {
 	tb.Helper()
-	tok, err := token.NewSigner([]byte(testSecret)).Mint(role, sub, time.Hour)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tok
+	return testenv.MustToken(tb, testSecret, role, sub)
 }
 
 // MustRun starts the service in-process on a free port, with env over the
@@ -46,16 +42,9 @@ func MustRun(tb testing.TB, env ...map[string]string) string {
 	}
 	base := testenv.MustRun(tb, run, vars)
 	body, _ := json.Marshal(map[string]any{"items": testMenu.Items})
-	req, _ := http.NewRequest(http.MethodPut, base+"/v1/restaurants/"+testMenu.RestaurantID+"/menu", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+mint(tb, token.AudienceRestaurant, testMenu.RestaurantID))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		tb.Fatalf("PUT the test menu = %d", resp.StatusCode)
+	if resp, b := send(tb, http.MethodPut, mint(tb, token.AudienceRestaurant, testMenu.RestaurantID),
+		base+"/v1/restaurants/"+testMenu.RestaurantID+"/menu", "", "application/json", string(body)); resp.StatusCode != http.StatusOK {
+		tb.Fatalf("PUT the test menu = %d %s", resp.StatusCode, b)
 	}
 	return base
 }
@@ -69,29 +58,26 @@ func orderBody(customer string) string {
 // post sends body as tok's holder; key is the Idempotency-Key, if any.
 func post(tb testing.TB, tok, url, key, contentType, body string) (*http.Response, []byte) {
 	tb.Helper()
-	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	return send(tb, http.MethodPost, tok, url, key, contentType, body)
+}
+
+// get reads url as tok's holder.
+func get(tb testing.TB, tok, url string) (*http.Response, []byte) {
+	tb.Helper()
+	return send(tb, http.MethodGet, tok, url, "", "", "")
+}
+
+// send sends a request with tok and, when not empty, an Idempotency-Key
+// and a Content-Type, and returns the answer with its body read.
+func send(tb testing.TB, method, tok, url, key, contentType, body string) (*http.Response, []byte) {
+	tb.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
 	if key != "" {
 		req.Header.Set("Idempotency-Key", key)
 	}
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, b
-}
-
-// get reads url as tok's holder.
-func get(tb testing.TB, tok, url string) (*http.Response, []byte) {
-	tb.Helper()
-	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
@@ -237,17 +223,7 @@ func TestMenus(t *testing.T) {
 	url := base + "/v1/restaurants/" + restaurant + "/menu"
 	put := func(tok, body string) (int, []byte) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		if tok != "" {
-			req.Header.Set("Authorization", "Bearer "+tok)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		resp, b := send(t, http.MethodPut, tok, url, "", "application/json", body)
 		return resp.StatusCode, b
 	}
 	own := mint(t, token.AudienceRestaurant, restaurant)

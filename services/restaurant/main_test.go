@@ -22,11 +22,7 @@ const testSecret = "restaurant-test-secret-32-bytes!"
 // as returns a token of role for sub, signed as the service under test wants.
 func as(tb testing.TB, role, sub string) string {
 	tb.Helper()
-	tok, err := token.NewSigner([]byte(testSecret)).Mint(role, sub, time.Hour)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tok
+	return testenv.MustToken(tb, testSecret, role, sub)
 }
 
 // getAs reads url with tok.
