@@ -66,17 +66,17 @@ func Open(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// WithPoolSize returns url asking for a pool of n connections
-// (pgxpool's pool_max_conns), unless url already says how many.
-func WithPoolSize(url, n string) string {
-	if strings.Contains(url, "pool_max_conns") {
+// WithParam returns url with the connection parameter key set to value
+// (pool_max_conns, application_name, …), unless url sets it already.
+func WithParam(url, key, value string) string {
+	if strings.Contains(url, key+"=") {
 		return url
 	}
 	sep := "?"
 	if strings.Contains(url, "?") {
 		sep = "&"
 	}
-	return url + sep + "pool_max_conns=" + n
+	return url + sep + key + "=" + value
 }
 
 // EnsureDatabase creates url's database when it does not exist, connecting

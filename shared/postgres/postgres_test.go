@@ -135,15 +135,15 @@ func TestMigrateTwice(t *testing.T) {
 	}
 }
 
-func TestWithPoolSize(t *testing.T) {
+func TestWithParam(t *testing.T) {
 	tests := []struct{ give, want string }{
 		{"postgres://h/db", "postgres://h/db?pool_max_conns=16"},
 		{"postgres://h/db?sslmode=disable", "postgres://h/db?sslmode=disable&pool_max_conns=16"},
 		{"postgres://h/db?pool_max_conns=4", "postgres://h/db?pool_max_conns=4"},
 	}
 	for _, tt := range tests {
-		if got := WithPoolSize(tt.give, "16"); got != tt.want {
-			t.Errorf("WithPoolSize(%q) = %q, want %q", tt.give, got, tt.want)
+		if got := WithParam(tt.give, "pool_max_conns", "16"); got != tt.want {
+			t.Errorf("WithParam(%q) = %q, want %q", tt.give, got, tt.want)
 		}
 	}
 }

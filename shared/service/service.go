@@ -65,8 +65,10 @@ func Open(ctx context.Context, name string, getenv func(string) string) (*Base, 
 		return nil, err
 	}
 	if n := env.String("DATABASE_POOL_SIZE", ""); n != "" {
-		url = postgres.WithPoolSize(url, n)
+		url = postgres.WithParam(url, "pool_max_conns", n)
 	}
+	// pg_stat_activity (and an operator) can tell whose connection is whose.
+	url = postgres.WithParam(url, "application_name", name)
 	db, err := postgres.Open(ctx, url)
 	if err != nil {
 		return nil, err
