@@ -61,6 +61,18 @@ func TestFaultServicesKilledUnderLoad(t *testing.T) {
 	ids := load.Stop()
 	wantLedger(t, db, ids, 2*time.Minute, load.want, nil)
 	load.wantNoOrders(db)
+	got, err := readEffects(db, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cancelled, charged int
+	for _, id := range ids {
+		if load.cases[id] == caseCancelBeforeCharge {
+			cancelled++
+			charged += got[id].Charges
+		}
+	}
+	t.Logf("of %d orders cancelled at once, %d were charged (payment was quicker) and refunded, %d never charged", cancelled, charged, cancelled-charged)
 }
 
 // TestFaultRelayKilledWithUnpublishedRows SIGKILLs the service whose
