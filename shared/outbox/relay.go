@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -63,7 +62,7 @@ type Rows struct {
 // Add encodes an event for the insert and returns its id. Like Enqueue, it
 // keeps the trace ctx carries.
 func (r *Rows) Add(ctx context.Context, routingKey, orderID string, at time.Time, data any) (string, error) {
-	env, err := events.New(uuid.NewString(), routingKey, orderID, at, data)
+	env, err := events.New(events.NewID(), routingKey, orderID, at, data)
 	if err != nil {
 		return "", err
 	}
