@@ -13,15 +13,36 @@ import (
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
+	"github.com/dabba/dabba/shared/token"
 )
 
-// getFeed reads a restaurant's feed.
-func getFeed(tb testing.TB, url string) (int, Feed) {
+// testSecret signs the tokens of the service TestRun starts.
+const testSecret = "restaurant-test-secret-32-bytes!"
+
+// as returns a token of role for sub, signed as the service under test wants.
+func as(tb testing.TB, role, sub string) string {
 	tb.Helper()
-	resp, err := http.Get(url)
+	return testenv.MustToken(tb, testSecret, role, sub)
+}
+
+// getAs reads url with tok.
+func getAs(tb testing.TB, tok, url string) *http.Response {
+	tb.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return resp
+}
+
+// getFeed reads a restaurant's feed as an operator.
+func getFeed(tb testing.TB, url string) (int, Feed) {
+	tb.Helper()
+	resp := getAs(tb, as(tb, token.AudienceOps, "op-1"), url)
 	defer resp.Body.Close()
 	var f Feed
 	if resp.StatusCode == http.StatusOK {
@@ -36,7 +57,7 @@ func getFeed(tb testing.TB, url string) (int, Feed) {
 // published to the orders exchange show up in the restaurant's feed, newest
 // first; garbage is dead-lettered at once.
 func TestRun(t *testing.T) {
-	base := testenv.MustRun(t, run, nil)
+	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": testSecret})
 	conn := testenv.MustBroker(t)
 	pub := broker.NewPublisher(conn, zaptest.NewLogger(t))
 	defer pub.Close()
@@ -87,10 +108,8 @@ func TestRun(t *testing.T) {
 	})
 
 	t.Run("EmptyFeed", func(t *testing.T) {
-		resp, err := http.Get(base + "/v1/restaurants/r-" + uuid.NewString() + "/orders")
-		if err != nil {
-			t.Fatal(err)
-		}
+		restaurant := "r-" + uuid.NewString()
+		resp := getAs(t, as(t, token.AudienceRestaurant, restaurant), base+"/v1/restaurants/"+restaurant+"/orders")
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		var raw struct {
@@ -103,10 +122,7 @@ func TestRun(t *testing.T) {
 
 	t.Run("ErrBadLimit", func(t *testing.T) {
 		for _, limit := range []string{"0", "-1", "501", "ten"} {
-			resp, err := http.Get(base + "/v1/restaurants/r-1/orders?limit=" + limit)
-			if err != nil {
-				t.Fatal(err)
-			}
+			resp := getAs(t, as(t, token.AudienceOps, "op-1"), base+"/v1/restaurants/r-1/orders?limit="+limit)
 			var p struct {
 				Field string `json:"field"`
 			}
@@ -114,6 +130,26 @@ func TestRun(t *testing.T) {
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/problem+json" || p.Field != "limit" {
 				t.Errorf("limit=%s: %d %s field %q, want a 400 problem naming limit", limit, resp.StatusCode, resp.Header.Get("Content-Type"), p.Field)
+			}
+		}
+	})
+
+	t.Run("WhoMayRead", func(t *testing.T) {
+		for _, tt := range []struct {
+			name, tok string
+			want      int
+		}{
+			{"Itself", as(t, token.AudienceRestaurant, "r-1"), http.StatusOK},
+			{"Operator", as(t, token.AudienceOps, "op-1"), http.StatusOK},
+			{"ErrNoToken", "", http.StatusUnauthorized},
+			{"ErrOtherSecret", "x.y.z", http.StatusUnauthorized},
+			{"ErrOtherRestaurant", as(t, token.AudienceRestaurant, "r-2"), http.StatusForbidden},
+			{"ErrCustomer", as(t, token.AudienceCustomer, "r-1"), http.StatusForbidden},
+		} {
+			resp := getAs(t, tt.tok, base+"/v1/restaurants/r-1/orders")
+			resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Errorf("%s: %d, want %d", tt.name, resp.StatusCode, tt.want)
 			}
 		}
 	})

@@ -16,8 +16,11 @@ import (
 // feedKeys are the events that change what a customer's tracking page
 // shows: every status after placed, and rider assignments. (A customer
 // cannot watch an order before it is placed; its destination is read with
-// the order when the customer connects.)
-var feedKeys = slices.DeleteFunc(slices.Clone(events.RoutingKeys), func(k string) bool { return k == events.OrderPlaced })
+// the order when the customer connects. A refund moves money, not the
+// order.)
+var feedKeys = slices.DeleteFunc(slices.Clone(events.RoutingKeys), func(k string) bool {
+	return k == events.OrderPlaced || k == events.OrderRefunded
+})
 
 // feedPoll is how often the feed looks for new events: a status change
 // reaches a watching customer within about this long.

@@ -32,12 +32,11 @@ type orderUpdate struct {
 	Destination *Destination `json:"destination,omitempty"`
 }
 
-// finished reports whether status ends the delivery: the customer then
-// stops receiving the rider's fixes (the rider's later whereabouts are none
-// of their business).
-func finished(status string) bool {
-	return status == events.StatusDelivered || status == events.StatusCancelled || status == events.StatusPaymentFailed
-}
+// followsRider reports whether a customer watching an order in status sees
+// its rider: only while the rider carries the order, from picked_up until
+// delivered. Before, the rider may be anywhere (another order, home), and
+// after, too: none of the customer's business.
+func followsRider(status string) bool { return status == events.StatusPickedUp }
 
 // statusMsg is a status change as a customer receives it.
 type statusMsg struct {
@@ -70,8 +69,8 @@ type watcher struct {
 	closed   bool
 	riderID  string
 	riderAt  time.Time
-	done     bool  // the order finished: no more fixes
-	lastSeq  int64 // highest seq handed to this watcher for riderID
+	status   string // the order's latest status; its fixes only while followsRider
+	lastSeq  int64  // highest seq handed to this watcher for riderID
 	fix      Fix
 	hasFix   bool
 	statuses []statusMsg
@@ -107,7 +106,7 @@ func (w *watcher) kickLocked() {
 func (w *watcher) offerFix(f Fix) (stale, coalesced bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.done || f.RiderID != w.riderID || f.Seq <= w.lastSeq {
+	if !followsRider(w.status) || f.RiderID != w.riderID || f.Seq <= w.lastSeq {
 		return true, false
 	}
 	coalesced = w.hasFix
@@ -135,9 +134,9 @@ func (w *watcher) apply(u orderUpdate) string {
 		w.riderID, w.riderAt, w.lastSeq, w.hasFix = u.RiderID, u.RiderAt, 0, false
 	}
 	if u.Status != "" && u.StatusAt.After(w.statusAt) {
-		w.statusAt = u.StatusAt
-		if finished(u.Status) {
-			w.done, w.hasFix = true, false
+		w.statusAt, w.status = u.StatusAt, u.Status
+		if !followsRider(w.status) {
+			w.hasFix = false
 		}
 		if len(w.statuses) >= maxPendingStatuses {
 			w.overflow = true
@@ -146,7 +145,7 @@ func (w *watcher) apply(u orderUpdate) string {
 		}
 		w.kickLocked()
 	}
-	if w.done {
+	if !followsRider(w.status) {
 		return ""
 	}
 	return w.riderID

@@ -2,15 +2,12 @@
 // customers watching their orders over WebSocket, and serves the tracking
 // page.
 //
-// Subcommands: "mint-rider-token <rider_id>" prints a rider token (demos,
-// tests); "simulate" places orders on the orders API and drives riders to
-// them (make demo).
+// Subcommand "simulate" places orders on the orders API and drives riders
+// to them (make demo). Tokens for your own experiments: bin/dabba token.
 package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"sync/atomic"
@@ -18,6 +15,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/logging"
 	"github.com/dabba/dabba/shared/metrics"
 	"github.com/dabba/dabba/shared/service"
@@ -34,8 +32,6 @@ const positionEvery = time.Second
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	if len(args) > 1 {
 		switch args[1] {
-		case "mint-rider-token":
-			return mintRiderToken(args[2:], getenv, stdout)
 		case "simulate":
 			log, err := logging.New(getenv, "tracking")
 			if err != nil {
@@ -43,7 +39,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			}
 			return simulate(ctx, getenv, stdout, log)
 		default:
-			return fmt.Errorf("unknown subcommand %q (want mint-rider-token or simulate)", args[1])
+			return fmt.Errorf("unknown subcommand %q (want simulate; tokens: dabba token)", args[1])
 		}
 	}
 	base, err := service.Open(ctx, "tracking", getenv)
@@ -64,7 +60,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
+	secret, err := token.SecretFromEnv(getenv, log)
+	if err != nil {
+		return err
+	}
+	guard := auth.NewGuard(token.NewSigner(secret))
 
 	relay := NewRelay(base.Broker, log)
 	hub := NewHub(relay)
@@ -76,7 +76,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	base.Metrics.WatchTracking(metrics.Tracking{SocketsOpen: sockets.Open, FixesIn: counterOf(&ingest.Stats.Accepted),
 		FixesOut: counterOf(&hub.Stats.Sent), Stale: counterOf(&hub.Stats.Stale), Coalesced: counterOf(&hub.Stats.Coalesced)})
 	r := base.Router()
-	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, signer)
+	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, guard, base.Admin)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8081"), r, log, nil) })
@@ -91,29 +91,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return nil
 	})
 	return g.Wait()
-}
-
-// mintRiderToken handles "tracking mint-rider-token [-ttl 24h] <rider_id>":
-// it prints a rider token signed with TOKEN_SECRET.
-func mintRiderToken(args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("mint-rider-token", flag.ContinueOnError)
-	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 || !validRiderID(fs.Arg(0)) {
-		return errors.New("usage: tracking mint-rider-token [-ttl 24h] <rider_id> (no '.', '*', '#', '/' or spaces)")
-	}
-	log, err := logging.New(getenv, "tracking")
-	if err != nil {
-		return err
-	}
-	tok, err := token.NewSigner(token.SecretFromEnv(getenv, log)).Rider(fs.Arg(0), *ttl)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(stdout, tok)
-	return err
 }
 
 // counterOf reads a counter kept for /stats, for the metrics to share it.

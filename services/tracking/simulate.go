@@ -34,12 +34,14 @@ var demoRoutes = []struct{ from, turn, to [2]float64 }{
 // stack it places a few orders on the orders API, assigns each a rider,
 // prints the tracking pages to open, and drives the riders from the kitchen
 // to the door over the rider WebSocket, one fix every DEMO_INTERVAL,
-// moving the orders along (accepted, picked up, delivered) as it goes.
+// moving the orders along as each party would: the restaurant accepts, the
+// rider picks up and delivers. Each call carries the token of the role that
+// makes it (customer, ops, restaurant, rider), minted here.
 //
 // Environment: ORDERS_URL (http://127.0.0.1:8080), TRACKING_URL
 // (http://127.0.0.1:8081), DEMO_RIDERS (3, at most 4), DEMO_STEPS (180),
-// DEMO_INTERVAL (500ms), and TOKEN_SECRET, which must be the stack's: the
-// simulator mints its riders' tokens.
+// DEMO_INTERVAL (500ms), and TOKEN_SECRET, which must be the stack's
+// (unset: make run's development secret).
 func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer, log *zap.Logger) error {
 	env := config.Env(getenv)
 	ordersURL := strings.TrimRight(env.String("ORDERS_URL", "http://127.0.0.1:8080"), "/")
@@ -58,9 +60,21 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	}
 	riders = max(1, min(riders, len(demoRoutes)))
 	steps = max(steps, 2)
-	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
+	secret, dev := token.ClientSecret(getenv)
+	if dev {
+		log.Info("TOKEN_SECRET is unset: minting tokens with make run's development secret")
+	}
+	tokens := demoTokens{token.NewSigner(secret)}
 	client := &http.Client{Timeout: 5 * time.Second}
 	batch := uuid.NewString()[:4]
+	ops, err := tokens.mint(token.AudienceOps, "demo-operator")
+	if err != nil {
+		return err
+	}
+	kitchen, err := tokens.mint(token.AudienceRestaurant, demoRestaurant)
+	if err != nil {
+		return err
+	}
 
 	type delivery struct {
 		orderID, rider, riderTok string
@@ -69,21 +83,25 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	var ds []delivery
 	for i := range riders {
 		to := demoRoutes[i].to
-		body := fmt.Sprintf(`{"customer_id":"demo-%d","restaurant_id":"demo-kitchen","email":"demo%d@example.com",
-			"items":[{"sku":"thali","name":"Veg thali","quantity":1,"unit_price_cents":25000}],
-			"delivery_address":{"line1":"Demo street %d","lat":%f,"lng":%f}}`, i, i, i+1, to[0], to[1])
+		customer, err := tokens.mint(token.AudienceCustomer, fmt.Sprintf("demo-%d", i))
+		if err != nil {
+			return err
+		}
+		body := fmt.Sprintf(`{"restaurant_id":%q,"email":"demo%d@example.com",
+			"items":[{"sku":"thali","quantity":1}],
+			"delivery_address":{"line1":"Demo street %d","lat":%f,"lng":%f}}`, demoRestaurant, i, i+1, to[0], to[1])
 		var o struct {
 			ID            string `json:"id"`
 			TrackingToken string `json:"tracking_token"`
 		}
-		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders", uuid.NewString(), "", body, &o); err != nil {
-			return fmt.Errorf("place order (is make run running?): %w", err)
+		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders", uuid.NewString(), customer, body, &o); err != nil {
+			return fmt.Errorf("place order (is make run running? it gives %s the menu the demo orders from): %w", demoRestaurant, err)
 		}
 		rider := fmt.Sprintf("demo-rider-%s-%d", batch, i+1)
-		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+o.ID+"/rider", "", "", `{"rider_id":"`+rider+`"}`, nil); err != nil {
+		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+o.ID+"/rider", "", ops, `{"rider_id":"`+rider+`"}`, nil); err != nil {
 			return fmt.Errorf("assign rider: %w", err)
 		}
-		riderTok, err := signer.Rider(rider, 2*time.Hour)
+		riderTok, err := tokens.mint(token.AudienceRider, rider)
 		if err != nil {
 			return err
 		}
@@ -95,22 +113,22 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	g, ctx := errgroup.WithContext(ctx)
 	for _, d := range ds {
 		g.Go(func() error {
-			move := func(status string) {
-				if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+d.orderID+"/status", "", "",
+			move := func(status, tok string) {
+				if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+d.orderID+"/status", "", tok,
 					`{"status":"`+status+`"}`, nil); err != nil {
 					log.Warn("order not moved", zap.String("order_id", d.orderID), zap.String("status", status), zap.Error(err))
 				}
 			}
-			waitPaid(ctx, client, ordersURL, d.orderID)
-			move("accepted")
+			waitPaid(ctx, client, ordersURL, d.orderID, ops)
+			move("accepted", kitchen)
 			if err := drive(ctx, trackingURL, d.rider, d.riderTok, d.route, steps, interval, func(step int) {
 				if step == steps/5 {
-					move("picked_up") // a moment at the kitchen, then off
+					move("picked_up", d.riderTok) // a moment at the kitchen, then off
 				}
 			}, log); err != nil {
 				return err
 			}
-			move("delivered")
+			move("delivered", d.riderTok)
 			fmt.Fprintf(stdout, "order %s delivered\n", d.orderID[:8])
 			return nil
 		})
@@ -118,15 +136,24 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	return g.Wait()
 }
 
+// demoRestaurant is the kitchen the demo's orders come from: the one make
+// run gives a menu.
+const demoRestaurant = "r1"
+
+// demoTokens mints the demo's tokens, valid for as long as a demo runs.
+type demoTokens struct{ s *token.Signer }
+
+func (d demoTokens) mint(kind, sub string) (string, error) { return d.s.Mint(kind, sub, 2*time.Hour) }
+
 // waitPaid waits (up to 15 s) until the payment service has charged the
-// order, so the status moves that follow are legal.
-func waitPaid(ctx context.Context, client *http.Client, ordersURL, orderID string) {
+// order, so the status moves that follow are legal; tok may read it.
+func waitPaid(ctx context.Context, client *http.Client, ordersURL, orderID, tok string) {
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		var o struct {
 			Status string `json:"status"`
 		}
-		if call(ctx, client, http.MethodGet, ordersURL+"/v1/orders/"+orderID, "", "", "", &o) == nil && o.Status != "placed" {
+		if call(ctx, client, http.MethodGet, ordersURL+"/v1/orders/"+orderID, "", tok, "", &o) == nil && o.Status != "placed" {
 			return
 		}
 		select {

@@ -24,6 +24,10 @@ const (
 	OrderDelivered     = "order.delivered"
 	OrderCancelled     = "order.cancelled"
 	OrderRiderAssigned = "order.rider_assigned"
+	// OrderRefunded follows order.cancelled when the order had been
+	// charged: the payment service refunded it. It is no status: a
+	// refunded order stays cancelled.
+	OrderRefunded = "order.refunded"
 )
 
 // RoutingKeys lists every routing key published to the "orders" exchange; a
@@ -31,6 +35,7 @@ const (
 var RoutingKeys = []string{
 	OrderPlaced, OrderPaid, OrderPaymentFailed, OrderAccepted,
 	OrderPickedUp, OrderDelivered, OrderCancelled, OrderRiderAssigned,
+	OrderRefunded,
 }
 
 // Order statuses, in the order an order normally lives through them.
@@ -116,6 +121,16 @@ type StatusChanged struct {
 	From         string `json:"from"`
 	RestaurantID string `json:"restaurant_id"`
 	Email        string `json:"email"`
+}
+
+// Refunded is the payload of order.refunded, with the same repeated fields
+// as Paid.
+type Refunded struct {
+	RefundID     string `json:"refund_id"`
+	ChargeID     string `json:"charge_id"`
+	AmountCents  int64  `json:"amount_cents"`
+	RestaurantID string `json:"restaurant_id,omitempty"`
+	Email        string `json:"email,omitempty"`
 }
 
 // RiderAssigned is the payload of order.rider_assigned.

@@ -1,7 +1,10 @@
 package httpx
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -71,6 +74,34 @@ func LimitPerIP(perSecond int) func(http.Handler) http.Handler {
 		p.RetryAfter = 1
 		WriteProblem(w, p)
 	}))
+}
+
+// ReadBody reads each request's whole body, at most maxBytes (413 past
+// it), before passing the request on with its body in memory. Put before
+// Shed, it makes a request take an in-flight slot only once it has
+// arrived: a client sending its body slowly holds a connection (until the
+// server's read timeout), never a slot that others wait for.
+func ReadBody(maxBytes int64) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Body == nil || r.Body == http.NoBody {
+				next.ServeHTTP(w, r)
+				return
+			}
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBytes))
+			var tooBig *http.MaxBytesError
+			switch {
+			case errors.As(err, &tooBig):
+				WriteProblem(w, NewProblem(http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", maxBytes)))
+				return
+			case err != nil:
+				WriteProblem(w, NewProblem(http.StatusBadRequest, "could not read body"))
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			next.ServeHTTP(w, r)
+		})
+	}
 }
 
 // Shed answers at once with a 503 problem and Retry-After when maxInFlight
