@@ -137,7 +137,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 			want(svc, metrics.MessagesConsumed, true, ql)
 			want(svc, metrics.MessagesAcked, true, ql)
 			want(svc, metrics.MessagesRetried, false, ql)
-			want(svc, metrics.MessagesRequeued, false, ql)
+			want(svc, metrics.ConsumerWaiting, false, ql, `dependency="database"`)
 			want(svc, metrics.MessagesDeadLettered, false, ql, `reason="permanent-error"`)
 			want(svc, metrics.MessagesDeadLettered, false, ql, `reason="retries-exhausted"`)
 			want(svc, metrics.HandlerDuration+"_count", true, ql)

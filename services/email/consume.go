@@ -108,7 +108,9 @@ func mailer[T any](limiter *rate.Limiter, sender Sender, r *Renderer, to func(T)
 			case errors.Is(err, ErrRejected):
 				e.Fail(broker.Permanent(err)) // 5xx: the server will never take it
 			case err != nil:
-				e.Fail(err) // 4xx or network: retry
+				// A 4xx or no answer: the mail server is down or
+				// refusing for now, not this mail's fault.
+				e.Fail(broker.Unavailable("smtp", err))
 			default:
 				sent = append(sent, sentMail{e.ID, e.OrderID, mails[i].To, e.Type})
 			}

@@ -249,9 +249,23 @@ func charge(ctx context.Context, log *zap.Logger, gw Provider, e consumer.Event[
 		log.Error("the provider's charge is not the one asked for: dead-lettered for an operator", append(e.Fields(), zap.Error(err))...)
 		e.Fail(broker.Permanent(err))
 	default:
-		e.Fail(err) // transient: the retry ladder asks again with the same key
+		e.Fail(transient(err)) // asked again with the same key
 	}
 	return nil
+}
+
+// providerName is the payment provider as a dependency of the consumer.
+const providerName = "payment-provider"
+
+// transient is a failure worth asking the provider again about: when the
+// provider is down (5xx, timeouts, refused connections), an outage, which
+// spends none of the message's retries (broker.Unavailable); otherwise an
+// error for the retry ladder.
+func transient(err error) error {
+	if errors.Is(err, gateway.ErrUnavailable) {
+		return broker.Unavailable(providerName, err)
+	}
+	return err
 }
 
 // refundKey is the idempotency key of an order's refund.
@@ -338,7 +352,7 @@ func fail[T any](log *zap.Logger, e consumer.Event[T], err error) {
 		e.Fail(broker.Permanent(err))
 		return
 	}
-	e.Fail(err)
+	e.Fail(transient(err))
 }
 
 // writes gathers a batch's payment, refund and outbox rows, sent with one

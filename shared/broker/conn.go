@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"net/url"
@@ -51,7 +52,8 @@ type Conn struct {
 
 	mu      sync.Mutex
 	conn    *amqp.Connection
-	dialled chan struct{} // closed once the first connection is up
+	waiting map[string]string // queue → the dependency its consumer waits for
+	dialled chan struct{}     // closed once the first connection is up
 	closed  atomic.Bool
 	blocked atomic.Bool
 	// open follows the connection's state: true from a dial or a
@@ -129,15 +131,7 @@ func (c *Conn) keepConnected(ctx context.Context) {
 		// Follow the library's recovery; only a final close (recovery gave
 		// up, or a close we asked for) makes us dial a new connection.
 		for s := range states {
-			switch s.To {
-			case amqp.StateReconnecting:
-				c.open.Store(false)
-				c.log.Warn("broker connection lost, recovering")
-			case amqp.StateOpen:
-				c.open.Store(true)
-				c.Reconnects.Add(1)
-				c.log.Info("broker connection recovered")
-			}
+			c.onState(s.To)
 		}
 		c.open.Store(false)
 		if c.closed.Load() || ctx.Err() != nil {
@@ -145,6 +139,51 @@ func (c *Conn) keepConnected(ctx context.Context) {
 		}
 		c.log.Warn("broker connection closed, dialling again")
 	}
+}
+
+// onState follows the library's recovery of the connection. A recovered
+// connection is a new one to the broker, which tells it nothing of an alarm
+// raised and cleared meanwhile, and amqp091-go neither sends "unblocked"
+// nor closes the blocked notifications when it recovers: a blocked flag
+// from the lost connection would refuse every publish for ever. The new
+// connection starts unblocked; the broker says so if it blocks it again.
+func (c *Conn) onState(to amqp.LifeCycleState) {
+	switch to {
+	case amqp.StateReconnecting:
+		c.open.Store(false)
+		c.blocked.Store(false)
+		c.log.Warn("broker connection lost, recovering")
+	case amqp.StateOpen:
+		c.open.Store(true)
+		c.blocked.Store(false)
+		c.Reconnects.Add(1)
+		c.log.Info("broker connection recovered")
+	}
+}
+
+// setWaiting records that the consumer of queue waits for dependency (""
+// for none) and returns what it waited for before.
+func (c *Conn) setWaiting(queue, dependency string) (was string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	was = c.waiting[queue]
+	if dependency == "" {
+		delete(c.waiting, queue)
+	} else {
+		if c.waiting == nil {
+			c.waiting = map[string]string{}
+		}
+		c.waiting[queue] = dependency
+	}
+	return was
+}
+
+// Waiting returns, for each consumer on c that holds its messages while a
+// dependency is down, that dependency, by queue.
+func (c *Conn) Waiting() map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.waiting)
 }
 
 func (c *Conn) dial() (*amqp.Connection, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -78,16 +79,23 @@ func newDelivery(queue string, d amqp.Delivery) Delivery {
 	}
 }
 
+// headerInt reads a count we wrote into a header; anything else there
+// (missing, negative, absurdly large, another type) counts as 0, so that a
+// malformed header can never index outside the retry ladder.
 func headerInt(h amqp.Table, key string) int {
+	var n int64
 	switch v := h[key].(type) {
 	case int32:
-		return int(v)
+		n = int64(v)
 	case int64:
-		return int(v)
+		n = v
 	case int:
-		return v
+		n = int64(v)
 	}
-	return 0
+	if n < 0 || n > math.MaxInt16 {
+		return 0
+	}
+	return int(n)
 }
 
 // BatchHandler does the work for a batch of messages at once. nil means
@@ -135,6 +143,51 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p) || errors.Is(err, events.ErrMalformed)
 }
 
+type unavailableError struct {
+	dependency string
+	err        error
+}
+
+func (e unavailableError) Error() string { return e.dependency + " unavailable: " + e.err.Error() }
+func (e unavailableError) Unwrap() error { return e.err }
+
+// Unavailable marks err as the failure of a dependency that is down (the
+// database, the payment provider, the mail server), not of the message: an
+// outage is no reason to give up on it. The consumer keeps the message,
+// spends none of its retries, takes no new work, and tries again, one
+// message first, with a growing pause, until the dependency answers.
+func Unavailable(dependency string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return unavailableError{dependency, err}
+}
+
+// UnavailableDependency reports which dependency err says is down.
+func UnavailableDependency(err error) (string, bool) {
+	var u unavailableError
+	if errors.As(err, &u) {
+		return u.dependency, true
+	}
+	return "", false
+}
+
+// outageOf reports the dependency a batch's outcome says is down: the
+// whole batch's error, or every failure of a batch (some of whose
+// messages may have succeeded) alike.
+func outageOf(err error) (string, bool) {
+	var failures Failures
+	if !errors.As(err, &failures) {
+		return UnavailableDependency(err)
+	}
+	for _, ferr := range failures {
+		if dep, ok := UnavailableDependency(ferr); ok {
+			return dep, true
+		}
+	}
+	return "", false
+}
+
 // ConsumerConfig configures Consume. WorkQueue.Config gives a work queue's.
 type ConsumerConfig struct {
 	Queue string
@@ -175,6 +228,7 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 // consumer settles deliveries for one queue.
 type consumer struct {
 	cfg     ConsumerConfig
+	conn    *Conn
 	pub     *Publisher
 	log     *zap.Logger
 	metrics *metrics.Queue
@@ -188,7 +242,7 @@ type consumer struct {
 // conn's publishing connection.
 func Consume(ctx context.Context, conn *Conn, cfg ConsumerConfig, h BatchHandler, log *zap.Logger) error {
 	cfg = cfg.withDefaults()
-	c := &consumer{cfg: cfg, pub: NewPublisher(conn, log), log: log, metrics: conn.metrics.Queue(cfg.Queue)}
+	c := &consumer{cfg: cfg, conn: conn, pub: NewPublisher(conn, log), log: log, metrics: conn.metrics.Queue(cfg.Queue)}
 	defer c.pub.Close()
 	var wg sync.WaitGroup
 	for range cfg.Workers {
@@ -199,18 +253,35 @@ func Consume(ctx context.Context, conn *Conn, cfg ConsumerConfig, h BatchHandler
 }
 
 func (c *consumer) run(ctx context.Context, conn *Conn, h BatchHandler) {
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+	wait := firstSessionWait
+	for {
+		start := time.Now()
 		err := c.openSession(ctx, conn, h)
 		if ctx.Err() != nil {
 			return
 		}
-		c.log.Warn("consumer session ended, starting another", zap.String("queue", c.cfg.Queue), zap.Error(err))
+		wait = nextSessionWait(wait, time.Since(start))
+		c.log.Warn("consumer session ended, starting another", zap.String("queue", c.cfg.Queue), zap.Error(err), zap.Duration("in", wait))
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
 		}
 	}
+}
+
+// firstSessionWait is the pause before a new session after a healthy one.
+const firstSessionWait = 100 * time.Millisecond
+
+// nextSessionWait is the pause before the next session after one that
+// lasted this long: doubling, up to 5 s, while sessions keep failing at
+// once; back to the first after one that ran for a minute, whose end is a
+// new failure rather than the same one again.
+func nextSessionWait(wait, lasted time.Duration) time.Duration {
+	if lasted > time.Minute {
+		return firstSessionWait
+	}
+	return min(2*wait, 5*time.Second)
 }
 
 func (c *consumer) openSession(ctx context.Context, conn *Conn, h BatchHandler) error {
@@ -244,10 +315,11 @@ func (c *consumer) openSession(ctx context.Context, conn *Conn, h BatchHandler) 
 // batches grow with the load and cost no latency when it is light. With Wait
 // set, a batch that is not full waits that long for more before it goes.
 func (c *consumer) session(ctx context.Context, deliveries <-chan amqp.Delivery, lost <-chan struct{}, h BatchHandler) error {
+	s := settling{consumer: c, lost: lost, h: h}
 	batch := make([]Delivery, 0, c.cfg.Batch)
 	defer func() {
 		if len(batch) > 0 { // taken but not handled: finish them
-			c.settleBatch(ctx, batch, h)
+			s.batch(ctx, batch)
 		}
 	}()
 	var timer *time.Timer
@@ -281,7 +353,7 @@ func (c *consumer) session(ctx context.Context, deliveries <-chan amqp.Delivery,
 			timer, expired = nil, nil
 		}
 		if len(batch) > 0 {
-			c.settleBatch(ctx, batch, h)
+			s.batch(ctx, batch)
 			batch = batch[:0]
 		}
 	}
@@ -307,46 +379,144 @@ func (c *consumer) takeBuffered(deliveries <-chan amqp.Delivery, batch []Deliver
 	return batch
 }
 
-func (c *consumer) settleBatch(ctx context.Context, batch []Delivery, h BatchHandler) {
-	c.metrics.Consumed(len(batch))
+// settling is a session's settling of its batches: the channel they came on
+// (lost when it is gone) and their handler.
+type settling struct {
+	*consumer
+	lost <-chan struct{}
+	h    BatchHandler
+}
+
+// batch hands batch to the handler and settles each message by the
+// outcome: acked when its effect is committed, retried or dead-lettered
+// when it failed, kept when a dependency it needs is down (hold).
+func (s settling) batch(ctx context.Context, batch []Delivery) {
+	s.metrics.Consumed(len(batch))
 	start := time.Now()
-	err := c.call(ctx, batch, h)
+	err := s.call(ctx, batch, s.h)
 	took := time.Since(start)
-	c.metrics.Handled(took)
+	s.metrics.Handled(took)
+	s.settleOutcome(ctx, batch, err, took)
+}
+
+// settleOutcome settles batch, whose handler returned err.
+func (s settling) settleOutcome(ctx context.Context, batch []Delivery, err error, took time.Duration) {
 	var failures Failures
 	switch {
 	case err == nil:
-		c.ack(batch, took)
+		s.ack(batch, took, false)
 	case errors.As(err, &failures):
-		ok := make([]Delivery, 0, len(batch))
+		var ok, held []Delivery
+		var dependency string
 		for i, d := range batch {
-			if ferr, failed := failures[i]; failed {
-				c.settle(ctx, d, ferr, took)
-			} else {
+			ferr, failed := failures[i]
+			if !failed {
 				ok = append(ok, d)
+				continue
 			}
+			if dep, down := UnavailableDependency(ferr); down {
+				held, dependency = append(held, d), dep
+				continue
+			}
+			s.settle(ctx, d, ferr)
 		}
-		c.ack(ok, took)
-	case len(batch) == 1:
-		c.settle(ctx, batch[0], err, took)
+		s.ack(ok, took, len(held) > 0)
+		if len(held) > 0 {
+			s.hold(ctx, held, dependency)
+		}
 	default:
-		c.log.Warn("batch failed, handling its messages one by one", zap.String("queue", c.cfg.Queue), zap.Error(err), zap.Int("size", len(batch)))
+		if dep, down := UnavailableDependency(err); down {
+			s.hold(ctx, batch, dep)
+			return
+		}
+		if len(batch) == 1 {
+			s.settle(ctx, batch[0], err)
+			return
+		}
+		s.log.Warn("batch failed, handling its messages one by one", zap.String("queue", s.cfg.Queue), zap.Error(err), zap.Int("size", len(batch)))
 		for _, d := range batch {
-			c.settleBatch(ctx, []Delivery{d}, h)
+			s.batch(ctx, []Delivery{d})
 		}
 	}
 }
 
-// ack acks the deliveries of a batch whose effects are committed, with one
-// multiple ack up to the last of them: every delivery before it on this
-// channel is decided, because a channel has one batch in hand at a time
-// and its failed messages were settled first.
-func (c *consumer) ack(done []Delivery, took time.Duration) {
+// Outage backoff: a consumer whose dependency is down tries again after
+// outageFirst, doubling up to outageMax.
+const (
+	outageFirst = 500 * time.Millisecond
+	outageMax   = 10 * time.Second
+)
+
+// hold keeps held, whose dependency is down, unacknowledged (so none of their
+// retries is spent, and the broker sends nothing past the prefetch window
+// meanwhile) and takes no new work until the dependency answers again: it
+// tries the first message alone, after a pause that doubles up to
+// outageMax, until that one no longer fails for want of the dependency,
+// then settles it and hands over the rest as a batch. It gives up when the
+// consumer stops or the channel is lost; the broker then delivers the
+// messages again.
+func (s settling) hold(ctx context.Context, held []Delivery, dependency string) {
+	s.waiting(dependency)
+	defer s.waiting("")
+	s.log.Warn("dependency unavailable: holding messages, taking no new work", zap.String("queue", s.cfg.Queue),
+		zap.String("dependency", dependency), zap.Int("held", len(held)))
+	for pause := outageFirst; ; pause = min(2*pause, outageMax) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.lost:
+			return
+		case <-time.After(pause):
+		}
+		probe := held[:1]
+		start := time.Now()
+		err := s.call(ctx, probe, s.h)
+		if dep, down := UnavailableDependency(err); down {
+			if dep != dependency {
+				s.waiting(dep)
+				dependency = dep
+			}
+			continue
+		}
+		s.log.Info("dependency answers again: resuming", zap.String("queue", s.cfg.Queue), zap.String("dependency", dependency))
+		s.waiting("")
+		s.settleOutcome(ctx, probe, err, time.Since(start))
+		if len(held) > 1 {
+			s.batch(ctx, held[1:])
+		}
+		return
+	}
+}
+
+// waiting records the dependency the consumer waits for ("" for none), in
+// its metrics and its service's readiness.
+func (s settling) waiting(dependency string) {
+	was := s.conn.setWaiting(s.cfg.Queue, dependency)
+	s.metrics.Waiting(dependency, was)
+}
+
+// ack acks the deliveries of a batch whose effects are committed. Without
+// others held on the channel that is one multiple ack up to the last of
+// them: every delivery before it on this channel is decided, because a
+// channel has one batch in hand at a time and its failed messages were
+// settled first. With some held (a dependency down) each is acked alone,
+// so that the held ones stay unacknowledged; the transport sends the acks
+// in one write all the same.
+func (c *consumer) ack(done []Delivery, took time.Duration, holding bool) {
 	if len(done) == 0 {
 		return
 	}
-	last := done[len(done)-1].raw
-	if err := last.Ack(len(done) > 1); err != nil {
+	var err error
+	if holding {
+		for _, d := range done {
+			if aerr := d.raw.Ack(false); aerr != nil {
+				err = aerr
+			}
+		}
+	} else {
+		err = done[len(done)-1].raw.Ack(len(done) > 1)
+	}
+	if err != nil {
 		c.log.Warn("ack failed; the broker will redeliver", zap.String("queue", c.cfg.Queue), zap.Error(err), zap.Int("size", len(done)))
 		return
 	}
@@ -380,60 +550,61 @@ func (c *consumer) call(ctx context.Context, batch []Delivery, h BatchHandler) (
 	return h(hctx, batch)
 }
 
-// settle acks, retries or dead-letters one delivery after its handler ran.
-// A retry or dead-letter copy is published with a confirm before the
-// original is acked; if that publish fails the original is requeued, so a
-// message is never dropped on the way.
-//
-// Success is logged at debug level only: one line per message is too many
-// for production, and checking the level first keeps it free when off.
-func (c *consumer) settle(ctx context.Context, d Delivery, err error, took time.Duration) {
-	if err == nil {
-		c.ack([]Delivery{d}, took)
-		return
-	}
-	log := c.log.With(d.Fields()...)
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	var perr error
+// settle retries or dead-letters one delivery whose handler failed. The
+// retry or dead-letter copy is published with a confirm, and mandatory (a
+// copy no queue takes comes back, instead of being dropped), before the
+// original is acked. While the copy cannot be published (the broker
+// refuses or blocks publishers) the original is kept, and the publish tried
+// again with a growing pause, taking no new work: the broker is the
+// dependency that is down, and requeueing the message would count a
+// delivery against its limit for nothing.
+func (s settling) settle(ctx context.Context, d Delivery, err error) {
+	log := s.log.With(d.Fields()...)
+	var next Message // the copy: to the DLQ or the next retry queue
+	var reason string
 	switch {
 	case IsPermanent(err):
 		log.Error("dead-lettering: permanent error", zap.Error(err))
-		perr = c.deadLetter(pctx, d, ReasonPermanent, err)
-		if perr == nil {
-			c.metrics.DeadLettered(metrics.ReasonPermanent)
-		}
-	case d.Attempt > len(c.cfg.Retry):
+		next, reason = s.copyOf(d, ExchangeDLX, s.cfg.Queue, err, ReasonPermanent), metrics.ReasonPermanent
+	case d.Attempt > len(s.cfg.Retry):
 		log.Error("dead-lettering: retries exhausted", zap.Error(err))
-		perr = c.deadLetter(pctx, d, ReasonExhausted, err)
-		if perr == nil {
-			c.metrics.DeadLettered(metrics.ReasonExhausted)
-		}
+		next, reason = s.copyOf(d, ExchangeDLX, s.cfg.Queue, err, ReasonExhausted), metrics.ReasonExhausted
 	default:
-		delay := c.cfg.Retry[d.Attempt-1]
+		delay := s.cfg.Retry[d.Attempt-1]
 		log.Warn("retrying later", zap.Error(err), zap.Duration("delay", delay))
-		perr = c.pub.Publish(pctx, c.copyOf(d, "", RetryQueue(c.cfg.Queue, delay), err, ""))
+		next = s.copyOf(d, "", RetryQueue(s.cfg.Queue, delay), err, "")
+	}
+	next.Mandatory = true
+	for pause := outageFirst; ; pause = min(2*pause, outageMax) {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		perr := s.pub.Publish(pctx, next)
+		cancel()
 		if perr == nil {
-			c.metrics.Retried()
+			break
+		}
+		if pause == outageFirst {
+			log.Error("could not move the message on; keeping it and trying again", zap.Error(perr))
+			s.waiting("broker")
+			defer s.waiting("")
+		}
+		select {
+		case <-ctx.Done():
+			return // it goes back to the queue when the channel closes
+		case <-s.lost:
+			return
+		case <-time.After(pause):
 		}
 	}
-	if perr != nil {
-		log.Error("could not move the message on; requeueing it", zap.Error(perr))
-		c.metrics.Requeued()
-		if nerr := d.raw.Nack(false, true); nerr != nil {
-			log.Warn("nack failed; the broker will redeliver", zap.Error(nerr))
-		}
-		return
+	if reason == "" {
+		s.metrics.Retried()
+	} else {
+		s.metrics.DeadLettered(reason)
 	}
 	if aerr := d.raw.Ack(false); aerr != nil {
 		// The copy is already safe; the original comes back and the
 		// handler's inbox makes the second delivery harmless.
 		log.Warn("ack failed; the broker will redeliver", zap.Error(aerr))
 	}
-}
-
-func (c *consumer) deadLetter(ctx context.Context, d Delivery, reason string, err error) error {
-	return c.pub.Publish(ctx, c.copyOf(d, ExchangeDLX, c.cfg.Queue, err, reason))
 }
 
 // copyOf builds the retry or dead-letter copy of d, keeping its identity

@@ -73,7 +73,7 @@ func TestConsumeRecordsMetricsAndTrace(t *testing.T) {
 		metrics.MessagesConsumed + ql + " 4", // ok, poison, exhausted twice
 		metrics.MessagesAcked + ql + " 1",
 		metrics.MessagesRetried + ql + " 1",
-		metrics.MessagesRequeued + ql + " 0",
+		fmt.Sprintf("%s{dependency=%q,queue=%q} 0", metrics.ConsumerWaiting, "database", q.Name),
 		fmt.Sprintf("%s{queue=%q,reason=%q} 1", metrics.MessagesDeadLettered, q.Name, metrics.ReasonPermanent),
 		fmt.Sprintf("%s{queue=%q,reason=%q} 1", metrics.MessagesDeadLettered, q.Name, metrics.ReasonExhausted),
 		metrics.HandlerDuration + "_count" + ql + " 4",

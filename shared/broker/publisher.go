@@ -33,6 +33,9 @@ type Message struct {
 	// Transient messages are neither persisted nor confirmed (rider fixes:
 	// worthless once a newer one exists).
 	Transient bool
+	// Mandatory messages that no queue takes come back (basic.return) and
+	// count as not confirmed, instead of being confirmed and dropped.
+	Mandatory bool
 }
 
 func (m Message) publishing() amqp.Publishing {
@@ -69,10 +72,15 @@ type Publisher struct {
 	metrics  *metrics.Set
 	confirms bool
 
-	mu   sync.Mutex
-	ch   *amqp.Channel
-	lost <-chan struct{}
+	mu      sync.Mutex
+	ch      *amqp.Channel
+	lost    <-chan struct{}
+	returns <-chan amqp.Return // mandatory messages no queue took
 }
+
+// maxReturns bounds the mandatory messages one batch may hold: the library
+// hands each return over before the confirm, and must never block doing it.
+const maxReturns = 1024
 
 // NewPublisher returns a publisher on conn's publishing connection (see
 // Conn.forPublishing).
@@ -109,6 +117,7 @@ func (p *Publisher) channel(ctx context.Context) (*amqp.Channel, error) {
 		}
 	}
 	p.ch, p.lost = ch, ChannelLost(ch)
+	p.returns = ch.NotifyReturn(make(chan amqp.Return, maxReturns))
 	return ch, nil
 }
 
@@ -116,7 +125,25 @@ func (p *Publisher) drop() {
 	if p.ch != nil {
 		p.conn.Release(p.ch)
 	}
-	p.ch, p.lost = nil, nil
+	p.ch, p.lost, p.returns = nil, nil, nil
+}
+
+// returned takes the returns the library has handed over: by the time a
+// confirm has arrived, the return of the same message (which the broker
+// sends first) is among them.
+func (p *Publisher) returned() map[string]bool {
+	var ids map[string]bool
+	for {
+		select {
+		case r := <-p.returns:
+			if ids == nil {
+				ids = map[string]bool{}
+			}
+			ids[r.MessageId] = true
+		default:
+			return ids
+		}
+	}
 }
 
 // Publish publishes one message and, unless it is transient, waits for the
@@ -149,8 +176,14 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (acked []b
 	}
 	confirms := make([]*amqp.DeferredConfirmation, len(msgs))
 	start := time.Now()
+	mandatory := 0
 	for i, m := range msgs {
-		dc, perr := ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, false, false, m.publishing())
+		if m.Mandatory {
+			if mandatory++; mandatory > maxReturns {
+				return acked, fmt.Errorf("more than %d mandatory messages in one batch", maxReturns)
+			}
+		}
+		dc, perr := ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, m.Mandatory, false, m.publishing())
 		if perr != nil {
 			err = fmt.Errorf("publish %s: %w", m.RoutingKey, perr)
 			p.drop()
@@ -175,6 +208,18 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (acked []b
 			p.metrics.Confirmed(time.Since(start))
 		} else {
 			p.metrics.Unconfirmed(1)
+		}
+	}
+	if mandatory > 0 && p.returns != nil {
+		if bounced := p.returned(); len(bounced) > 0 {
+			for i, m := range msgs {
+				if m.Mandatory && bounced[m.MessageID] {
+					acked[i] = false
+					if err == nil {
+						err = fmt.Errorf("%s to %q returned: no queue is bound for it", m.MessageID, m.RoutingKey)
+					}
+				}
+			}
 		}
 	}
 	return acked, err

@@ -212,6 +212,9 @@ func (c *Consumer) Handle(ctx context.Context, batch []broker.Delivery) error {
 		var hooks []func()
 		hctx := context.WithValue(ctx, hooksKey{}, &hooks)
 		if err := postgres.InTx(hctx, c.db, func(tx pgx.Tx) error { return c.apply(hctx, tx, items) }); err != nil {
+			if postgres.IsUnavailable(err) {
+				return broker.Unavailable("database", err)
+			}
 			return err
 		}
 		for _, fn := range hooks {

@@ -27,7 +27,8 @@ const (
 	MessagesConsumed       = "dabba_messages_consumed_total"
 	MessagesAcked          = "dabba_messages_acked_total"
 	MessagesRetried        = "dabba_messages_retried_total"
-	MessagesRequeued       = "dabba_messages_requeued_total"
+	ConsumerWaiting        = "dabba_consumer_waiting"
+	ConsumerOutages        = "dabba_consumer_outages_total"
 	MessagesDeadLettered   = "dabba_messages_dead_lettered_total"
 	HandlerDuration        = "dabba_message_handler_duration_seconds"
 	PublishConfirmDuration = "dabba_broker_publish_confirm_seconds"
@@ -58,7 +59,8 @@ type Set struct {
 	consumed    *prometheus.CounterVec
 	acked       *prometheus.CounterVec
 	retried     *prometheus.CounterVec
-	requeued    *prometheus.CounterVec
+	waiting     *prometheus.GaugeVec
+	outages     *prometheus.CounterVec
 	dead        *prometheus.CounterVec
 	handler     *prometheus.HistogramVec
 	confirm     prometheus.Histogram
@@ -77,11 +79,16 @@ func New() *Set {
 		consumed: f.counterVec(MessagesConsumed, "Messages received from a queue and handed to a handler.", "queue"),
 		acked:    f.counterVec(MessagesAcked, "Messages acked after their handler succeeded.", "queue"),
 		retried:  f.counterVec(MessagesRetried, "Messages whose handler failed, sent to the retry ladder (a nack, delayed).", "queue"),
-		requeued: f.counterVec(MessagesRequeued, "Messages nacked back to their queue because their retry or dead-letter copy was not confirmed.", "queue"),
-		dead:     f.counterVec(MessagesDeadLettered, "Messages moved to the dead-letter queue, by reason.", "queue", "reason"),
+		outages: f.counterVec(ConsumerOutages, "Times a consumer stopped taking work because a dependency was unavailable, by dependency.",
+			"queue", "dependency"),
+		dead: f.counterVec(MessagesDeadLettered, "Messages moved to the dead-letter queue, by reason.", "queue", "reason"),
 		handler: f.histogramVec(HandlerDuration, "Time a handler took for one message (or one batch).",
 			latencyBuckets, "queue"),
 	}
+	s.waiting = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ConsumerWaiting,
+		Help: "1 while a consumer holds its messages and takes no new work, waiting for a dependency (database, payment-provider, smtp, broker) to answer again."},
+		[]string{"queue", "dependency"})
+	reg.MustRegister(s.waiting)
 	s.confirm = prometheus.NewHistogram(prometheus.HistogramOpts{Name: PublishConfirmDuration,
 		Help: "Time from a publish (the first of its batch) to the broker's confirm.", Buckets: confirmBuckets})
 	s.unconfirmed = prometheus.NewCounter(prometheus.CounterOpts{Name: PublishUnconfirmed,
@@ -174,9 +181,12 @@ func statusLabel(code int) string {
 
 // Queue is a consumer's counters for one queue, looked up once.
 type Queue struct {
-	consumed, acked, retried, requeued prometheus.Counter
-	deadPermanent, deadExhausted       prometheus.Counter
-	handler                            prometheus.Observer
+	consumed, acked, retried     prometheus.Counter
+	deadPermanent, deadExhausted prometheus.Counter
+	handler                      prometheus.Observer
+	waiting                      *prometheus.GaugeVec
+	outages                      *prometheus.CounterVec
+	queue                        string
 }
 
 // Dead-letter reasons, as the label reason spells them (the same words as
@@ -191,14 +201,40 @@ func (s *Set) Queue(queue string) *Queue {
 	if s == nil {
 		return nil
 	}
-	return &Queue{
+	q := &Queue{
 		consumed:      s.consumed.WithLabelValues(queue),
 		acked:         s.acked.WithLabelValues(queue),
 		retried:       s.retried.WithLabelValues(queue),
-		requeued:      s.requeued.WithLabelValues(queue),
 		deadPermanent: s.dead.WithLabelValues(queue, ReasonPermanent),
 		deadExhausted: s.dead.WithLabelValues(queue, ReasonExhausted),
 		handler:       s.handler.WithLabelValues(queue),
+		waiting:       s.waiting,
+		outages:       s.outages,
+		queue:         queue,
+	}
+	// Every consumer depends on these two: their series exist (at 0)
+	// before any outage, so a dashboard or an alert finds them.
+	for _, dep := range []string{"database", "broker"} {
+		q.waiting.WithLabelValues(queue, dep)
+		q.outages.WithLabelValues(queue, dep)
+	}
+	return q
+}
+
+// Waiting records that the consumer waits for dependency, or, with "", that
+// it waits no more.
+func (q *Queue) Waiting(dependency, was string) {
+	if q == nil {
+		return
+	}
+	if was != "" {
+		q.waiting.WithLabelValues(q.queue, was).Set(0)
+	}
+	if dependency != "" {
+		q.waiting.WithLabelValues(q.queue, dependency).Set(1)
+		if was == "" {
+			q.outages.WithLabelValues(q.queue, dependency).Inc()
+		}
 	}
 }
 
@@ -220,13 +256,6 @@ func (q *Queue) Acked(n int) {
 func (q *Queue) Retried() {
 	if q != nil {
 		q.retried.Inc()
-	}
-}
-
-// Requeued counts a message nacked back to its queue.
-func (q *Queue) Requeued() {
-	if q != nil {
-		q.requeued.Inc()
 	}
 }
 

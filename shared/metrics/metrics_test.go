@@ -92,11 +92,13 @@ func TestQueueCounters(t *testing.T) {
 	q.Consumed(3)
 	q.Acked(2)
 	q.Retried()
-	q.Requeued()
 	q.DeadLettered(ReasonPermanent)
 	q.DeadLettered(ReasonExhausted)
 	q.DeadLettered(ReasonExhausted)
 	q.Handled(20 * time.Millisecond)
+	q.Waiting("smtp", "")
+	q.Waiting("database", "smtp")
+	q.Waiting("", "database")
 	s.Confirmed(3 * time.Millisecond)
 	s.Unconfirmed(2)
 	tests := []struct {
@@ -106,12 +108,13 @@ func TestQueueCounters(t *testing.T) {
 		{"consumed", testutil.ToFloat64(s.consumed.WithLabelValues("payment"))},
 		{"acked", testutil.ToFloat64(s.acked.WithLabelValues("payment"))},
 		{"retried", testutil.ToFloat64(s.retried.WithLabelValues("payment"))},
-		{"requeued", testutil.ToFloat64(s.requeued.WithLabelValues("payment"))},
+		{"waiting", testutil.ToFloat64(s.waiting.WithLabelValues("payment", "smtp")) + testutil.ToFloat64(s.waiting.WithLabelValues("payment", "database"))},
+		{"outages", testutil.ToFloat64(s.outages.WithLabelValues("payment", "smtp"))},
 		{"permanent", testutil.ToFloat64(s.dead.WithLabelValues("payment", ReasonPermanent))},
 		{"exhausted", testutil.ToFloat64(s.dead.WithLabelValues("payment", ReasonExhausted))},
 		{"unconfirmed", testutil.ToFloat64(s.unconfirmed)},
 	}
-	want := map[string]float64{"consumed": 3, "acked": 2, "retried": 1, "requeued": 1, "permanent": 1, "exhausted": 2, "unconfirmed": 2}
+	want := map[string]float64{"consumed": 3, "acked": 2, "retried": 1, "waiting": 0, "outages": 1, "permanent": 1, "exhausted": 2, "unconfirmed": 2}
 	for _, tt := range tests {
 		if tt.want != want[tt.give] {
 			t.Errorf("%s = %v, want %v", tt.give, tt.want, want[tt.give])
@@ -180,7 +183,6 @@ func TestNilSet(t *testing.T) {
 	q.Consumed(1)
 	q.Acked(1)
 	q.Retried()
-	q.Requeued()
 	q.DeadLettered(ReasonPermanent)
 	q.Handled(time.Second)
 	s.Confirmed(time.Second)

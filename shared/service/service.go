@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -165,6 +167,19 @@ func (b *Base) Router() chi.Router {
 			}
 			if !b.topology.Load() {
 				return errors.New("topology not declared yet")
+			}
+			return nil
+		},
+		// A consumer that holds its messages for a dependency that is
+		// down cannot do its work: say which.
+		"consumers": func(*http.Request) error {
+			var waits []string
+			for queue, dep := range b.Broker.Waiting() {
+				waits = append(waits, queue+" waits for "+dep)
+			}
+			if len(waits) > 0 {
+				slices.Sort(waits)
+				return errors.New(strings.Join(waits, "; "))
 			}
 			return nil
 		},
