@@ -74,6 +74,18 @@ var benchPorts = stack.Ports{Orders: 19080, Tracking: 19081, Payment: 19082, Res
 // benchSecret signs the stack's tokens, so the bench can mint rider tokens.
 const benchSecret = "bench-secret"
 
+// benchEnv is the bench stack's environment, over the bench's own.
+var benchEnv = map[string]string{
+	"TOKEN_SECRET":              benchSecret,
+	"LOG_LEVEL":                 "warn",
+	"LOG_FORMAT":                "json",
+	"ORDERS_RATE_PER_IP":        "0", // one load generator is one address
+	"TRACKING_MAX_CONNS_PER_IP": "0",
+	"EMAIL_RATE_PER_MINUTE":     "6000000", // see the report: the real limit is a business rule
+	"GATEWAY_LATENCY":           "5ms",
+	"DEBUG_PPROF":               "1", // the stack serves /debug/pprof for DABBA_BENCH_PPROF
+}
+
 // steps are the bench's steps, in the order they run.
 var steps = []string{
 	"ceilings", // first: every later figure is stated beside them
@@ -218,16 +230,7 @@ func run(ctx context.Context, sz sizes, opt options) error {
 		return err
 	}
 	defer logs.Close()
-	s, err := stack.Start(ctx, svcs, bin, stack.Environ(map[string]string{
-		"TOKEN_SECRET":              benchSecret,
-		"LOG_LEVEL":                 "warn",
-		"LOG_FORMAT":                "json",
-		"ORDERS_RATE_PER_IP":        "0", // one load generator is one address
-		"TRACKING_MAX_CONNS_PER_IP": "0",
-		"EMAIL_RATE_PER_MINUTE":     "6000000", // see the report: the real limit is a business rule
-		"GATEWAY_LATENCY":           "5ms",
-		"DEBUG_PPROF":               "1", // the stack serves /debug/pprof for DABBA_BENCH_PPROF
-	}), logs)
+	s, err := stack.Start(ctx, svcs, bin, stack.Environ(benchEnv), logs)
 	if err != nil {
 		return fmt.Errorf("start the stack: %w (logs in %s)", err, logs.Name())
 	}

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dabba/dabba/shared/logging"
@@ -66,23 +67,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
 
-	relay := NewRelay(base.Broker, log)
+	interest := NewInterest(uuid.NewString())
+	relay := NewRelay(base.Broker, interest, log)
 	hub := NewHub(relay)
 	positions := NewPositionWriter(base.DB, log)
 	limits := NewRiderLimits(riderRate, int(2*riderRate))
-	ingest := NewIngest(base.Broker, positions, limits, log)
+	ingest := NewIngest(base.Broker, hub, interest, positions, limits, log)
 	sockets := NewSockets(perIP, maxSockets)
+	times := newFixTimes(base.Metrics.TrackingFixTimes())
 
 	base.Metrics.WatchTracking(metrics.Tracking{SocketsOpen: sockets.Open, FixesIn: counterOf(&ingest.Stats.Accepted),
 		FixesOut: counterOf(&hub.Stats.Sent), Stale: counterOf(&hub.Stats.Stale), Coalesced: counterOf(&hub.Stats.Coalesced)})
 	r := base.Router()
-	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, signer)
+	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, signer, times)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8081"), r, log, nil) })
 	g.Go(func() error { return relay.Run(ctx, hub) })
 	g.Go(func() error { return ingest.Run(ctx) })
 	g.Go(func() error { return limits.Run(ctx) })
+	g.Go(func() error { return interest.Run(ctx) })
 	g.Go(func() error { return positions.Run(ctx, positionEvery) })
 	g.Go(func() error { return orderFeed{db: base.DB, hub: hub, log: log}.Run(ctx) })
 	g.Go(func() error {

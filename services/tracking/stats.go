@@ -18,6 +18,7 @@ func handleStats(hub *Hub, relay *Relay, in *Ingest, sockets *Sockets) http.Hand
 		var mem runtime.MemStats
 		runtime.ReadMemStats(&mem)
 		customers, orders, riders := hub.Counts()
+		peers, watchedElsewhere := relay.interest.Peers()
 		httpx.Encode(w, http.StatusOK, map[string]any{
 			"sockets_open":   sockets.Open(),
 			"customers":      customers,
@@ -28,8 +29,14 @@ func handleStats(hub *Hub, relay *Relay, in *Ingest, sockets *Sockets) http.Hand
 				"sessions":  relay.Sessions.Load(),
 				"malformed": relay.Malformed.Load(),
 			},
+			"interest": map[string]any{
+				"live":           relay.interest.Live(),
+				"instances":      peers,
+				"riders_watched": watchedElsewhere,
+			},
 			"fixes_out": map[string]int64{
 				"received":  hub.Stats.In.Load(),
+				"local":     hub.Stats.Local.Load(),
 				"sent":      hub.Stats.Sent.Load(),
 				"stale":     hub.Stats.Stale.Load(),
 				"coalesced": hub.Stats.Coalesced.Load(),
@@ -45,6 +52,7 @@ func handleStats(hub *Hub, relay *Relay, in *Ingest, sockets *Sockets) http.Hand
 			"fixes_in": map[string]int64{
 				"accepted":  in.Stats.Accepted.Load(),
 				"published": in.Stats.Published.Load(),
+				"coalesced": in.Stats.Coalesced.Load(),
 				"refused":   in.Stats.Refused.Load(),
 				"failed":    in.Stats.Failed.Load(),
 				"invalid":   in.Stats.Invalid.Load(),

@@ -40,7 +40,7 @@ const (
 // handler returns once the socket is set up: what remains is one goroutine
 // reading control frames, 512-byte buffers and a ping timer; a writer
 // goroutine exists only while something is being sent.
-func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Signer, sockets *Sockets) http.Handler {
+func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Signer, sockets *Sockets, times *fixTimes) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := uuid.Parse(chi.URLParam(r, "id"))
 		if err != nil {
@@ -92,11 +92,11 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Sign
 			return
 		}
 		c.SetReadLimit(socketBufferSize) // a customer sends nothing but control frames
-		cc := &customerConn{c: c, w: wt, log: log, stats: &hub.Stats}
+		cc := &customerConn{c: c, w: wt, log: log, stats: &hub.Stats, times: times}
 		forget := sockets.Track(c)
 		hub.Apply(wt, o)
 		if hasFix {
-			wt.offerFix(fix)
+			wt.offerFix(newLiveFix(fix, "")) // no path: not timed
 		}
 		wt.setStart(cc.flush)
 		cc.ping = time.AfterFunc(pingEvery/2+rand.N(pingEvery/2), cc.sendPing)
@@ -138,6 +138,7 @@ type customerConn struct {
 	w     *watcher
 	log   *zap.Logger
 	stats *HubStats
+	times *fixTimes
 	ping  *time.Timer
 }
 
@@ -146,7 +147,7 @@ type customerConn struct {
 func (cc *customerConn) flush() {
 	since := time.Now()
 	for {
-		fix, hasFix, statuses, overflow, ok := cc.w.take()
+		fix, statuses, overflow, ok := cc.w.take()
 		if !ok {
 			return
 		}
@@ -155,15 +156,21 @@ func (cc *customerConn) flush() {
 			return
 		}
 		for _, m := range statuses {
-			if !cc.send(m) {
+			msg, err := json.Marshal(m)
+			if err != nil {
+				cc.log.Error("encode message", zap.Error(err))
+				return
+			}
+			if !cc.write(msg) {
 				return
 			}
 		}
-		if hasFix {
-			if !cc.send(locationMsg{Type: "location", Fix: fix}) {
+		if fix != nil {
+			if !cc.write(fix.message()) {
 				return
 			}
 			cc.stats.Sent.Add(1)
+			cc.times.written(fix, time.Now())
 		}
 		if time.Since(since) > slowLimit {
 			cc.tooSlow("cannot keep up with the rider's fixes")
@@ -172,12 +179,8 @@ func (cc *customerConn) flush() {
 	}
 }
 
-func (cc *customerConn) send(v any) bool {
-	msg, err := json.Marshal(v)
-	if err != nil {
-		cc.log.Error("encode message", zap.Error(err))
-		return false
-	}
+// write writes one message, closing a stalled socket.
+func (cc *customerConn) write(msg []byte) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
 	if err := cc.c.Write(ctx, websocket.MessageText, msg); err != nil {
