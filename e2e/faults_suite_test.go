@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/outbox"
 	"github.com/dabba/dabba/shared/stack"
 )
 
@@ -57,27 +58,36 @@ func TestFaultServicesKilledUnderLoad(t *testing.T) {
 	wantLedger(t, db, ids, 2*time.Minute, allExactlyOnce, nil)
 }
 
-// TestFaultRelayKilledWithUnpublishedRows SIGKILLs the orders service
-// (and so its outbox relay) while its outbox holds orders it could not
-// publish yet, the broker being down; a new process publishes them.
+// TestFaultRelayKilledWithUnpublishedRows SIGKILLs the service whose
+// outbox relay publishes (orders or payment: the one holding the relay's
+// lock) while the outbox holds orders it could not publish yet, the broker
+// being down; the other relay takes over and publishes them.
 func TestFaultRelayKilledWithUnpublishedRows(t *testing.T) {
 	needFaults(t)
 	db := mustDB(t)
 	var ids []string
+	var leader string
 	restartBroker(t, "app", func() {
 		for i := 0; i < 20; i++ {
 			ids = append(ids, placeOrder(t, newKey(), orderJSON("c-relay-"+uuid.NewString(), "r-relay", 700)).ID)
 		}
 		var unsent int
-		if err := db.QueryRow(context.Background(), "SELECT count(*) FROM outbox WHERE order_id = ANY($1) AND sent_at IS NULL", ids).Scan(&unsent); err != nil {
+		if err := db.QueryRow(context.Background(), `SELECT count(*) FROM outbox o WHERE order_id = ANY($1)
+			AND (o.tx, o.id) > (SELECT tx, id FROM outbox_readers WHERE name = 'relay')`, ids).Scan(&unsent); err != nil {
 			t.Fatal(err)
 		}
 		if unsent != len(ids) {
-			t.Fatalf("%d unsent outbox rows, want %d", unsent, len(ids))
+			t.Fatalf("%d unpublished outbox rows, want %d", unsent, len(ids))
 		}
-		dabba.Proc("orders").Kill()
+		err := db.QueryRow(context.Background(), `SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+			WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = $1`,
+			int64(outbox.RelayLock)).Scan(&leader)
+		if err != nil {
+			t.Fatalf("which relay publishes: %v", err)
+		}
+		dabba.Proc(leader).Kill()
 	})
-	revive(t, dabba.Proc("orders"))
+	revive(t, dabba.Proc(leader))
 	wantLedger(t, db, ids, 2*time.Minute, allExactlyOnce, nil)
 }
 

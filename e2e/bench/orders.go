@@ -15,6 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/outbox"
 )
 
 // httpClient keeps enough idle connections that an open-loop load never
@@ -118,8 +119,8 @@ func (b *bench) backlog(ctx context.Context) (queued, unsent int, err error) {
 		}
 		queued += info.Messages
 	}
-	err = b.db.QueryRow(ctx, "SELECT count(*) FROM outbox WHERE sent_at IS NULL").Scan(&unsent)
-	return queued, unsent, err
+	n, _, err := outbox.Backlog(ctx, b.db)
+	return queued, int(n), err
 }
 
 // waitDrained waits until nothing is queued or unsent, or until within.

@@ -17,13 +17,14 @@ import (
 	"github.com/dabba/dabba/shared/events"
 )
 
-// sendTimeout bounds one SMTP conversation, so a hung server cannot keep the
-// inbox row locked for the whole handler timeout.
+// sendTimeout bounds the SMTP conversation of a batch, so a hung server
+// cannot keep the inbox entries claimed for the whole handler timeout.
 const sendTimeout = 30 * time.Second
 
-// Sender sends one e-mail.
+// Sender sends e-mails: SendAll returns each one's outcome (nil: sent; an
+// error wrapping ErrRejected: never will be; any other: not now).
 type Sender interface {
-	Send(ctx context.Context, m Mail) error
+	SendAll(ctx context.Context, ms []Mail) []error
 }
 
 // errRecipientUnknown means an event without an address arrived before the
@@ -38,16 +39,16 @@ var errRecipientUnknown = errors.New("recipient of the order not known yet (orde
 // operator can see it. Since a batch is one transaction, a batch holds no
 // more mails than the limit lets through in about a second.
 //
-// Exactly once, as far as SMTP allows: the batch's inbox rows are inserted
-// first (their row locks make a concurrent copy of the same event wait and
-// then skip), each new event's mail is sent, emails_sent is written, and the
-// commit follows the sends. A mail that fails fails alone: its inbox row is
-// withdrawn and it is retried (a 4xx, a network error) or dead-lettered (a
-// 5xx) while the others commit, so no mail is sent twice because a
-// neighbour failed. A crash, or a lost database connection, between the
-// server's OK and the commit rolls the inbox back, so the redelivered event
-// sends the mail a second time: SMTP has no way to make a send and a commit
-// atomic. The mail carries X-Dabba-Message-Id (the event id) so that the
+// Exactly once, as far as SMTP allows: the batch's inbox entries are
+// claimed first (a concurrent copy of the same event waits, then skips),
+// each new event's mail is sent, emails_sent and the inbox rows are
+// written, and the commit follows the sends. A mail that fails fails alone:
+// it gets no inbox row and is retried (a 4xx, a network error) or
+// dead-lettered (a 5xx) while the others commit, so no mail is sent twice
+// because a neighbour failed. A crash, or a lost database connection,
+// between the server's OK and the commit leaves no inbox row, so the
+// redelivered event sends the mail a second time: SMTP has no way to make a
+// send and a commit atomic. The mail carries X-Dabba-Message-Id (the event id) so that the
 // receiving side can drop that rare duplicate.
 func newConsumer(log *zap.Logger, db *pgxpool.Pool, limiter *rate.Limiter, sender Sender, r *Renderer) *consumer.Consumer {
 	batch := int(max(1, min(float64(limiter.Limit()), 1<<20))) // rate.Inf is a float's largest
@@ -65,10 +66,12 @@ func newConsumer(log *zap.Logger, db *pgxpool.Pool, limiter *rate.Limiter, sende
 
 // mailer returns the route that mails events whose payload is T, addressed
 // to what to reads from it (or, when it names nobody, to whoever the
-// order's earlier mails went to).
+// order's earlier mails went to). The batch's mails go to the provider
+// together, each once the rate limit lets it.
 func mailer[T any](limiter *rate.Limiter, sender Sender, r *Renderer, to func(T) string) func(context.Context, pgx.Tx, []consumer.Event[T]) error {
 	return func(ctx context.Context, tx pgx.Tx, batch []consumer.Event[T]) error {
-		var sent []sentMail
+		var mails []Mail
+		var mailed []consumer.Event[T]
 		for _, e := range batch {
 			data := mailData{OrderID: e.OrderID, Short: e.OrderID[:8]}
 			set(&data, e.Data)
@@ -89,16 +92,23 @@ func mailer[T any](limiter *rate.Limiter, sender Sender, r *Renderer, to func(T)
 			if err := limiter.Wait(ctx); err != nil {
 				return fmt.Errorf("wait for a send slot: %w", err)
 			}
-			sctx, cancel := context.WithTimeout(ctx, sendTimeout)
-			err = sender.Send(sctx, m)
-			cancel()
-			switch {
+			mails, mailed = append(mails, m), append(mailed, e)
+		}
+		if len(mails) == 0 {
+			return nil
+		}
+		sctx, cancel := context.WithTimeout(ctx, sendTimeout)
+		errs := sender.SendAll(sctx, mails)
+		cancel()
+		var sent []sentMail
+		for i, e := range mailed {
+			switch err := errs[i]; {
 			case errors.Is(err, ErrRejected):
 				e.Fail(broker.Permanent(err)) // 5xx: the server will never take it
 			case err != nil:
 				e.Fail(err) // 4xx or network: retry
 			default:
-				sent = append(sent, sentMail{e.ID, e.OrderID, m.To, e.Type})
+				sent = append(sent, sentMail{e.ID, e.OrderID, mails[i].To, e.Type})
 			}
 		}
 		return recordSent(ctx, tx, sent)

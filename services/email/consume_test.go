@@ -61,9 +61,9 @@ type slowSender struct {
 	delay time.Duration
 }
 
-func (s slowSender) Send(ctx context.Context, m Mail) error {
+func (s slowSender) SendAll(ctx context.Context, ms []Mail) []error {
 	time.Sleep(s.delay)
-	return s.Sender.Send(ctx, m)
+	return s.Sender.SendAll(ctx, ms)
 }
 
 // handlerOf returns the e-mail consumer's handling of one delivery.

@@ -8,8 +8,8 @@ import (
 	"io"
 	"mime"
 	"mime/quotedprintable"
-	"net"
 	"net/mail"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -36,11 +36,13 @@ type Mail struct {
 
 // SMTPSender sends mail through one SMTP server, plain (no TLS, no AUTH),
 // as a relay on loopback or the fake provider speaks it. It keeps one SMTP
-// session open and sends mail after mail on it: a session per mail (connect,
-// greeting, EHLO, QUIT) cost the service and the server more CPU than the
-// mail itself. Sends are serialised on the session, which is no limit: the
-// provider's rate limit is far below what one session carries. It is safe
-// for concurrent use; Close ends the session.
+// session open and sends mail after mail on it, a batch of mails at a time
+// (session: pipelined, one exchange a batch, where the server allows): a
+// session per mail (connect, greeting, EHLO, QUIT) cost the service and
+// the server more CPU than the mail itself. Sends are serialised on the
+// session, which is no limit: the provider's rate limit is far below what
+// one session carries. It is safe for concurrent use; Close ends the
+// session.
 type SMTPSender struct {
 	addr     string
 	from     string // the From header, "Name <address>" allowed
@@ -55,15 +57,15 @@ type SMTPSender struct {
 	// waiting for it can give up when its ctx ends. It guards the fields
 	// below.
 	slot     chan struct{}
-	client   *smtp.Client // nil when no session is open
-	conn     net.Conn     // client's connection
+	sess     *session // nil when no session is open
 	lastUsed time.Time
 	idle     *time.Timer // ends the session once idle; nil until the first one
 	closed   bool
 }
 
-// These bound a conversation whose ctx has no deadline; go-smtp's defaults
-// (5 and 12 minutes) would let a stuck server hold a consumer for long.
+// These bound a conversation whose ctx has no deadline, so that a stuck
+// server cannot hold a consumer for long: a command's reply, and the reply
+// to a message.
 const (
 	commandTimeout    = 30 * time.Second
 	submissionTimeout = time.Minute
@@ -105,44 +107,67 @@ func headerAddress(a *mail.Address) string {
 	return a.String()
 }
 
-// Send delivers m before ctx ends. An error wrapping ErrRejected is
-// permanent; any other (a 4xx reply, a network failure, ctx done) is
-// transient. A transient failure after the server took the message (the
-// connection lost while waiting for its final reply) leads to a resend,
-// which is what X-Dabba-Message-Id is for.
-//
-// Send reuses the open session, or opens one. A session that fails (a
-// network error, a timeout, a 421 reply, ctx ending) is closed and the next
-// Send opens another. Send itself tries a second time only when a reused
-// session fails before the server accepted MAIL FROM: the server had hung
-// up on an idle connection, and nothing of the mail can have reached it.
-// Any later failure is left to the caller's retry, since past DATA the
-// server may have taken the message.
+// Send delivers m before ctx ends: SendAll of one mail.
 func (s *SMTPSender) Send(ctx context.Context, m Mail) error {
-	rcpt, msg, err := s.compose(m, time.Now())
-	if err != nil {
-		return fmt.Errorf("compose mail: %w: %w", ErrRejected, err)
+	return s.SendAll(ctx, []Mail{m})[0]
+}
+
+// SendAll delivers ms before ctx ends, and returns each one's outcome: nil
+// when the server took it, an error wrapping ErrRejected when it never will
+// (a 5xx reply, a mail unfit to send), any other error when it failed for
+// now (a 4xx reply, a network failure, ctx done). A transient failure after
+// the server may have taken a mail (the connection lost while waiting for
+// its reply) leads to a resend, which is what X-Dabba-Message-Id is for.
+//
+// SendAll reuses the open session, or opens one. A session that fails (a
+// network error, a timeout, a 421 reply, ctx ending) is closed and the next
+// SendAll opens another. SendAll itself tries a second time only when a
+// reused session failed before the server answered anything: the server
+// had hung up on an idle connection, and nothing of the mails can have
+// reached it. Any later failure is left to the caller's retry.
+func (s *SMTPSender) SendAll(ctx context.Context, ms []Mail) []error {
+	errs := make([]error, len(ms))
+	var rcpts []string
+	var msgs [][]byte
+	var index []int // of ms, for each mail composed
+	now := time.Now()
+	for i, m := range ms {
+		rcpt, msg, err := s.compose(m, now)
+		if err != nil {
+			errs[i] = fmt.Errorf("compose mail: %w: %w", ErrRejected, err)
+			continue
+		}
+		rcpts, msgs, index = append(rcpts, rcpt), append(msgs, msg), append(index, i)
+	}
+	if len(msgs) == 0 {
+		return errs
+	}
+	sent := func(err error) []error {
+		for _, i := range index {
+			errs[i] = err
+		}
+		return errs
 	}
 	select {
 	case s.slot <- struct{}{}:
 	case <-ctx.Done():
-		return fmt.Errorf("wait for the smtp session: %w", context.Cause(ctx))
+		return sent(fmt.Errorf("wait for the smtp session: %w", context.Cause(ctx)))
 	}
 	defer func() { <-s.slot }()
 	if s.closed {
-		return fmt.Errorf("send mail: %w", errSenderClosed)
+		return sent(fmt.Errorf("send mail: %w", errSenderClosed))
 	}
 	// A ctx already done would close the session at once through
 	// context.AfterFunc, for nothing.
 	if ctx.Err() != nil {
-		return fmt.Errorf("send mail: %w", context.Cause(ctx))
+		return sent(fmt.Errorf("send mail: %w", context.Cause(ctx)))
 	}
-	reused := s.client != nil
-	mailAccepted, err := s.transact(ctx, rcpt, msg)
-	if err != nil && reused && !mailAccepted && lostSession(err) && ctx.Err() == nil {
-		_, err = s.transact(ctx, rcpt, msg)
+	reused := s.sess != nil
+	out, replied := s.exchange(ctx, rcpts, msgs)
+	if reused && !replied && ctx.Err() == nil && slices.ContainsFunc(out, func(err error) bool { return err != nil && lostSession(err) }) {
+		out, _ = s.exchange(ctx, rcpts, msgs)
 	}
-	if s.client != nil {
+	if s.sess != nil {
 		s.lastUsed = time.Now()
 		if s.idle == nil {
 			s.idle = time.AfterFunc(s.idleTimeout, s.closeIdle)
@@ -150,108 +175,56 @@ func (s *SMTPSender) Send(ctx context.Context, m Mail) error {
 			s.idle.Reset(s.idleTimeout)
 		}
 	}
-	if err != nil {
-		return classify(ctx, err)
+	for n, i := range index {
+		if out[n] != nil {
+			errs[i] = classify(ctx, out[n])
+		}
 	}
-	return nil
+	return errs
 }
 
-// transact sends one mail on the session, opening one if there is none.
-// mailAccepted reports whether the server accepted MAIL FROM, past which a
-// failure may not be retried blindly. On failure it leaves either no
-// session or a reset one. The caller holds slot.
-func (s *SMTPSender) transact(ctx context.Context, rcpt string, msg []byte) (mailAccepted bool, err error) {
-	fresh := s.client == nil
-	if fresh {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", s.addr)
+// exchange sends the mails on the session, opening one if there is none,
+// and returns each one's outcome; replied says the server answered
+// anything. It leaves either no session or one ready for the next mails.
+// The caller holds slot.
+func (s *SMTPSender) exchange(ctx context.Context, rcpts []string, msgs [][]byte) (errs []error, replied bool) {
+	if s.sess == nil {
+		sess, err := dialSession(ctx, s.addr, s.commandTimeout, s.submissionTimeout, s.trace)
 		if err != nil {
-			return false, fmt.Errorf("connect to smtp server %s: %w", s.addr, err)
+			errs = make([]error, len(msgs))
+			fill(errs, err)
+			return errs, false
 		}
-		s.conn, s.client = conn, smtp.NewClient(conn)
-		s.client.CommandTimeout, s.client.SubmissionTimeout = s.commandTimeout, s.submissionTimeout
-		if s.trace != nil {
-			s.client.DebugWriter = s.trace
-		}
+		s.sess = sess
 	}
-	c, conn := s.client, s.conn
-	// go-smtp sets and clears the connection's deadline around every
-	// command, so a deadline set here would not last; closing the
-	// connection when ctx ends interrupts whatever it is waiting for.
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer func() {
-		if !stop() && s.conn == conn {
-			// ctx ended and closed the connection, maybe just after
-			// the server's last reply: the session is gone either way.
-			s.drop(false)
-		}
-	}()
-	defer func() {
-		if err == nil {
-			return
-		}
-		// A refusal leaves the session usable once RSET clears what the
-		// transaction left (a sender, recipients); anything else leaves
-		// it in an unknown state. After a success there is nothing to
-		// reset: the reply to DATA ends the transaction (RFC 5321,
-		// 4.1.1.4), and go-smtp would send EHLO again after RSET.
-		if lostSession(err) || c.Reset() != nil {
-			s.drop(false)
-		}
-	}()
-	if fresh {
-		// Greeting and EHLO, sent by go-smtp before the first command
-		// otherwise, here so that their failure is not taken for a
-		// refused MAIL FROM.
-		if err := c.Hello("localhost"); err != nil {
-			return false, err
-		}
+	sess := s.sess
+	// Replies wait with deadlines of their own; closing the connection
+	// when ctx ends interrupts whatever the session is waiting for.
+	stop := context.AfterFunc(ctx, func() { sess.conn.Close() })
+	errs, replied, live := sess.sendAll(s.envelope, rcpts, msgs)
+	if !stop() || !live {
+		// ctx ended and closed the connection, maybe just after the
+		// server's last reply: the session is gone either way.
+		s.drop(false)
 	}
-	var opts *smtp.MailOptions
-	if !isASCII(s.envelope) || !isASCII(rcpt) {
-		opts = &smtp.MailOptions{UTF8: true}
-	}
-	if err := c.Mail(s.envelope, opts); err != nil {
-		return false, err
-	}
-	if err := c.Rcpt(rcpt, nil); err != nil {
-		return true, err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return true, err
-	}
-	if _, err := w.Write(msg); err != nil {
-		return true, err
-	}
-	return true, w.Close()
-}
-
-// lostSession reports whether err ends the session: anything but an SMTP
-// reply (a network error, a timeout, the connection closed when ctx ended),
-// or a 421, with which the server says it is closing the connection.
-func lostSession(err error) bool {
-	var serr *smtp.SMTPError
-	return !errors.As(err, &serr) || serr.Code == 421
+	return errs, replied
 }
 
 // drop ends the session, with QUIT when quit is set, and returns QUIT's
 // error. The caller holds slot.
 func (s *SMTPSender) drop(quit bool) error {
-	if s.client == nil {
+	if s.sess == nil {
 		return nil
 	}
-	c := s.client
-	s.client, s.conn = nil, nil
-	var err error
+	sess := s.sess
+	s.sess = nil
 	if quit {
-		c.CommandTimeout = quitTimeout
-		if err = c.Quit(); err != nil {
-			err = fmt.Errorf("quit smtp session: %w", err)
+		if err := sess.quit(quitTimeout); err != nil {
+			return fmt.Errorf("quit smtp session: %w", err)
 		}
+		return nil
 	}
-	_ = c.Close() // after a successful QUIT, closed already
-	return err
+	return sess.conn.Close()
 }
 
 // closeIdle quits a session unused for the idle timeout. It runs on the
@@ -263,7 +236,7 @@ func (s *SMTPSender) closeIdle() {
 		return // a Send has the session, and arms the timer again when done
 	}
 	defer func() { <-s.slot }()
-	if s.client != nil && time.Since(s.lastUsed) >= s.idleTimeout {
+	if s.sess != nil && time.Since(s.lastUsed) >= s.idleTimeout {
 		_ = s.drop(true) // nothing to do about a failed QUIT on an idle session
 	}
 }

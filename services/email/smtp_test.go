@@ -540,3 +540,51 @@ func received(s *smtpsink.Sink, dabbaID string) []smtpsink.Message {
 	}
 	return out
 }
+
+// TestSMTPSenderSendAll sends batches on one session: with the sink's
+// pipelining and chunking, each batch goes out as one write, an RSET
+// between its mails; a recipient refused in the middle fails that mail
+// alone, and the session goes on. A server that offers neither gets the
+// same mails one command at a time.
+func TestSMTPSenderSendAll(t *testing.T) {
+	t.Run("OKPipelined", func(t *testing.T) {
+		sink := mustSMTPSink(t)
+		sender, trace := mustTracedSender(t, sink.Addr())
+		refused := testMail()
+		refused.To = "refuse-550@example.com"
+		batch := []Mail{testMail(), testMail(), refused, testMail()}
+		errs := sender.SendAll(context.Background(), batch)
+		for i, err := range errs {
+			if want := i == 2; (err != nil) != want || want && !errors.Is(err, ErrRejected) {
+				t.Fatalf("mail %d: %v; want only mail 2 rejected for good", i, err)
+			}
+		}
+		for i, m := range batch {
+			if n, want := len(received(sink, m.MessageID)), map[bool]int{true: 0, false: 1}[i == 2]; n != want {
+				t.Fatalf("mail %d received %d times, want %d", i, n, want)
+			}
+		}
+		if bdat, rset := trace.count("BDAT "), trace.count("RSET"); bdat != 4 || rset != 3 {
+			t.Fatalf("%d BDAT, %d RSET; want 4 mails in chunks, an RSET between each", bdat, rset)
+		}
+		mustSendAll(t, sink, sender, testMail())
+		if st := sink.Stats(); st.Sessions != 1 || st.Received != 4 {
+			t.Fatalf("stats %+v, want 4 mails in 1 session", st)
+		}
+	})
+	t.Run("OKOneCommandAtATime", func(t *testing.T) {
+		srv := startFlakySMTP(t, func(conn, mail int) string { return reply })
+		sender, trace := mustTracedSender(t, srv.addr())
+		for i, err := range sender.SendAll(context.Background(), []Mail{testMail(), testMail(), testMail()}) {
+			if err != nil {
+				t.Fatalf("mail %d: %v", i, err)
+			}
+		}
+		if conns, mails := srv.counts(); conns != 1 || mails != 3 {
+			t.Fatalf("%d connections, %d mails; want 3 mails over 1 connection", conns, mails)
+		}
+		if n := trace.count("BDAT"); n != 0 {
+			t.Fatalf("%d BDAT to a server that offers no chunking", n)
+		}
+	})
+}

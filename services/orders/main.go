@@ -49,7 +49,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	r := base.Router()
 	addRoutes(r, log, store, signer, limits, base.Env.String("ADMIN_TOKEN", ""), base.Broker)
 	// The relay runs here, so the outbox's backlog is watched here.
-	base.Metrics.WatchOutbox(func(ctx context.Context) (int64, time.Duration, error) { return outbox.OutboxBacklog(ctx, base.DB) })
+	base.Metrics.WatchOutbox(func(ctx context.Context) (int64, time.Duration, error) { return outbox.Backlog(ctx, base.DB) })
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -1,9 +1,10 @@
 // Package consumer is how every Dabba service consumes its work queue: a
 // typed dispatcher over broker.Consume. For each batch the broker hands
 // over, it decodes and checks every event, dead-letters what no route
-// accepts, records the inbox of the whole batch with one statement, and
-// applies the effects of the events not seen before, by type, in that same
-// transaction. A redelivered event therefore never has a second effect, and
+// accepts, claims the inbox entries of the whole batch with one round trip,
+// applies the effects of the events not seen before, by type, and records
+// them in the inbox, all in one transaction. A redelivered event therefore
+// never has a second effect, and
 // a consumer is one row of broker.WorkQueues and one set of routes:
 //
 //	consumer.New(broker.QueuePayment, db, log,
@@ -39,11 +40,11 @@ type Event[T any] struct {
 	failed *error
 }
 
-// Fail marks e as failed while the rest of its batch goes on: its inbox
-// record is withdrawn before the commit, and once the others are committed
-// e is retried (or dead-lettered, for a Permanent error) alone. A handler
-// calls it instead of writing e's effect; returning an error instead fails
-// the whole batch.
+// Fail marks e as failed while the rest of its batch goes on: no inbox
+// record is written for it, and once the others are committed e is retried
+// (or dead-lettered, for a Permanent error) alone. A handler calls it
+// instead of writing e's effect; returning an error instead fails the whole
+// batch.
 func (e Event[T]) Fail(err error) { *e.failed = err }
 
 // Context returns ctx carrying e's trace, so that what a handler publishes
@@ -77,9 +78,10 @@ type Route struct {
 // On routes events of type typ to h, with their payloads decoded as T (an
 // event whose payload does not decode is dead-lettered). h gets the new
 // events of a batch, in the order they arrived, inside the transaction that
-// recorded them in the inbox; it writes their effects in tx and returns
-// nil, or an error to roll the batch back (each message is then handled
-// alone), or calls Event.Fail for single events.
+// will record them in the inbox; it does its outside work first (a charge,
+// an e-mail), then writes their effects in tx, and returns nil, or an error
+// to roll the batch back (each message is then handled alone), or calls
+// Event.Fail for single events.
 func On[T any](typ string, h func(ctx context.Context, tx pgx.Tx, batch []Event[T]) error) Route {
 	return Route{
 		typ: typ,
@@ -251,15 +253,19 @@ func (c *Consumer) decode(d broker.Delivery) (*item, error) {
 	return &item{env: env, data: data, d: d}, nil
 }
 
-// apply records the batch in the inbox and hands the new events to their
-// routes, a type at a time in the order each type first arrived (an order's
-// order.placed before its order.paid, when both are in one batch).
+// apply claims the batch's inbox entries, hands the events not processed
+// before to their routes, a type at a time in the order each type first
+// arrived (an order's order.placed before its order.paid, when both are in
+// one batch), then records in the inbox those whose effects were written.
+// Nothing is written before the routes run, so a route's outside work (a
+// charge, an e-mail) happens before the transaction gets a transaction id
+// (postgres.ClaimUnprocessed says why that matters).
 func (c *Consumer) apply(ctx context.Context, tx pgx.Tx, items []*item) error {
 	ids := make([]string, len(items))
 	for i, it := range items {
 		ids[i] = it.env.ID
 	}
-	fresh, err := c.record(ctx, tx, ids)
+	fresh, err := c.claim(ctx, tx, ids)
 	if err != nil {
 		return err
 	}
@@ -277,28 +283,28 @@ func (c *Consumer) apply(ctx context.Context, tx pgx.Tx, items []*item) error {
 		}
 		groups[it.env.Type] = append(groups[it.env.Type], it)
 	}
-	var failed []string
+	var done []string
 	for _, typ := range order {
 		if err := c.routes[typ].handle(ctx, tx, groups[typ]); err != nil {
 			return err
 		}
 		for _, it := range groups[typ] {
-			if it.err != nil {
-				failed = append(failed, it.env.ID)
+			if it.err == nil {
+				done = append(done, it.env.ID)
 			}
 		}
 	}
 	if c.keyed {
 		return nil
 	}
-	return postgres.ForgetProcessed(ctx, tx, c.queue.Name, failed)
+	return postgres.RecordProcessed(ctx, tx, c.queue.Name, done)
 }
 
-// record records ids in the inbox and returns those new to c; with keyed
+// claim claims ids in the inbox and returns those new to c; with keyed
 // effects every id counts as new, since the effect's key decides.
-func (c *Consumer) record(ctx context.Context, tx pgx.Tx, ids []string) (map[string]bool, error) {
+func (c *Consumer) claim(ctx context.Context, tx pgx.Tx, ids []string) (map[string]bool, error) {
 	if !c.keyed {
-		return postgres.RecordProcessed(ctx, tx, c.queue.Name, ids)
+		return postgres.ClaimUnprocessed(ctx, tx, c.queue.Name, ids)
 	}
 	fresh := make(map[string]bool, len(ids))
 	for _, id := range ids {

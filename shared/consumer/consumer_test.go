@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/outbox"
+	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/testenv"
 )
 
@@ -106,5 +109,48 @@ func TestCheckBindings(t *testing.T) {
 		On(events.OrderPlaced, func(context.Context, pgx.Tx, []Event[events.Placed]) error { return nil }))
 	if err := c.CheckBindings(); err == nil {
 		t.Fatal("a consumer routing one of its queue's three bound types passed")
+	}
+}
+
+// TestOutsideWorkHoldsNoTransactionID: while a route does its outside work
+// (here it waits), what other transactions commit to the outbox can be read
+// in commit order; a consumer that wrote its inbox first would hold every
+// reader back until it committed.
+func TestOutsideWorkHoldsNoTransactionID(t *testing.T) {
+	db := testenv.MustOwnSchema(t)
+	ctx := context.Background()
+	working, proceed := make(chan struct{}), make(chan struct{})
+	c := New(broker.QueueEmail, db, zaptest.NewLogger(t),
+		On(events.OrderPlaced, func(ctx context.Context, tx pgx.Tx, batch []Event[events.Placed]) error {
+			close(working)
+			<-proceed
+			_, err := tx.Exec(ctx, "INSERT INTO emails_sent (message_id, order_id, recipient, kind) VALUES ($1, $2, 'a@example.com', 'placed')",
+				batch[0].ID, batch[0].OrderID)
+			return err
+		}))
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Handle(ctx, []broker.Delivery{testenv.Delivery(t, broker.QueueEmail, events.OrderPlaced, uuid.NewString(), events.Placed{})})
+	}()
+	<-working
+	var id string
+	err := postgres.InTx(ctx, db, func(tx pgx.Tx) error {
+		var err error
+		id, err = outbox.Enqueue(ctx, tx, events.OrderPaid, uuid.NewString(), time.Now(), events.Paid{})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _, err := outbox.Read(ctx, db, outbox.Position{}, nil, 10)
+	close(proceed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Event.ID != id {
+		t.Fatalf("read %d entries while the consumer worked, want the one committed meanwhile", len(entries))
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
@@ -37,6 +38,7 @@ func (p Position) Before(q Position) bool {
 type Entry struct {
 	Position    Position
 	Event       events.Envelope
+	Payload     []byte // the event as written: the envelope's JSON
 	TraceParent string // "" when the row has none
 	// Err is why the row's payload is not an event (it never is, unless
 	// something other than Rows wrote it); Event is then zero.
@@ -56,11 +58,18 @@ const readSQL = `WITH h AS (SELECT (pg_snapshot_xmin(pg_current_snapshot())::tex
 		WHERE (tx, id) > ($1, $2) AND tx < h.xmin AND (cardinality($3::text[]) = 0 OR routing_key = ANY($3))
 		ORDER BY tx, id LIMIT $4) o ON true`
 
+// Querier is a pool, a connection or a transaction.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
 // Read returns up to limit events written after from, in commit order, of
 // the routing keys given (every key when keys is empty), and the position
 // to read from next. next never goes backwards and moves past rows of
 // other keys too, so a reader does not scan them again.
-func Read(ctx context.Context, db *pgxpool.Pool, from Position, keys []string, limit int) (entries []Entry, next Position, err error) {
+func Read(ctx context.Context, db Querier, from Position, keys []string, limit int) (entries []Entry, next Position, err error) {
 	if keys == nil {
 		keys = []string{}
 	}
@@ -80,7 +89,7 @@ func Read(ctx context.Context, db *pgxpool.Pool, from Position, keys []string, l
 		if !id.Valid {
 			continue // nothing after from yet
 		}
-		e := Entry{Position: Position{Tx: tx.Int64, ID: id.Int64}, TraceParent: tp.String}
+		e := Entry{Position: Position{Tx: tx.Int64, ID: id.Int64}, Payload: payload, TraceParent: tp.String}
 		e.Event, e.Err = events.Decode(payload)
 		entries = append(entries, e)
 	}
@@ -101,7 +110,7 @@ func Read(ctx context.Context, db *pgxpool.Pool, from Position, keys []string, l
 
 // Head returns the position a new reader that wants only what is written
 // from now on starts from.
-func Head(ctx context.Context, db *pgxpool.Pool) (Position, error) {
+func Head(ctx context.Context, db Querier) (Position, error) {
 	var xmin int64
 	if err := db.QueryRow(ctx, "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint").Scan(&xmin); err != nil {
 		return Position{}, fmt.Errorf("outbox head: %w", err)
@@ -237,25 +246,45 @@ func (s *projectionState) step(ctx context.Context) (busy bool, err error) {
 	return len(entries) == s.p.Batch, nil
 }
 
-// load reads the stored position, creating it at the start of the outbox
-// for a projection that has none.
+// load reads the stored position.
 func (s *projectionState) load(ctx context.Context) error {
-	var pos Position
-	err := s.db.QueryRow(ctx, `WITH ins AS (
-			INSERT INTO outbox_readers (name, tx, id) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING RETURNING tx, id)
-		SELECT tx, id FROM ins UNION ALL SELECT tx, id FROM outbox_readers WHERE name = $1`, s.p.Name).Scan(&pos.Tx, &pos.ID)
+	pos, err := loadPosition(ctx, s.db, s.p.Name)
 	if err != nil {
-		return fmt.Errorf("load projection position: %w", err)
+		return err
 	}
 	s.saved, s.at, s.loaded = pos, pos, true
 	return nil
 }
 
-// Sweep deletes the rows published more than olderThan ago that every
-// Projection has passed: a projection that stopped for a while finds what it
-// has not read yet still there.
+// loadPosition reads the position of the reader name, creating it at the
+// start of the outbox for a reader that has none.
+func loadPosition(ctx context.Context, db Querier, name string) (Position, error) {
+	var pos Position
+	err := db.QueryRow(ctx, `WITH ins AS (
+			INSERT INTO outbox_readers (name, tx, id) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING RETURNING tx, id)
+		SELECT tx, id FROM ins UNION ALL SELECT tx, id FROM outbox_readers WHERE name = $1`, name).Scan(&pos.Tx, &pos.ID)
+	if err != nil {
+		return pos, fmt.Errorf("load the position of %s: %w", name, err)
+	}
+	return pos, nil
+}
+
+// savePosition stores the position of the reader name, never moving it
+// back.
+func savePosition(ctx context.Context, db Querier, name string, pos Position) error {
+	_, err := db.Exec(ctx, `UPDATE outbox_readers SET tx = $2, id = $3, updated_at = now() WHERE name = $1 AND (tx, id) < ($2, $3)`,
+		name, pos.Tx, pos.ID)
+	if err != nil {
+		return fmt.Errorf("store the position of %s: %w", name, err)
+	}
+	return nil
+}
+
+// Sweep deletes the rows written more than olderThan ago that every reader
+// (the relay, each Projection) has passed: a reader that stopped for a
+// while finds what it has not read yet still there.
 func Sweep(ctx context.Context, db *pgxpool.Pool, olderThan time.Duration) error {
-	_, err := db.Exec(ctx, `DELETE FROM outbox o WHERE sent_at < now() - $1 * interval '1 millisecond'
+	_, err := db.Exec(ctx, `DELETE FROM outbox o WHERE created_at < now() - $1 * interval '1 millisecond'
 		AND NOT EXISTS (SELECT 1 FROM outbox_readers r WHERE (r.tx, r.id) < (o.tx, o.id))`, olderThan.Milliseconds())
 	if err != nil {
 		return fmt.Errorf("sweep outbox: %w", err)

@@ -241,9 +241,12 @@ func TestProjectionResumes(t *testing.T) {
 	write(5)
 	runUntil(5)
 	write(3)
-	// Every row counts as sent long ago; the sweep may take only what the
-	// projection has applied.
-	if _, err := db.Exec(ctx, "UPDATE outbox SET sent_at = now() - interval '2 days'"); err != nil {
+	// Every row is old, and no relay runs here; the sweep may take only
+	// what the projection has applied.
+	if _, err := db.Exec(ctx, "UPDATE outbox SET created_at = now() - interval '2 days'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(ctx, "DELETE FROM outbox_readers WHERE name = 'relay'"); err != nil {
 		t.Fatal(err)
 	}
 	if err := Sweep(ctx, db, 24*time.Hour); err != nil {

@@ -4,23 +4,19 @@
 package outbox
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
-	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/trace"
 )
 
@@ -107,57 +103,69 @@ type Publisher interface {
 	PublishBatch(ctx context.Context, msgs []broker.Message) (acked []bool, err error)
 }
 
-// Relay publishes outbox rows to the orders exchange with publisher confirms
-// and marks them sent only once the broker confirmed them. Every service
-// that writes events into the outbox (orders, payment) runs one.
+// Relay publishes the outbox to the orders exchange with publisher
+// confirms. It reads the outbox as the log it is (Read, in commit order)
+// from its position, "relay" in outbox_readers, publishes a batch, and
+// moves its position past the batch only once the broker has confirmed
+// every message of it; what the broker did not confirm it publishes again,
+// alone. A row costs the database its insert and nothing more: no lease,
+// no "sent" mark, no dead row for vacuum.
 //
-// Whoever commits outbox rows in the same process calls Wake, so events go
-// out at once; the relay also polls, for rows committed elsewhere and for a
-// wake-up lost to a crash, so a row may wait a poll interval, never longer.
-//
-// It holds no lock while it publishes. A claim is one short transaction that
-// leases a batch of unsent rows (lease_until); it publishes them; then one
-// more marks the confirmed rows sent, clears the lease of the others so they
-// go again at once, and claims the next batch. Several relays run at once:
-// FOR UPDATE SKIP LOCKED in the claim and the lease give each its own rows,
-// and rows whose relay died are anyone's once their lease has passed. A
-// row is published twice only if its lease ran out mid-publish or its relay
-// died between the confirm and the mark: consumers' inboxes make that
-// duplicate harmless.
+// Every process that writes the outbox runs a relay (orders, payment), and
+// one of them publishes at a time: the one holding the relay's advisory
+// lock, a session lock on a connection it keeps. The others try for it
+// every second, so a relay that dies (its session ends, and the lock with
+// it) hands over within a second or so. Whoever commits outbox rows in the
+// relay's own process calls Wake, so they go out at once; the relay also
+// polls, for rows committed by the other processes. A message is published
+// twice only if its relay died between the confirm and storing its
+// position: consumers' inboxes make that duplicate harmless.
 type Relay struct {
 	db    *pgxpool.Pool
 	pub   Publisher
 	log   *zap.Logger
 	batch int
-	// poll is how long an idle relay waits for a Wake before looking anyway.
+	// poll is how long the publishing relay waits for a Wake before it
+	// reads anyway, for rows committed by other processes.
 	poll time.Duration
-	// gather is how long an idle relay lets rows gather after it is woken
-	// before it claims: at a few hundred orders a second each wake-up
-	// finds several rows, not one, for a few milliseconds of latency.
+	// gather is how long it lets rows gather after a Wake, so that under
+	// load a read finds several rows, not one.
 	gather time.Duration
-	// lease is how long a claim keeps other relays off its rows; it must
-	// outlast publishTimeout, or a slow publish is repeated by another relay.
-	lease          time.Duration
+	// standby is how often a relay that is not publishing tries to take
+	// over.
+	standby time.Duration
+	// saveEvery bounds how often the position is written while busy: a
+	// position lost in a crash only means messages published again.
+	saveEvery time.Duration
+	// publishTimeout bounds one batch's publish and confirms.
 	publishTimeout time.Duration
 	// minBackoff and maxBackoff bound the wait after a failure.
 	minBackoff, maxBackoff time.Duration
 	wake                   chan struct{}
-	// idle, if set, is called each time the relay has found nothing to
-	// publish and is about to wait: tests know then that only a Wake or
-	// a poll gets it going again.
+	// idle, if set, is called each time the publishing relay has found
+	// nothing to publish and is about to wait: tests know then that only
+	// a Wake or a poll gets it going again.
 	idle func()
 }
+
+// relayName is the relay's position in outbox_readers.
+const relayName = "relay"
+
+// RelayLock is the key of the relay's advisory lock ("outbox r"): the
+// publishing relay's session holds it (pg_locks shows which).
+const RelayLock = 0x6f7574626f782072
 
 // NewRelay returns a relay publishing through pub (a *broker.Publisher).
 func NewRelay(db *pgxpool.Pool, pub Publisher, log *zap.Logger) *Relay {
 	return &Relay{db: db, pub: pub, log: log.With(zap.String("component", "outbox-relay")), batch: 500,
-		poll: time.Second, gather: 5 * time.Millisecond, lease: 30 * time.Second, publishTimeout: 10 * time.Second,
-		minBackoff: 100 * time.Millisecond, maxBackoff: 5 * time.Second, wake: make(chan struct{}, 1)}
+		poll: 10 * time.Millisecond, gather: 2 * time.Millisecond, standby: time.Second, saveEvery: 100 * time.Millisecond,
+		publishTimeout: 10 * time.Second, minBackoff: 100 * time.Millisecond, maxBackoff: 5 * time.Second,
+		wake: make(chan struct{}, 1)}
 }
 
 // Wake tells the relay that outbox rows were committed, so it publishes them
 // now rather than at its next poll. It never blocks: wake-ups that arrive
-// while one is pending fold into it, since one pass takes every row there.
+// while one is pending fold into it, since one read takes every row there.
 func (r *Relay) Wake() {
 	select {
 	case r.wake <- struct{}{}:
@@ -165,61 +173,99 @@ func (r *Relay) Wake() {
 	}
 }
 
-// claimed is a batch of leased rows, ready to publish, in id order.
-type claimed struct {
-	ids   []int64
-	msgs  []broker.Message
-	lease time.Time // the lease the claim set: it tells this claim's rows from a later one's
-}
-
-// outcome is what publishing a batch left to record.
-type outcome struct {
-	sent   []int64 // confirmed: mark sent
-	unsent []int64 // not confirmed: clear the lease, so they go again
-	lease  time.Time
-}
-
-func (o outcome) empty() bool { return len(o.sent) == 0 && len(o.unsent) == 0 }
-
-// Run relays until ctx is done.
+// Run relays until ctx is done: it waits to hold the relay's lock, then
+// publishes until it loses it (its connection fails) or ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
-	// done is what the relay has yet to record: the last batch's outcome,
-	// recorded with the next claim, or on the way out.
-	var done outcome
-	defer func() { r.flush(done) }()
 	backoff := r.minBackoff
 	for {
-		// This claim sees every row committed before a Wake it takes
-		// here (Wake comes after the commit, the claim's snapshot after
-		// this), so a wake-up pending from a busy spell is spent, not
-		// answered later by a claim that finds nothing.
-		select {
-		case <-r.wake:
-		default:
-		}
-		err := r.ready(ctx)
-		b, rerr := r.round(ctx, done, err == nil)
-		if rerr == nil {
-			// Until published, the claimed rows are to be freed if the
-			// relay stops now.
-			done = outcome{unsent: b.ids, lease: b.lease}
-		}
+		led, err := r.lead(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err == nil {
-			err = rerr
-		}
+		wait := r.standby
 		if err != nil {
-			r.log.Warn("relay outbox; will retry", zap.Error(err), zap.Duration("in", backoff))
-			if !sleep(ctx, backoff, nil) {
-				return nil
-			}
-			backoff = min(2*backoff, r.maxBackoff)
-			continue
+			r.log.Warn("outbox relay stopped publishing; will try again", zap.Error(err), zap.Duration("in", backoff))
+			wait, backoff = backoff, min(2*backoff, r.maxBackoff)
 		}
-		if len(b.ids) == 0 {
+		if led {
 			backoff = r.minBackoff
+		}
+		if !sleep(ctx, wait, nil) {
+			return nil
+		}
+	}
+}
+
+// lead takes a connection, and with it the relay's lock if no other relay
+// holds it, and publishes until it fails or ctx ends. led says it held the
+// lock.
+func (r *Relay) lead(ctx context.Context) (led bool, err error) {
+	conn, err := r.db.Acquire(ctx)
+	if err != nil {
+		return false, fmt.Errorf("acquire connection: %w", err)
+	}
+	// The lock lives as long as the session: a connection whose lock
+	// state is in doubt goes, rather than back to the pool.
+	defer func() {
+		if led || err != nil {
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		}
+		conn.Release()
+	}()
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", int64(RelayLock)).Scan(&led); err != nil || !led {
+		return false, err
+	}
+	// The session only reads and stores the relay's position. A position
+	// lost in a crash only means messages published again, which the
+	// consumers' inboxes make harmless: it need not wait for a flush.
+	if _, err := conn.Exec(ctx, "SET synchronous_commit TO off"); err != nil {
+		return true, err
+	}
+	r.log.Info("outbox relay publishing")
+	return true, r.publishFrom(ctx, conn.Conn())
+}
+
+// publishFrom publishes from the stored position on conn, which holds the
+// relay's lock, until ctx is done or conn fails.
+func (r *Relay) publishFrom(ctx context.Context, conn *pgx.Conn) error {
+	pos, err := loadPosition(ctx, conn, relayName)
+	if err != nil {
+		return err
+	}
+	saved, savedAt := pos, time.Now()
+	defer func() {
+		if saved != pos {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			if err := savePosition(sctx, conn, relayName, pos); err != nil {
+				r.log.Warn("store the relay's position on the way out; the last messages will go again", zap.Error(err))
+			}
+		}
+	}()
+	var pending []Entry // read, not yet all confirmed
+	next := pos         // where pos goes once pending is confirmed
+	backoff := r.minBackoff
+	for {
+		if len(pending) == 0 {
+			// This read sees every row committed before a Wake it takes
+			// here, so a wake-up pending from a busy spell is spent.
+			select {
+			case <-r.wake:
+			default:
+			}
+			pending, next, err = Read(ctx, conn, pos, nil, r.batch)
+			if err != nil {
+				return err
+			}
+		}
+		if len(pending) == 0 {
+			pos = next
+			if saved != pos {
+				if err := savePosition(ctx, conn, relayName, pos); err != nil {
+					return err
+				}
+				saved, savedAt = pos, time.Now()
+			}
 			if r.idle != nil {
 				r.idle()
 			}
@@ -228,39 +274,70 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		done, err = r.publish(ctx, b)
+		pending = r.publish(ctx, pending)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err == nil {
-			// Poll while busy: record this batch and claim the next in
-			// one round trip, until a claim comes back empty.
-			backoff = r.minBackoff
+		if len(pending) > 0 {
+			// The broker refused some or went away: publish those again,
+			// alone, once it may be back.
+			if !sleep(ctx, backoff, nil) {
+				return nil
+			}
+			backoff = min(2*backoff, r.maxBackoff)
 			continue
 		}
-		// The broker refused some or went away: record what it confirmed,
-		// free the rest, and wait before trying again rather than spin.
-		r.log.Warn("publish outbox batch; will retry", zap.Error(err), zap.Int("confirmed", len(done.sent)),
-			zap.Int("of", len(b.ids)), zap.Duration("in", backoff))
-		if _, err := r.round(ctx, done, false); err == nil {
-			done = outcome{}
+		backoff = r.minBackoff
+		pos = next
+		if time.Since(savedAt) >= r.saveEvery {
+			if err := savePosition(ctx, conn, relayName, pos); err != nil {
+				return err
+			}
+			saved, savedAt = pos, time.Now()
 		}
-		if !sleep(ctx, backoff, nil) {
-			return nil
-		}
-		backoff = min(2*backoff, r.maxBackoff)
 	}
 }
 
-// ready waits, up to publishTimeout, until the broker can take messages,
-// so that the relay leases no rows it cannot publish: were it to die
-// waiting for the broker, its lease would hold them back until it expired.
-// With the broker there, it costs nothing (the channel is open).
-func (r *Relay) ready(ctx context.Context) error {
+// publish publishes the entries with confirms and returns those the broker
+// did not confirm.
+func (r *Relay) publish(ctx context.Context, entries []Entry) (unconfirmed []Entry) {
+	msgs := make([]broker.Message, 0, len(entries))
+	sendable := entries[:0:0]
+	for _, e := range entries {
+		if e.Err != nil {
+			// Something other than Rows wrote the row; no consumer could
+			// read it, and it must not hold the relay back.
+			r.log.Error("outbox row is not an event; not published", zap.Int64("outbox_id", e.Position.ID), zap.Error(e.Err))
+			continue
+		}
+		msgs, sendable = append(msgs, message(e)), append(sendable, e)
+	}
 	pctx, cancel := context.WithTimeout(ctx, r.publishTimeout)
 	defer cancel()
-	_, err := r.pub.PublishBatch(pctx, nil)
-	return err
+	acked, err := r.pub.PublishBatch(pctx, msgs)
+	for i, e := range sendable {
+		if i >= len(acked) || !acked[i] {
+			unconfirmed = append(unconfirmed, e)
+		}
+	}
+	if len(unconfirmed) > 0 && ctx.Err() == nil {
+		if err == nil {
+			err = broker.ErrNotConfirmed
+		}
+		r.log.Warn("publish outbox events; will publish the unconfirmed again", zap.Error(err),
+			zap.Int("unconfirmed", len(unconfirmed)), zap.Int("of", len(msgs)))
+	}
+	return unconfirmed
+}
+
+// message is the AMQP message of an outbox event.
+func message(e Entry) broker.Message {
+	var headers amqp.Table
+	if e.TraceParent != "" && trace.Valid(e.TraceParent) {
+		headers = amqp.Table{trace.Header: e.TraceParent}
+	}
+	return broker.Message{Exchange: broker.ExchangeOrders, RoutingKey: e.Event.Type, MessageID: e.Event.ID,
+		Type: e.Event.Type, CorrelationID: e.Event.OrderID, Body: e.Payload, Headers: headers}
 }
 
 // sleep waits d, or less if wake fires (a nil wake never does). It reports
@@ -277,141 +354,12 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 	return true
 }
 
-// flush records done on the way out, so a stopping relay leaves behind no
-// lease for a restart to wait out.
-func (r *Relay) flush(done outcome) {
-	if done.empty() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if _, err := r.round(ctx, done, false); err != nil {
-		r.log.Warn("record outbox rows on the way out; their lease will expire", zap.Error(err))
-	}
-}
-
-// The statements of a round. All run with synchronous_commit off: losing
-// their effect in a PostgreSQL crash loses a lease (the row is claimed
-// again) or a "sent" mark (the row is published again); consumers' inboxes
-// make either harmless, and the relay no longer waits on a WAL flush for
-// every batch.
-const (
-	// markSent keeps the first mark when two relays published a row.
-	markSent = "UPDATE outbox SET sent_at = now(), lease_until = NULL WHERE id = ANY($1) AND sent_at IS NULL"
-	// release frees rows only while they still carry this claim's lease.
-	release = "UPDATE outbox SET lease_until = NULL WHERE id = ANY($1) AND sent_at IS NULL AND lease_until = $2"
-	// claim takes the oldest rows neither sent nor leased, through
-	// outbox_unsent_idx. The ids are gathered first (the ARRAY subquery,
-	// run once) so the update finds its rows by primary key, whatever the
-	// planner thinks of the table's size.
-	claim = `UPDATE outbox SET lease_until = now() + $2 * interval '1 millisecond'
-		WHERE id = ANY(ARRAY(SELECT id FROM outbox WHERE sent_at IS NULL AND (lease_until IS NULL OR lease_until < now())
-			ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
-		RETURNING id, event_id, routing_key, order_id, payload, traceparent, lease_until`
-)
-
-// round records done and, if next, claims the next batch: one round trip,
-// one short transaction.
-func (r *Relay) round(ctx context.Context, done outcome, next bool) (claimed, error) {
-	if !next && done.empty() {
-		return claimed{}, nil
-	}
-	var b pgx.Batch
-	b.Queue("SET LOCAL synchronous_commit TO off")
-	if len(done.sent) > 0 {
-		b.Queue(markSent, done.sent)
-	}
-	if len(done.unsent) > 0 {
-		b.Queue(release, done.unsent, done.lease)
-	}
-	if next {
-		b.Queue(claim, r.batch, r.lease.Milliseconds())
-	}
-	var c claimed
-	err := postgres.SendTx(ctx, r.db, &b, func(res pgx.BatchResults) error {
-		n := b.Len()
-		if next {
-			n-- // the claim, read below
-		}
-		for range n {
-			if _, err := res.Exec(); err != nil {
-				return fmt.Errorf("record outbox rows: %w", err)
-			}
-		}
-		if !next {
-			return nil
-		}
-		rows, err := res.Query()
-		if err != nil {
-			return fmt.Errorf("claim outbox rows: %w", err)
-		}
-		c, err = scanClaim(rows)
-		return err
-	})
-	return c, err
-}
-
-func scanClaim(rows pgx.Rows) (claimed, error) {
-	type row struct {
-		id  int64
-		msg broker.Message
-	}
-	var got []row
-	var c claimed
-	for rows.Next() {
-		var id int64
-		var eventID, orderID uuid.UUID
-		var key string
-		var payload []byte
-		var tp pgtype.Text
-		if err := rows.Scan(&id, &eventID, &key, &orderID, &payload, &tp, &c.lease); err != nil {
-			rows.Close()
-			return claimed{}, fmt.Errorf("read outbox row: %w", err)
-		}
-		var headers amqp.Table
-		if tp.Valid && trace.Valid(tp.String) {
-			headers = amqp.Table{trace.Header: tp.String}
-		}
-		got = append(got, row{id, broker.Message{Exchange: broker.ExchangeOrders, RoutingKey: key, MessageID: eventID.String(),
-			Type: key, CorrelationID: orderID.String(), Body: payload, Headers: headers}})
-	}
-	if err := rows.Err(); err != nil {
-		return claimed{}, fmt.Errorf("claim outbox rows: %w", err)
-	}
-	// RETURNING keeps no order; events go out in the order they were written.
-	slices.SortFunc(got, func(a, b row) int { return cmp.Compare(a.id, b.id) })
-	for _, g := range got {
-		c.ids = append(c.ids, g.id)
-		c.msgs = append(c.msgs, g.msg)
-	}
-	return c, nil
-}
-
-// publish publishes b and sorts its rows by whether the broker confirmed
-// them; err says why some were not, if it knows.
-func (r *Relay) publish(ctx context.Context, b claimed) (outcome, error) {
-	pctx, cancel := context.WithTimeout(ctx, r.publishTimeout)
-	defer cancel()
-	acked, err := r.pub.PublishBatch(pctx, b.msgs)
-	o := outcome{lease: b.lease}
-	for i, id := range b.ids {
-		if i < len(acked) && acked[i] {
-			o.sent = append(o.sent, id)
-		} else {
-			o.unsent = append(o.unsent, id)
-		}
-	}
-	if err == nil && len(o.unsent) > 0 {
-		err = broker.ErrNotConfirmed
-	}
-	return o, err
-}
-
-// OutboxBacklog returns how many events wait to be published and how old
-// the oldest is.
-func OutboxBacklog(ctx context.Context, db *pgxpool.Pool) (n int64, oldest time.Duration, err error) {
+// Backlog returns how many events the relay has yet to publish and how old
+// the oldest is (as of its last stored position, at most a moment behind).
+func Backlog(ctx context.Context, db *pgxpool.Pool) (n int64, oldest time.Duration, err error) {
 	var age float64
-	err = db.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)
-		FROM outbox WHERE sent_at IS NULL`).Scan(&n, &age)
+	err = db.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM now() - min(o.created_at)), 0)
+		FROM outbox o WHERE (o.tx, o.id) > (SELECT coalesce(max(tx), 0), coalesce(max(id), 0) FROM outbox_readers WHERE name = $1)`,
+		relayName).Scan(&n, &age)
 	return n, time.Duration(age * float64(time.Second)), err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -33,15 +34,22 @@ func MustPool(tb testing.TB) *pgxpool.Pool {
 	return pool
 }
 
-// record runs RecordProcessed in a transaction of its own, committed unless
-// rollback, and returns the ids it found new.
-func record(t *testing.T, pool *pgxpool.Pool, rollback bool, ids ...string) map[string]bool {
+// process claims ids for consumer "test" in a transaction of its own,
+// records those it found new unless rollback, and returns them.
+func process(t *testing.T, pool *pgxpool.Pool, rollback bool, ids ...string) map[string]bool {
 	t.Helper()
 	ctx := context.Background()
 	var fresh map[string]bool
 	err := InTx(ctx, pool, func(tx pgx.Tx) error {
 		var err error
-		if fresh, err = RecordProcessed(ctx, tx, "test", ids); err != nil {
+		if fresh, err = ClaimUnprocessed(ctx, tx, "test", ids); err != nil {
+			return err
+		}
+		var done []string
+		for id := range fresh {
+			done = append(done, id)
+		}
+		if err := RecordProcessed(ctx, tx, "test", done); err != nil {
 			return err
 		}
 		if rollback {
@@ -55,41 +63,68 @@ func record(t *testing.T, pool *pgxpool.Pool, rollback bool, ids ...string) map[
 	return fresh
 }
 
-func TestRecordProcessed(t *testing.T) {
+func TestInbox(t *testing.T) {
 	pool := MustPool(t)
 	a, b := uuid.NewString(), uuid.NewString()
-	if got := record(t, pool, false, a); !got[a] || len(got) != 1 {
+	if got := process(t, pool, false, a); !got[a] || len(got) != 1 {
 		t.Fatalf("first: %v", got)
 	}
-	if got := record(t, pool, false, a, b); got[a] || !got[b] || len(got) != 1 {
+	if got := process(t, pool, false, a, b, b); got[a] || !got[b] || len(got) != 1 {
 		t.Fatalf("second: %v, want only %s new", got, b)
 	}
 }
 
-func TestRecordProcessedRolledBack(t *testing.T) {
+func TestInboxRolledBack(t *testing.T) {
 	pool := MustPool(t)
 	id := uuid.NewString()
-	record(t, pool, true, id) // the effect failed: the inbox row must go too
-	if got := record(t, pool, false, id); !got[id] {
+	process(t, pool, true, id) // the effect failed: the inbox row must go too
+	if got := process(t, pool, false, id); !got[id] {
 		t.Error("a rolled-back inbox row still counts as processed")
 	}
 }
 
-func TestForgetProcessed(t *testing.T) {
+// TestInboxClaimWaits: a second claim of an id waits for the first
+// transaction, and then finds it processed; the claim itself gives the
+// transaction no transaction id.
+func TestInboxClaimWaits(t *testing.T) {
 	pool := MustPool(t)
 	ctx := context.Background()
-	a, b := uuid.NewString(), uuid.NewString()
-	err := InTx(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := RecordProcessed(ctx, tx, "test", []string{a, b}); err != nil {
-			return err
-		}
-		return ForgetProcessed(ctx, tx, "test", []string{b}) // b's effect failed
-	})
+	id := uuid.NewString()
+	tx, err := pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := record(t, pool, false, a, b); got[a] || !got[b] {
-		t.Fatalf("after forgetting %s: new %v", b, got)
+	defer tx.Rollback(ctx)
+	if fresh, err := ClaimUnprocessed(ctx, tx, "test", []string{id}); err != nil || !fresh[id] {
+		t.Fatalf("claim: %v, %v", fresh, err)
+	}
+	var xid *string
+	if err := tx.QueryRow(ctx, "SELECT pg_current_xact_id_if_assigned()::text").Scan(&xid); err != nil || xid != nil {
+		t.Fatalf("the claim gave the transaction id %v (%v); want none", xid, err)
+	}
+	second := make(chan map[string]bool)
+	go func() {
+		var fresh map[string]bool
+		_ = InTx(ctx, pool, func(tx pgx.Tx) error {
+			var err error
+			fresh, err = ClaimUnprocessed(ctx, tx, "test", []string{id})
+			return err
+		})
+		second <- fresh
+	}()
+	select {
+	case got := <-second:
+		t.Fatalf("the second claim did not wait: %v", got)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := RecordProcessed(ctx, tx, "test", []string{id}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-second; got[id] {
+		t.Fatal("the second claim found the id new after the first recorded it")
 	}
 }
 
@@ -100,15 +135,15 @@ func TestMigrateTwice(t *testing.T) {
 	}
 }
 
-func TestWithPoolSize(t *testing.T) {
+func TestWithParam(t *testing.T) {
 	tests := []struct{ give, want string }{
 		{"postgres://h/db", "postgres://h/db?pool_max_conns=16"},
 		{"postgres://h/db?sslmode=disable", "postgres://h/db?sslmode=disable&pool_max_conns=16"},
 		{"postgres://h/db?pool_max_conns=4", "postgres://h/db?pool_max_conns=4"},
 	}
 	for _, tt := range tests {
-		if got := WithPoolSize(tt.give, "16"); got != tt.want {
-			t.Errorf("WithPoolSize(%q) = %q, want %q", tt.give, got, tt.want)
+		if got := WithParam(tt.give, "pool_max_conns", "16"); got != tt.want {
+			t.Errorf("WithParam(%q) = %q, want %q", tt.give, got, tt.want)
 		}
 	}
 }

@@ -1,7 +1,9 @@
 // Package smtpsink is a real SMTP server that keeps what it receives in
 // memory: the fake mail provider for local runs and tests. It can be told to
 // refuse mail, temporarily (4xx) or for good (5xx), to exercise retries and
-// dead-lettering, and it shows its inbox over HTTP.
+// dead-lettering, all mail (SetRefuse) or one recipient's (an address
+// "refuse-<code>@…", refused at RCPT with that code), and it shows its
+// inbox over HTTP.
 package smtpsink
 
 import (
@@ -17,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/mail"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -231,7 +234,14 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 	return nil
 }
 
+// Rcpt refuses a recipient "refuse-<code>@…" with that code, so that a test
+// can have one mail of many refused.
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if code, ok := strings.CutPrefix(to, "refuse-"); ok && len(code) > 3 && code[3] == '@' {
+		if n, err := strconv.Atoi(code[:3]); err == nil && n >= 400 && n < 600 {
+			return &smtp.SMTPError{Code: n, Message: "recipient refused (injected failure)"}
+		}
+	}
 	s.to = append(s.to, to)
 	return nil
 }
