@@ -218,7 +218,7 @@ func TestTrackingLive(t *testing.T) {
 		db := mustDB(t)
 		eventually(t, 10*time.Second, "latest position stored", func() error {
 			var seq int64
-			if err := db.QueryRow(context.Background(), "SELECT seq FROM rider_positions WHERE rider_id = $1", r.ID).Scan(&seq); err != nil {
+			if err := db.QueryRow(context.Background(), "SELECT coalesce(max(seq), 0) FROM rider_fixes WHERE order_id = $1 AND rider_id = $2", o.ID, r.ID).Scan(&seq); err != nil {
 				return err
 			}
 			if seq != newest {

@@ -74,7 +74,13 @@ type LocationResults struct {
 	// per process (idle costs included), and the share of all cores busy.
 	CPUMsPer1000 map[string]float64 `json:"cpu_ms_per_1000_fixes"`
 	CoresBusy    float64            `json:"cores_busy_fraction"`
-	Profiles     string             `json:"profiles,omitempty"` // where DABBA_BENCH_PPROF's profiles went
+	// The path travelled: rows the history writers (every instance)
+	// committed a second while the fixes flowed, rows they shed, and the
+	// same run's ceiling for writing such rows (copyCeiling).
+	HistoryRowsPerS     float64 `json:"history_rows_per_s"`
+	HistoryShed         int64   `json:"history_rows_shed"`
+	CopyCeilingRowsPerS float64 `json:"postgres_copy_ceiling_rows_per_s"`
+	Profiles            string  `json:"profiles,omitempty"` // where DABBA_BENCH_PPROF's profiles went
 }
 
 // StageLat summarises one stage from a histogram's buckets (upper bounds,
@@ -103,6 +109,12 @@ func (l *LocationResults) print(tw io.Writer, c float64) {
 	}
 	fmt.Fprintf(tw, "locations: load generator lag behind its schedule\t%s\t\t\n", l.GeneratorLag)
 	fmt.Fprintf(tw, "locations: refused / stale / coalesced / rider sockets closed\t%d / %d / %d / %d\t\t\n", l.Refused, l.Stale, l.Coalesced, l.Closed)
+	ratio := ""
+	if l.CopyCeilingRowsPerS > 0 {
+		ratio = fmt.Sprintf("%.0f%%", 100*l.HistoryRowsPerS/l.CopyCeilingRowsPerS)
+	}
+	fmt.Fprintf(tw, "locations: history (the path travelled): rows written, shed\t%.0f rows/s, %d shed\t%.0f rows/s (COPY)\t%s\n",
+		l.HistoryRowsPerS, l.HistoryShed, l.CopyCeilingRowsPerS, ratio)
 	fmt.Fprintf(tw, "locations: CPU per 1,000 fixes (ms; %.0f%% of all cores busy)\t%s\t\t\n", 100*l.CoresBusy, withSum(l.CPUMsPer1000))
 }
 
@@ -132,6 +144,11 @@ type trackingStats struct {
 	Interest struct {
 		Live bool `json:"live"`
 	} `json:"interest"`
+	History struct {
+		Written int64 `json:"written"`
+		Shed    int64 `json:"shed"`
+		Backlog int64 `json:"backlog"`
+	} `json:"history"`
 }
 
 func readStats(base string) (trackingStats, error) {
@@ -232,6 +249,9 @@ func (b *bench) locations(ctx context.Context) error {
 		if err := b.transientCeiling(ctx); err != nil {
 			return fmt.Errorf("rabbitmq transient: %w", err)
 		}
+	}
+	if err := b.copyCeiling(ctx); err != nil {
+		return fmt.Errorf("postgres copy: %w", err)
 	}
 	second, err := b.startSecondTracking(ctx)
 	if err != nil {
@@ -371,6 +391,8 @@ func (b *bench) locations(ctx context.Context) error {
 		l.ByPath[path] = summarize(d)
 	}
 	l.Stages = stagesBetween(histBefore, histAfter)
+	l.HistoryRowsPerS = float64(after.History.Written-before.History.Written) / window
+	l.HistoryShed = after.History.Shed - before.History.Shed
 	lagMu.Lock()
 	l.GeneratorLag = summarize(lags)
 	lagMu.Unlock()
@@ -446,6 +468,9 @@ func statsOf(instances map[string]string) (trackingStats, error) {
 		sum.Ingest.Failed += s.Ingest.Failed
 		sum.FixesOut.Stale += s.FixesOut.Stale
 		sum.FixesOut.Coalesced += s.FixesOut.Coalesced
+		sum.History.Written += s.History.Written
+		sum.History.Shed += s.History.Shed
+		sum.History.Backlog += s.History.Backlog
 	}
 	return sum, nil
 }

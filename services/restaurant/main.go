@@ -1,7 +1,8 @@
 // Command restaurant keeps the restaurant-side feed: it consumes the
-// restaurant-notify queue (order.placed, order.paid, order.cancelled), records
-// one notification per event for the order's restaurant, and serves the feed
-// at GET /v1/restaurants/{id}/orders.
+// restaurant-notify queue (order.placed, order.paid, order.cancelled,
+// order.rider_arriving), records one notification per event for the order's
+// restaurant, and serves the feed at GET /v1/restaurants/{id}/orders. It
+// keeps each restaurant's record (where it is) at /v1/restaurants/{id}.
 package main
 
 import (
@@ -26,7 +27,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	log := base.Log
 
 	r := base.Router()
-	addRoutes(r, log, base.DB)
+	addRoutes(r, log, base.DB, base.Env.String("ADMIN_TOKEN", ""))
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

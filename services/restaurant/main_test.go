@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,6 +126,82 @@ func TestRun(t *testing.T) {
 		m := testenv.MustDeadLettered(t, conn, broker.QueueRestaurant, id)
 		if m.Headers[broker.HeaderReason] != broker.ReasonPermanent {
 			t.Fatalf("dead-letter reason = %v, want %s", m.Headers[broker.HeaderReason], broker.ReasonPermanent)
+		}
+	})
+}
+
+func TestRestaurantRecord(t *testing.T) {
+	base := testenv.MustRun(t, run, map[string]string{"ADMIN_TOKEN": "op-secret"})
+	id := "r-" + uuid.NewString()
+	put := func(token, body string) (int, Restaurant, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPut, base+"/v1/restaurants/"+id, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var rec Restaurant
+		_ = json.Unmarshal(b, &rec)
+		return resp.StatusCode, rec, string(b)
+	}
+	t.Run("ErrNoToken", func(t *testing.T) {
+		if code, _, b := put("", `{"name":"Thali House","lat":19.02,"lng":72.85}`); code != http.StatusUnauthorized {
+			t.Fatalf("no token: %d %s", code, b)
+		}
+		if code, _, b := put("wrong", `{"name":"Thali House","lat":19.02,"lng":72.85}`); code != http.StatusUnauthorized {
+			t.Fatalf("wrong token: %d %s", code, b)
+		}
+	})
+	t.Run("ErrInvalid", func(t *testing.T) {
+		for field, body := range map[string]string{
+			"name": `{"lat":19,"lng":72}`, "lat": `{"name":"x","lat":91,"lng":72}`, "lng": `{"name":"x","lat":19}`,
+		} {
+			if code, _, b := put("op-secret", body); code != http.StatusBadRequest || !strings.Contains(b, `"field":"`+field+`"`) {
+				t.Errorf("%s: %d %s, want a 400 naming %s", body, code, b, field)
+			}
+		}
+	})
+	t.Run("OK", func(t *testing.T) {
+		for _, name := range []string{"Thali House", "Thali House (moved)"} {
+			if code, rec, b := put("op-secret", `{"name":"`+name+`","lat":19.02,"lng":72.85}`); code != http.StatusOK || rec.Name != name || rec.Lat != 19.02 {
+				t.Fatalf("put: %d %s", code, b)
+			}
+		}
+		resp, err := http.Get(base + "/v1/restaurants/" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var rec Restaurant
+		if err := json.NewDecoder(resp.Body).Decode(&rec); err != nil || resp.StatusCode != http.StatusOK || rec.Name != "Thali House (moved)" || rec.Lng != 72.85 {
+			t.Fatalf("get: %d %+v %v", resp.StatusCode, rec, err)
+		}
+		resp2, err := http.Get(base + "/v1/restaurants/r-nobody-" + uuid.NewString())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp2.Body.Close()
+		if resp2.StatusCode != http.StatusNotFound {
+			t.Fatalf("unknown restaurant: %d, want 404", resp2.StatusCode)
+		}
+	})
+	t.Run("ErrOffWithoutAdminToken", func(t *testing.T) {
+		off := testenv.MustRun(t, run, nil)
+		req, _ := http.NewRequest(http.MethodPut, off+"/v1/restaurants/"+id, strings.NewReader(`{"name":"x","lat":1,"lng":1}`))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("without ADMIN_TOKEN: %d, want 503", resp.StatusCode)
 		}
 	})
 }

@@ -147,14 +147,8 @@ func parseFix(b []byte) (ff fixFields, ok bool) {
 	}
 	for {
 		// A key: a plain string.
-		if i >= len(b) || b[i] != '"' {
-			return ff, false
-		}
-		end := i + 1
-		for end < len(b) && b[end] != '"' && b[end] != '\\' && b[end] >= 0x20 && b[end] < 0x80 {
-			end++
-		}
-		if end >= len(b) || b[end] != '"' {
+		end := scanPlainString(b, i)
+		if end < 0 {
 			return ff, false
 		}
 		key := b[i+1 : end]
@@ -193,14 +187,8 @@ func parseFix(b []byte) (ff fixFields, ok bool) {
 			ff.seq, i = v, j
 		case "ts":
 			bit = hasTS
-			if i >= len(b) || b[i] != '"' {
-				return ff, false
-			}
-			j := i + 1
-			for j < len(b) && b[j] != '"' && b[j] != '\\' && b[j] >= 0x20 && b[j] < 0x80 {
-				j++
-			}
-			if j >= len(b) || b[j] != '"' {
+			j := scanPlainString(b, i)
+			if j < 0 {
 				return ff, false
 			}
 			// The decoder's own reading of a time: strict RFC 3339.
@@ -228,6 +216,25 @@ func parseFix(b []byte) (ff fixFields, ok bool) {
 			return ff, false
 		}
 	}
+}
+
+// scanPlainString returns the index of the closing quote of the string
+// starting at b[i], or -1 when no string starts there or it holds an
+// escape, a control character or anything but ASCII (left to the standard
+// decoder).
+func scanPlainString(b []byte, i int) int {
+	if i >= len(b) || b[i] != '"' {
+		return -1
+	}
+	for i++; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			return i
+		case c == '\\' || c < 0x20 || c >= 0x80:
+			return -1
+		}
+	}
+	return -1
 }
 
 // skipSpace returns the index of the first byte at or after i that is not

@@ -31,6 +31,17 @@ type orderUpdate struct {
 	Status      string       `json:"status,omitempty"`
 	StatusAt    time.Time    `json:"status_at,omitzero"`
 	Destination *Destination `json:"destination,omitempty"`
+	Near        *nearMsg     `json:"near,omitempty"` // order.rider_near was raised
+	Arriving    bool         `json:"arriving,omitempty"`
+}
+
+// nearMsg is "your rider is near" as a customer receives it.
+type nearMsg struct {
+	Type      string    `json:"type"` // "rider_near"
+	OrderID   string    `json:"order_id"`
+	RiderID   string    `json:"rider_id"`
+	DistanceM float64   `json:"distance_m"`
+	At        time.Time `json:"at"`
 }
 
 // finished reports whether status ends the delivery: the customer then
@@ -112,6 +123,8 @@ type watcher struct {
 	fix      *liveFix // the newest unsent fix, if any
 	statuses []statusMsg
 	statusAt time.Time
+	near     *nearMsg // "your rider is near", not yet written
+	nearSeen bool     // it was handed over: once is enough
 	dest     *Destination
 	overflow bool
 }
@@ -128,9 +141,14 @@ func (w *watcher) setStart(start func()) {
 	w.kickLocked()
 }
 
+// pendingLocked reports whether something waits to be written.
+func (w *watcher) pendingLocked() bool {
+	return w.fix != nil || len(w.statuses) > 0 || w.near != nil || w.overflow
+}
+
 // kickLocked starts the writer when something is pending and none runs.
 func (w *watcher) kickLocked() {
-	if w.start == nil || w.writing || w.closed || (w.fix == nil && len(w.statuses) == 0 && !w.overflow) {
+	if w.start == nil || w.writing || w.closed || !w.pendingLocked() {
 		return
 	}
 	w.writing = true
@@ -170,6 +188,10 @@ func (w *watcher) apply(u orderUpdate) string {
 		// Another rider's seq says nothing about this one's.
 		w.riderID, w.riderAt, w.lastSeq, w.fix = u.RiderID, u.RiderAt, 0, nil
 	}
+	if u.Near != nil && !w.nearSeen {
+		w.nearSeen, w.near = true, u.Near
+		w.kickLocked()
+	}
 	if u.Status != "" && u.StatusAt.After(w.statusAt) {
 		w.statusAt = u.StatusAt
 		if finished(u.Status) {
@@ -190,16 +212,25 @@ func (w *watcher) apply(u orderUpdate) string {
 
 // take returns what is pending and clears it; ok is false when nothing is,
 // and the writer must then stop (the next offer starts it again).
-func (w *watcher) take() (fix *liveFix, statuses []statusMsg, overflow, ok bool) {
+func (w *watcher) take() (p pending, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed || (w.fix == nil && len(w.statuses) == 0 && !w.overflow) {
+	if w.closed || !w.pendingLocked() {
 		w.writing = false
-		return nil, nil, false, false
+		return pending{}, false
 	}
-	fix, statuses, overflow = w.fix, w.statuses, w.overflow
-	w.fix, w.statuses = nil, nil
-	return fix, statuses, overflow, true
+	p = pending{fix: w.fix, statuses: w.statuses, near: w.near, overflow: w.overflow}
+	w.fix, w.statuses, w.near = nil, nil, nil
+	return p, true
+}
+
+// pending is what a watcher's writer takes to write: statuses first, then
+// "your rider is near", then the newest fix.
+type pending struct {
+	fix      *liveFix
+	statuses []statusMsg
+	near     *nearMsg
+	overflow bool
 }
 
 // close stops the writer from being started again.

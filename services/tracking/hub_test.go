@@ -41,11 +41,11 @@ func mustWatch(tb testing.TB, h *Hub, order, rider string) *watcher {
 // pendingSeq returns the seq of the fix waiting for w (0 for none) and
 // clears what is pending.
 func pendingSeq(w *watcher) int64 {
-	fix, _, _, _ := w.take()
-	if fix == nil {
+	p, _ := w.take()
+	if p.fix == nil {
 		return 0
 	}
-	return fix.Seq
+	return p.fix.Seq
 }
 
 func TestHubBindsWhileWatched(t *testing.T) {
@@ -121,9 +121,9 @@ func TestHubReassignment(t *testing.T) {
 	// The new rider's seq starts afresh; the old rider's fixes no longer come.
 	h.Fix(Fix{RiderID: "r1", Seq: 101})
 	h.Fix(Fix{RiderID: "r2", Seq: 1})
-	fix, _, _, _ := w.take()
-	if fix == nil || fix.RiderID != "r2" || fix.Seq != 1 {
-		t.Fatalf("pending %+v, want r2's seq 1", fix)
+	p, _ := w.take()
+	if p.fix == nil || p.fix.RiderID != "r2" || p.fix.Seq != 1 {
+		t.Fatalf("pending %+v, want r2's seq 1", p.fix)
 	}
 	want := []string{"+rider.r1", "-rider.r1", "+rider.r2"}
 	if !slices.Equal(b.calls, want) {
@@ -140,7 +140,8 @@ func TestHubStatuses(t *testing.T) {
 	h.Update(orderUpdate{OrderID: "o1", Status: "placed", StatusAt: t0})                    // older
 	h.Update(orderUpdate{OrderID: "o1", Status: "paid", StatusAt: t0.Add(time.Second)})     // again
 	h.Update(orderUpdate{OrderID: "o1", Status: "accepted", StatusAt: t0.Add(time.Minute)}) // newer
-	_, statuses, _, _ := w.take()
+	p, _ := w.take()
+	statuses := p.statuses
 	var got []string
 	for _, s := range statuses {
 		got = append(got, s.Status)
@@ -154,8 +155,8 @@ func TestHubStatuses(t *testing.T) {
 	// Delivered: the customer stops following the rider.
 	h.Update(orderUpdate{OrderID: "o1", Status: "delivered", StatusAt: t0.Add(time.Hour)})
 	h.Fix(Fix{RiderID: "r1", Seq: 5})
-	if fix, _, _, _ := w.take(); fix != nil {
-		t.Fatalf("fix %+v sent after delivery", fix)
+	if p, _ := w.take(); p.fix != nil {
+		t.Fatalf("fix %+v sent after delivery", p.fix)
 	}
 	if want := "-rider.r1"; b.calls[len(b.calls)-1] != want {
 		t.Fatalf("last binder call %v, want %s", b.calls, want)
@@ -178,7 +179,7 @@ func TestWatcherWriterRunsOnlyWhileBusy(t *testing.T) {
 	if got := pendingSeq(w); got != 2 {
 		t.Fatalf("coalesced seq %d, want 2", got)
 	}
-	if _, _, _, ok := w.take(); ok {
+	if _, ok := w.take(); ok {
 		t.Fatal("take reported work with nothing pending")
 	}
 	h.Fix(Fix{RiderID: "r1", Seq: 3}) // the writer had stopped: a new one starts
@@ -194,8 +195,8 @@ func TestWatcherOverflow(t *testing.T) {
 	for i := range maxPendingStatuses + 1 {
 		w.apply(orderUpdate{OrderID: "o1", Status: "paid", StatusAt: t0.Add(time.Duration(i) * time.Second)})
 	}
-	if _, st, overflow, _ := w.take(); !overflow || len(st) != maxPendingStatuses {
-		t.Fatalf("statuses %d overflow %v", len(st), overflow)
+	if p, _ := w.take(); !p.overflow || len(p.statuses) != maxPendingStatuses {
+		t.Fatalf("statuses %d overflow %v", len(p.statuses), p.overflow)
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
@@ -60,20 +59,21 @@ type IngestStats struct {
 // writes to a customer's socket itself and never waits: what is not
 // published yet is the newest fix of each rider (publisher).
 type Ingest struct {
-	conn      *broker.Conn
-	hub       *Hub
-	interest  *Interest
-	out       *publisher
-	positions *PositionWriter
-	limits    *RiderLimits
-	log       *zap.Logger
-	Stats     IngestStats
+	conn       *broker.Conn
+	hub        *Hub
+	interest   *Interest
+	out        *publisher
+	deliveries *Deliveries
+	limits     *RiderLimits
+	log        *zap.Logger
+	Stats      IngestStats
 }
 
-// NewIngest returns an ingest handing fixes to hub and publishing on conn
-// those interest says another instance wants; Run must be running.
-func NewIngest(conn *broker.Conn, hub *Hub, interest *Interest, positions *PositionWriter, limits *RiderLimits, log *zap.Logger) *Ingest {
-	in := &Ingest{conn: conn, hub: hub, interest: interest, positions: positions, limits: limits,
+// NewIngest returns an ingest handing fixes to hub and deliveries (the
+// history), and publishing on conn those interest says another instance
+// wants; Run must be running.
+func NewIngest(conn *broker.Conn, hub *Hub, interest *Interest, deliveries *Deliveries, limits *RiderLimits, log *zap.Logger) *Ingest {
+	in := &Ingest{conn: conn, hub: hub, interest: interest, deliveries: deliveries, limits: limits,
 		log: log.With(zap.String("component", "ingest"))}
 	in.out = newPublisher(conn, &in.Stats, in.log)
 	return in
@@ -95,7 +95,7 @@ func (in *Ingest) take(f Fix, rx time.Time) error {
 	}
 	in.Stats.Accepted.Add(1)
 	in.hub.Local(f)
-	in.positions.Note(f)
+	in.deliveries.Observe(f, rx)
 	return nil
 }
 
@@ -396,82 +396,4 @@ func (in *Ingest) takeFrame(rider string, typ websocket.MessageType, data []byte
 		return &errorFrame{Type: "error", Status: http.StatusServiceUnavailable, Error: fmt.Sprintf("%v (fix %d)", err, f.Seq)}, false
 	}
 	return nil, false
-}
-
-// PositionWriter keeps each rider's latest fix in PostgreSQL, so a customer
-// connecting to an instance that never saw the rider still gets the rider's
-// position at once. It writes at most once per interval, one statement for
-// all riders, and never lets a fix replace a newer one.
-type PositionWriter struct {
-	db  *pgxpool.Pool
-	log *zap.Logger
-
-	mu      sync.Mutex
-	pending map[string]Fix
-}
-
-// NewPositionWriter returns a writer to db.
-func NewPositionWriter(db *pgxpool.Pool, log *zap.Logger) *PositionWriter {
-	return &PositionWriter{db: db, log: log, pending: map[string]Fix{}}
-}
-
-// Note records f as its rider's latest fix, to be written at the next flush.
-func (p *PositionWriter) Note(f Fix) {
-	p.mu.Lock()
-	if prev, ok := p.pending[f.RiderID]; !ok || f.Seq > prev.Seq {
-		p.pending[f.RiderID] = f
-	}
-	p.mu.Unlock()
-}
-
-// Run flushes every interval until ctx is done, and once more after.
-func (p *PositionWriter) Run(ctx context.Context, interval time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := p.flush(fctx); err != nil {
-				p.log.Warn("write rider positions", zap.Error(err))
-			}
-			return nil
-		case <-t.C:
-			if err := p.flush(ctx); err != nil {
-				p.log.Warn("write rider positions", zap.Error(err))
-			}
-		}
-	}
-}
-
-func (p *PositionWriter) flush(ctx context.Context) error {
-	p.mu.Lock()
-	batch := p.pending
-	if len(batch) == 0 {
-		p.mu.Unlock()
-		return nil
-	}
-	p.pending = make(map[string]Fix, len(batch))
-	p.mu.Unlock()
-	n := len(batch)
-	riders, seq, ts := make([]string, 0, n), make([]int64, 0, n), make([]time.Time, 0, n)
-	lat, lng, heading, speed := make([]float64, 0, n), make([]float64, 0, n), make([]float64, 0, n), make([]float64, 0, n)
-	for _, f := range batch {
-		riders, lat, lng, heading = append(riders, f.RiderID), append(lat, f.Lat), append(lng, f.Lng), append(heading, f.Heading)
-		speed, seq, ts = append(speed, f.SpeedKmh), append(seq, f.Seq), append(ts, f.TS)
-	}
-	_, err := p.db.Exec(ctx, `INSERT INTO rider_positions (rider_id, lat, lng, heading, speed_kmh, seq, ts)
-		SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[], $5::float8[], $6::bigint[], $7::timestamptz[])
-		ON CONFLICT (rider_id) DO UPDATE SET lat = excluded.lat, lng = excluded.lng, heading = excluded.heading,
-			speed_kmh = excluded.speed_kmh, seq = excluded.seq, ts = excluded.ts, updated_at = now()
-		WHERE rider_positions.seq < excluded.seq`, riders, lat, lng, heading, speed, seq, ts)
-	if err != nil {
-		// Put them back unless newer ones arrived meanwhile.
-		for _, f := range batch {
-			p.Note(f)
-		}
-		return fmt.Errorf("upsert rider positions: %w", err)
-	}
-	return nil
 }

@@ -42,15 +42,8 @@ const (
 // goroutine exists only while something is being sent.
 func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Signer, sockets *Sockets, times *fixTimes) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := uuid.Parse(chi.URLParam(r, "id"))
-		if err != nil {
-			httpx.WriteProblem(w, httpx.FieldProblem("id", "must be a UUID"))
-			return
-		}
-		orderID := id.String()
-		if err := signer.VerifyTracking(bearer(r), orderID); err != nil {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="tracking"`)
-			httpx.WriteProblem(w, httpx.NewProblem(http.StatusUnauthorized, "a valid tracking token for this order is required"))
+		orderID, ok := trackedOrder(w, r, signer)
+		if !ok {
 			return
 		}
 		release, err := sockets.Reserve(r)
@@ -70,7 +63,7 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Sign
 		var fix Fix
 		var hasFix bool
 		if err == nil && o.RiderID != "" && !finished(o.Status) {
-			fix, hasFix, err = latestFix(ctx, db, hub, o.RiderID)
+			fix, hasFix, err = latestFix(ctx, db, hub, orderID, o.RiderID)
 		}
 		cancel()
 		if err != nil && !errors.Is(err, errUnknownOrder) {
@@ -117,12 +110,30 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Sign
 	})
 }
 
+// trackedOrder reads the order id of a customer's request ({id}) and checks
+// the request carries the order's tracking token; otherwise it answers the
+// request (400, 401) and reports false.
+func trackedOrder(w http.ResponseWriter, r *http.Request, signer *token.Signer) (string, bool) {
+	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	if err != nil {
+		httpx.WriteProblem(w, httpx.FieldProblem("id", "must be a UUID"))
+		return "", false
+	}
+	orderID := id.String()
+	if err := signer.VerifyTracking(bearer(r), orderID); err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="tracking"`)
+		httpx.WriteProblem(w, httpx.NewProblem(http.StatusUnauthorized, "a valid tracking token for this order is required"))
+		return "", false
+	}
+	return orderID, true
+}
+
 // latestFix is the newer of what this instance saw and what is stored: an
 // instance that watches the rider already knows; one that does not reads
-// the position the ingest stores (at most once a second).
-func latestFix(ctx context.Context, db *pgxpool.Pool, hub *Hub, rider string) (Fix, bool, error) {
+// the history (written within a second or so of a fix).
+func latestFix(ctx context.Context, db *pgxpool.Pool, hub *Hub, orderID, rider string) (Fix, bool, error) {
 	mem, inMem := hub.Latest(rider)
-	stored, inDB, err := loadPosition(ctx, db, rider)
+	stored, inDB, err := loadPosition(ctx, db, orderID, rider)
 	switch {
 	case err != nil:
 		return Fix{}, false, err
@@ -147,15 +158,22 @@ type customerConn struct {
 func (cc *customerConn) flush() {
 	since := time.Now()
 	for {
-		fix, statuses, overflow, ok := cc.w.take()
+		p, ok := cc.w.take()
 		if !ok {
 			return
 		}
-		if overflow {
+		if p.overflow {
 			cc.tooSlow("status updates piled up")
 			return
 		}
-		for _, m := range statuses {
+		msgs := make([]any, 0, len(p.statuses)+1)
+		for _, m := range p.statuses {
+			msgs = append(msgs, m)
+		}
+		if p.near != nil {
+			msgs = append(msgs, p.near)
+		}
+		for _, m := range msgs {
 			msg, err := json.Marshal(m)
 			if err != nil {
 				cc.log.Error("encode message", zap.Error(err))
@@ -165,7 +183,7 @@ func (cc *customerConn) flush() {
 				return
 			}
 		}
-		if fix != nil {
+		if fix := p.fix; fix != nil {
 			if !cc.write(fix.message()) {
 				return
 			}

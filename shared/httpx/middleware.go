@@ -1,9 +1,11 @@
 package httpx
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
@@ -94,6 +96,28 @@ func Shed(maxInFlight int) func(http.Handler) http.Handler {
 				p.RetryAfter = 1
 				WriteProblem(w, p)
 			}
+		})
+	}
+}
+
+// RequireAdmin lets through requests that carry "Authorization: Bearer
+// <token>", the operator's ADMIN_TOKEN, compared in constant time. With no
+// token configured the routes it guards are off: every request gets a 503
+// saying what to set (a 404 would look like a wrong URL).
+func RequireAdmin(token, service string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if token == "" {
+				WriteProblem(w, NewProblem(http.StatusServiceUnavailable, "operator routes are off: set ADMIN_TOKEN on the "+service+" service"))
+				return
+			}
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="dabba-admin"`)
+				WriteProblem(w, NewProblem(http.StatusUnauthorized, "admin bearer token missing or wrong"))
+				return
+			}
+			next.ServeHTTP(w, r)
 		})
 	}
 }

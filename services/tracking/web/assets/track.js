@@ -10,7 +10,7 @@
   const $ = (id) => document.getElementById(id);
   const svgNS = "http://www.w3.org/2000/svg";
   const W = 400, H = 300, PAD = 28;
-  const STEPS = ["placed", "paid", "accepted", "picked_up", "delivered"];
+  const STEPS = ["placed", "paid", "accepted", "picked_up", "near", "delivered"];
   const FINAL = ["delivered", "cancelled", "payment_failed"];
   const MAX_TRAIL = 300;
 
@@ -21,10 +21,12 @@
     shown: null,       // {lat, lng} the marker is drawn at (animated)
     anim: null,        // {from, to, start}
     lastSeq: 0,
+    firstLiveSeq: 0,   // the first fix the socket brought: the stored path ends before it
     rider: "",
     status: "",
     statusAt: 0,
-    seen: {},          // status -> Date
+    seen: {},          // status (and "near") -> Date
+    speeds: [],        // recent {at, kmh}, for the ETA
     attempt: 0,
     ended: false,
   };
@@ -115,24 +117,56 @@
   }
 
   // --- messages -----------------------------------------------------------
+  // The path travelled so far, from the history: the trail then starts
+  // where the rider started, not where the page was opened.
+  async function loadPath() {
+    try {
+      const res = await fetch(`/v1/orders/${encodeURIComponent(orderID)}/path?max=${MAX_TRAIL}`, {
+        headers: { Authorization: `Bearer ${token}` }, cache: "no-store",
+      });
+      if (!res.ok) return;
+      const p = await res.json();
+      const all = p.points || [];
+      if (all.length === 0) return;
+      // The current rider's points; live fixes that came meanwhile stay
+      // after them.
+      const rider = state.rider || all[all.length - 1].rider_id;
+      const before = state.firstLiveSeq || Infinity;
+      const pts = all.filter((q) => q.rider_id === rider && q.seq < before);
+      if (!state.rider) {
+        state.rider = rider;
+        $("rider-id").textContent = rider;
+      }
+      state.trail = pts.map((q) => ({ lat: q.lat, lng: q.lng })).concat(state.trail).slice(-MAX_TRAIL);
+      $("map").dataset.path = String(state.trail.length);
+      draw();
+    } catch (e) { /* the live trail still grows */ }
+  }
+
   function onLocation(m) {
     // The server never sends an older fix; a reconnect may resend the
     // newest one, which changes nothing.
     if (m.rider_id !== state.rider) {
-      state.rider = m.rider_id; state.lastSeq = 0; state.trail = []; state.shown = null;
+      if (state.rider) { state.lastSeq = 0; state.firstLiveSeq = 0; state.trail = []; state.shown = null; } // another rider: another path
+      state.rider = m.rider_id;
       $("rider-id").textContent = m.rider_id;
     }
+    if (!state.firstLiveSeq) state.firstLiveSeq = m.seq;
     if (m.seq <= state.lastSeq) return;
     state.lastSeq = m.seq;
     state.fix = m;
     const p = { lat: m.lat, lng: m.lng };
     state.trail.push(p);
+    $("map").dataset.path = String(state.trail.length);
     if (state.trail.length > MAX_TRAIL) state.trail.shift();
     const rider = $("rider");
     rider.dataset.seq = String(m.seq);
     rider.dataset.lat = String(m.lat);
     rider.dataset.lng = String(m.lng);
     $("speed").textContent = `${Math.round(m.speed_kmh)} km/h`;
+    state.speeds.push({ at: Date.parse(m.ts), kmh: m.speed_kmh });
+    if (state.speeds.length > 240) state.speeds.shift();
+    $("eta").textContent = eta();
     $("last-fix").textContent = new Date(m.ts).toLocaleTimeString();
     if (state.dest) $("distance").textContent = formatDistance(distance(p, state.dest));
     if (!state.shown) {
@@ -149,8 +183,29 @@
     state.seen[m.status] = at;
     if (at >= state.statusAt) { state.status = m.status; state.statusAt = at; }
     renderTimeline();
-    if (FINAL.includes(state.status)) state.ended = true;
+    if (FINAL.includes(state.status)) { state.ended = true; $("near").hidden = true; }
+    $("eta").textContent = eta();
     draw();
+  }
+
+  function onNear(m) {
+    state.seen.near = Date.parse(m.at);
+    $("near").hidden = FINAL.includes(state.status);
+    document.body.dataset.near = "true";
+    renderTimeline();
+  }
+
+  // The ETA: the straight line to the door, stretched by a fifth for the
+  // streets, at the rider's speed over the last minute (at least walking
+  // pace, so a rider waiting at a light does not read as "never").
+  function eta() {
+    if (!state.dest || !state.fix || state.status !== "picked_up") return "–";
+    const now = Date.parse(state.fix.ts);
+    const recent = state.speeds.filter((s) => now - s.at <= 60000);
+    const kmh = Math.max(5, recent.reduce((a, s) => a + s.kmh, 0) / Math.max(1, recent.length));
+    const metres = distance({ lat: state.fix.lat, lng: state.fix.lng }, state.dest) * 1.2;
+    const min = Math.round(metres / (kmh * 1000 / 60));
+    return min < 1 ? "under a minute" : `about ${min} min`;
   }
 
   function renderTimeline() {
@@ -159,6 +214,7 @@
       const s = li.dataset.status;
       const i = STEPS.indexOf(s);
       li.classList.remove("done", "current");
+      if (s === "near") li.classList.toggle("off", !(s in state.seen)); // only once it happened
       if (i < 0) {
         li.classList.toggle("off", !(s in state.seen));
         if (s === state.status) li.classList.add("current");
@@ -210,6 +266,7 @@
       try { m = JSON.parse(ev.data); } catch (e) { return; }
       if (m.type === "location") onLocation(m);
       else if (m.type === "status") onStatus(m);
+      else if (m.type === "rider_near") onNear(m);
     };
     ws.onclose = () => {
       if (state.ended) {
@@ -233,4 +290,5 @@
   drawGrid();
   renderTimeline();
   connect();
+  loadPath();
 })();
