@@ -80,6 +80,41 @@ if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SHOW autovacuum')" != on
   say "turning PostgreSQL's autovacuum on"
   psql -h 127.0.0.1 -U postgres -d postgres -qc 'ALTER SYSTEM SET autovacuum = on' -c 'SELECT pg_reload_conf()' >/dev/null
 fi
+# Memory and checkpoints for a write-heavy workload, instead of Debian's
+# defaults (128 MB of buffers, a checkpoint forced by every GB of WAL): the
+# stack's tables (orders, outbox, inbox, idempotency records) outgrow 128 MB
+# within minutes under load, and every page evicted dirty is written by the
+# backend that needed the buffer. A quarter of the memory, at most 1 GB, for
+# buffers; checkpoints every 15 minutes or 4 GB of WAL, so fewer pages are
+# written whole into the WAL after each. shared_buffers takes a restart: done
+# once, the first time.
+mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
+buffers_mb=$((mem_mb / 4 > 1024 ? 1024 : mem_mb / 4))
+buffers_mb=$((buffers_mb < 128 ? 128 : buffers_mb))
+buffers="${buffers_mb}MB"
+[ $((buffers_mb % 1024)) = 0 ] && buffers="$((buffers_mb / 1024))GB"
+# pg_set NAME VALUE: sets it if it differs, and prints NAME if so. VALUE is
+# written the way SHOW writes it (1GB, not 1024MB).
+pg_set() {
+  if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SHOW $1")" != "$2" ]; then
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "ALTER SYSTEM SET $1 = '$2'" && echo "$1"
+  fi
+}
+changed=$(pg_set max_wal_size 4GB; pg_set checkpoint_timeout 15min)
+restart=$(pg_set shared_buffers "$buffers")
+if [ -n "$restart" ]; then
+  say "restarting PostgreSQL for shared_buffers = $buffers"
+  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1)
+  if with_systemd; then
+    as_root systemctl restart "postgresql@$version-main"
+  else
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+  fi
+  wait_for "$PG_WAIT" PostgreSQL pg_up
+elif [ -n "$changed" ]; then
+  say "PostgreSQL settings: $(echo $changed)"
+  psql -h 127.0.0.1 -U postgres -d postgres -qAtc 'SELECT pg_reload_conf()' >/dev/null
+fi
 if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'dabba'")" != 1 ]; then
   say "creating database dabba"
   psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE DATABASE dabba'

@@ -52,7 +52,7 @@ func handleOrderCreate(log *zap.Logger, store *Store, tokens TokenIssuer) http.H
 			return
 		}
 		now := time.Now().UTC().Truncate(time.Microsecond) // what PostgreSQL keeps
-		o := Order{ID: uuid.NewString(), Status: events.StatusPlaced, CustomerID: req.CustomerID, RestaurantID: req.RestaurantID,
+		o := Order{ID: events.NewID(), Status: events.StatusPlaced, CustomerID: req.CustomerID, RestaurantID: req.RestaurantID,
 			Email: req.Email, Items: items, DeliveryAddress: addr, TotalCents: total, CreatedAt: now, UpdatedAt: now,
 			History: []StatusChange{{Status: events.StatusPlaced, At: now}}}
 		ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)

@@ -242,15 +242,12 @@ func (s *Store) commitGroup(ctx context.Context, group []*placeCall) error {
 	})
 }
 
-// groupWrites gathers a group's new orders into one insert per table.
+// groupWrites gathers a group's new orders into one insert per table, the
+// arguments of each row after the last's (postgres.Values).
 type groupWrites struct {
-	ids, customers, restaurants, emails, statuses []string
-	items, addrs                                  [][]byte
-	totals                                        []int64
-	ats                                           []time.Time
-	outbox                                        outbox.Rows
-	keyCustomers, keys, locations                 []string
-	hashes, bodies                                [][]byte
+	n                     int // orders
+	orders, history, keys []any
+	outbox                outbox.Rows
 }
 
 // add renders c's response and gathers its rows.
@@ -267,34 +264,39 @@ func (w *groupWrites) add(c *placeCall) error {
 	}
 	items, _ := json.Marshal(o.Items)
 	addr, _ := json.Marshal(o.DeliveryAddress)
-	w.ids, w.customers, w.restaurants = append(w.ids, o.ID), append(w.customers, o.CustomerID), append(w.restaurants, o.RestaurantID)
-	w.emails, w.statuses, w.ats = append(w.emails, o.Email), append(w.statuses, o.Status), append(w.ats, o.CreatedAt)
-	w.items, w.addrs, w.totals = append(w.items, items), append(w.addrs, addr), append(w.totals, o.TotalCents)
 	c.res = savedResponse{Status: 201, Body: body, Location: "/v1/orders/" + o.ID}
-	w.keyCustomers, w.keys = append(w.keyCustomers, c.req.CustomerID), append(w.keys, c.key)
-	w.hashes, w.bodies, w.locations = append(w.hashes, c.req.fingerprint()), append(w.bodies, body), append(w.locations, c.res.Location)
+	w.n++
+	w.orders = append(w.orders, o.ID, o.CustomerID, o.RestaurantID, o.Email, items, addr, o.TotalCents, o.Status, o.CreatedAt)
+	w.history = append(w.history, o.ID, o.Status, o.CreatedAt)
+	w.keys = append(w.keys, c.req.CustomerID, c.key, c.req.fingerprint(), body, c.res.Location)
 	return nil
 }
 
+// The rows of a group's inserts (postgres.Values), and how many parameters
+// each takes.
+const (
+	orderRow, orderWidth     = "($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)", 9
+	historyRow, historyWidth = "($1, $2, $3)", 3
+	keyWidth                 = 5
+)
+
+var keyRow = fmt.Sprintf("($1, $2, $3, 201, $4, $5, now() + interval '%s')", idempotencyTTL)
+
 // queue queues the group's inserts on b; nothing when no order is new.
 func (w *groupWrites) queue(b *pgx.Batch) {
-	if len(w.ids) == 0 {
+	if w.n == 0 {
 		return
 	}
 	b.Queue(`INSERT INTO orders (id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, created_at, updated_at)
-		SELECT id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, at, at
-		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::bigint[], $8::text[], $9::timestamptz[])
-			AS o (id, customer_id, restaurant_id, email, items, delivery_address, total_cents, status, at)`,
-		w.ids, w.customers, w.restaurants, w.emails, w.items, w.addrs, w.totals, w.statuses, w.ats)
-	b.Queue(`INSERT INTO order_status_history (order_id, status, at)
-		SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) ON CONFLICT DO NOTHING`, w.ids, w.statuses, w.ats)
+		VALUES `+postgres.Values(orderRow, orderWidth, w.n), w.orders...)
+	b.Queue(`INSERT INTO order_status_history (order_id, status, at) VALUES `+postgres.Values(historyRow, historyWidth, w.n)+
+		` ON CONFLICT DO NOTHING`, w.history...)
 	w.outbox.Queue(b)
 	// An expired record for the same key is replaced; a live one cannot
 	// exist here, since the look-up found none and the lock is held.
 	b.Queue(`INSERT INTO idempotency_keys (customer_id, key, request_hash, status_code, response_body, location, expires_at)
-		SELECT customer_id, key, request_hash, 201, response_body, location, now() + $6::interval
-		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[]) AS k (customer_id, key, request_hash, response_body, location)
+		VALUES `+postgres.Values(keyRow, keyWidth, w.n)+`
 		ON CONFLICT (customer_id, key) DO UPDATE SET request_hash = excluded.request_hash, status_code = excluded.status_code,
 			response_body = excluded.response_body, location = excluded.location, created_at = now(), expires_at = excluded.expires_at`,
-		w.keyCustomers, w.keys, w.hashes, w.bodies, w.locations, idempotencyTTL.String())
+		w.keys...)
 }

@@ -6,10 +6,10 @@ package outbox
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/trace"
 )
 
@@ -54,15 +55,14 @@ func Add(ctx context.Context, b *pgx.Batch, routingKey, orderID string, at time.
 // that writes many at once (a group of orders, a batch of payments): one
 // INSERT of n rows costs the server far less than n INSERTs.
 type Rows struct {
-	ids, keys, orders []string
-	payloads          [][]byte
-	traceparents      []*string // nil without a trace
+	n    int
+	args []any // each row's, one after the other (postgres.Values)
 }
 
 // Add encodes an event for the insert and returns its id. Like Enqueue, it
 // keeps the trace ctx carries.
 func (r *Rows) Add(ctx context.Context, routingKey, orderID string, at time.Time, data any) (string, error) {
-	env, err := events.New(uuid.NewString(), routingKey, orderID, at, data)
+	env, err := events.New(events.NewID(), routingKey, orderID, at, data)
 	if err != nil {
 		return "", err
 	}
@@ -75,23 +75,22 @@ func (r *Rows) Add(ctx context.Context, routingKey, orderID string, at time.Time
 		child := trace.Child(parent)
 		tp = &child
 	}
-	r.ids, r.keys, r.orders = append(r.ids, env.ID), append(r.keys, routingKey), append(r.orders, orderID)
-	r.payloads, r.traceparents = append(r.payloads, payload), append(r.traceparents, tp)
+	r.n++
+	r.args = append(r.args, env.ID, routingKey, orderID, payload, tp)
 	return env.ID, nil
 }
 
 // Len is the number of events added.
-func (r *Rows) Len() int { return len(r.ids) }
+func (r *Rows) Len() int { return r.n }
 
 // Queue queues the insert of every event added on b; it queues nothing when
 // none was.
 func (r *Rows) Queue(b *pgx.Batch) {
-	if r.Len() == 0 {
+	if r.n == 0 {
 		return
 	}
-	b.Queue(`INSERT INTO outbox (event_id, routing_key, order_id, payload, traceparent)
-		SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bytea[], $5::text[])`,
-		r.ids, r.keys, r.orders, r.payloads, r.traceparents)
+	b.Queue(`INSERT INTO outbox (event_id, routing_key, order_id, payload, traceparent) VALUES `+
+		postgres.Values("($1, $2, $3, $4, $5)", 5, r.n), r.args...)
 }
 
 // Publisher is what the relay publishes through: *broker.Publisher, with
@@ -357,9 +356,20 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 // Backlog returns how many events the relay has yet to publish and how old
 // the oldest is (as of its last stored position, at most a moment behind).
 func Backlog(ctx context.Context, db *pgxpool.Pool) (n int64, oldest time.Duration, err error) {
+	var pos Position
+	err = db.QueryRow(ctx, "SELECT tx, id FROM outbox_readers WHERE name = $1", relayName).Scan(&pos.Tx, &pos.ID)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return 0, 0, fmt.Errorf("outbox backlog: %w", err)
+	}
+	// Sent with the position's values in its text (the simple protocol),
+	// so it is planned for them: rows after the position are few or all,
+	// and the generic plan our connections use (postgres.Open) reads the
+	// whole table for a handful of rows.
 	var age float64
-	err = db.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM now() - min(o.created_at)), 0)
-		FROM outbox o WHERE (o.tx, o.id) > (SELECT coalesce(max(tx), 0), coalesce(max(id), 0) FROM outbox_readers WHERE name = $1)`,
-		relayName).Scan(&n, &age)
-	return n, time.Duration(age * float64(time.Second)), err
+	err = db.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)
+		FROM outbox WHERE (tx, id) > ($1, $2)`, pgx.QueryExecModeSimpleProtocol, pos.Tx, pos.ID).Scan(&n, &age)
+	if err != nil {
+		return 0, 0, fmt.Errorf("outbox backlog: %w", err)
+	}
+	return n, time.Duration(age * float64(time.Second)), nil
 }

@@ -49,7 +49,9 @@ func Open(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	// the generic one, and keeps doing so for statements whose generic plan
 	// looks dearer on paper. Planning was an eighth of the server's CPU
 	// under load. Our statements are short look-ups and set-based writes
-	// by key, for which the generic plan is the plan.
+	// by key, for which the generic plan is the plan. (It holds for every
+	// statement, unnamed ones too: a query whose best plan depends on its
+	// values goes with them in its text, pgx.QueryExecModeSimpleProtocol.)
 	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
 		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 	}

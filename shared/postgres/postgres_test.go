@@ -147,3 +147,21 @@ func TestWithParam(t *testing.T) {
 		}
 	}
 }
+
+func TestValues(t *testing.T) {
+	tests := []struct {
+		row      string
+		width, n int
+		want     string
+	}{
+		{"($1, $2, now())", 2, 3, "($1, $2, now()), ($3, $4, now()), ($5, $6, now())"},
+		{"($1, $2, $2)", 2, 2, "($1, $2, $2), ($3, $4, $4)"},
+		{"($1, 201, $10, $2)", 10, 2, "($1, 201, $10, $2), ($11, 201, $20, $12)"},
+		{"($1)", 1, 1, "($1)"},
+	}
+	for _, tt := range tests {
+		if got := Values(tt.row, tt.width, tt.n); got != tt.want {
+			t.Errorf("Values(%q, %d, %d) = %q, want %q", tt.row, tt.width, tt.n, got, tt.want)
+		}
+	}
+}
