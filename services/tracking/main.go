@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -88,6 +89,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return fmt.Errorf("TRACKING_NEAR_METERS: %g, want more than 0", nearMeters)
 	}
 	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
+	page := pageConfig{TileURL: base.Env.String("TRACKING_TILE_URL", defaultTileURL),
+		Attribution: base.Env.String("TRACKING_TILE_ATTRIBUTION", defaultTileAttribution)}
+	if page.TileURL == "none" {
+		page.TileURL = ""
+	} else if tileOrigin(page.TileURL) == "" || !strings.Contains(page.TileURL, "{z}") || !strings.Contains(page.TileURL, "{x}") ||
+		!strings.Contains(page.TileURL, "{y}") {
+		return fmt.Errorf("TRACKING_TILE_URL %q: want an http(s) URL with {z}, {x} and {y}, or none", page.TileURL)
+	}
 
 	interest := NewInterest(uuid.NewString())
 	relay := NewRelay(base.Broker, interest, log)
@@ -108,7 +117,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	base.Metrics.WatchTracking(metrics.Tracking{SocketsOpen: sockets.Open, FixesIn: counterOf(&ingest.Stats.Accepted),
 		FixesOut: counterOf(&hub.Stats.Sent), Stale: counterOf(&hub.Stats.Stale), Coalesced: counterOf(&hub.Stats.Coalesced)})
 	r := base.Router()
-	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, hist, signer, times)
+	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, hist, signer, times, page)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8081"), r, log, nil) })

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -491,7 +492,7 @@ func TestRiderLocationProblems(t *testing.T) {
 }
 
 func TestStatsAndPage(t *testing.T) {
-	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": secret})
+	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": secret, "TRACKING_TILE_URL": "https://{s}.tiles.example.org/{z}/{x}/{y}.png"})
 	for _, path := range []string{"/stats", "/track/" + uuid.NewString() + "?token=x", "/track/assets/track.js", "/track/assets/track.css"} {
 		resp, err := http.Get(base + path)
 		if err != nil {
@@ -503,8 +504,19 @@ func TestStatsAndPage(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || buf.Len() == 0 {
 			t.Fatalf("GET %s = %d (%d bytes)", path, resp.StatusCode, buf.Len())
 		}
-		if strings.HasPrefix(path, "/track/") && strings.Contains(buf.String(), "https://") {
-			t.Fatalf("%s refers to another site", path)
+		// The page loads its script and style from here, and images (map
+		// tiles) only from the tile server it was configured with.
+		if strings.Contains(path, "?token") {
+			for _, ref := range regexp.MustCompile(`(?:src|href)="([^"]*)"`).FindAllStringSubmatch(buf.String(), -1) {
+				if !strings.HasPrefix(ref[1], "/track/assets/") {
+					t.Errorf("the page loads %s", ref[1])
+				}
+			}
+			csp := resp.Header.Get("Content-Security-Policy")
+			if !strings.Contains(csp, "script-src 'self';") || !strings.Contains(csp, "img-src 'self' data: https://*.tiles.example.org;") ||
+				!strings.Contains(buf.String(), `data-tiles="https://{s}.tiles.example.org/{z}/{x}/{y}.png"`) {
+				t.Errorf("CSP %q, page %s", csp, buf.String())
+			}
 		}
 	}
 	resp, err := http.Get(base + "/track/not-an-order")

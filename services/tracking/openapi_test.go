@@ -13,6 +13,6 @@ import (
 // every route documented, every documented operation a route.
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	r := (&service.Base{Log: zap.NewNop()}).Router()
-	addRoutes(r, zap.NewNop(), nil, nil, nil, nil, nil, nil, nil, nil)
+	addRoutes(r, zap.NewNop(), nil, nil, nil, nil, nil, nil, nil, nil, pageConfig{})
 	apidoc.MustMatch(t, r, openAPI)
 }
