@@ -96,10 +96,17 @@ func TestTrackingPageMap(t *testing.T) {
 			t.Fatalf("post fix = %d %s", code, b)
 		}
 	}
-	// A path before the page opens: it comes from the history.
+	// A path before the page opens: it comes from the history, written
+	// within a second or so.
 	for i := range 5 {
 		post(19.005+float64(i)*0.001, 72.838)
 	}
+	eventually(t, 10*time.Second, "the path stored", func() error {
+		if code, p := getPath(t, tracking, o.ID, o.TrackingToken, ""); code != http.StatusOK || p.Fixes < 5 {
+			return fmt.Errorf("%d, %d fixes", code, p.Fixes)
+		}
+		return nil
+	})
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.DisableGPU,
 		chromedp.WindowSize(900, 1100),

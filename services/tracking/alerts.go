@@ -38,11 +38,11 @@ type alert struct {
 // order: the event goes into the outbox in the transaction that inserts the
 // order's row in tracking_alerts, whose key refuses a second, so the alert
 // is published once however many instances see the rider come near, and
-// across their restarts. The outbox relay publishes it; the order feed
-// brings rider_near to the order's customers on every instance.
+// across their restarts. The outbox relay (the orders or payment
+// service's) publishes it; the order feed brings rider_near to the order's
+// customers on every instance.
 type Alerts struct {
 	db         *pgxpool.Pool
-	relay      interface{ Wake() }
 	nearMeters float64
 	log        *zap.Logger
 	warn       rate.Sometimes
@@ -53,9 +53,9 @@ type Alerts struct {
 	Raised, Repeated, Failed atomic.Int64
 }
 
-// NewAlerts returns alerts written to db, woken relay after each.
-func NewAlerts(db *pgxpool.Pool, relay interface{ Wake() }, nearMeters float64, log *zap.Logger) *Alerts {
-	return &Alerts{db: db, relay: relay, nearMeters: nearMeters, log: log.With(zap.String("component", "alerts")),
+// NewAlerts returns alerts written to db.
+func NewAlerts(db *pgxpool.Pool, nearMeters float64, log *zap.Logger) *Alerts {
+	return &Alerts{db: db, nearMeters: nearMeters, log: log.With(zap.String("component", "alerts")),
 		warn: rate.Sometimes{Interval: 10 * time.Second}, queue: make(chan alert, alertQueue)}
 }
 
@@ -157,7 +157,6 @@ func (a *Alerts) write(ctx context.Context, al alert) error {
 		return nil
 	}
 	a.Raised.Add(1)
-	a.relay.Wake()
 	a.log.Info("alert raised", zap.String("kind", al.kind), zap.String("order_id", al.orderID), zap.String("rider_id", al.riderID),
 		zap.Float64("distance_m", round1(al.distance)))
 	return nil

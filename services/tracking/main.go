@@ -21,10 +21,8 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/logging"
 	"github.com/dabba/dabba/shared/metrics"
-	"github.com/dabba/dabba/shared/outbox"
 	"github.com/dabba/dabba/shared/service"
 	"github.com/dabba/dabba/shared/token"
 )
@@ -101,12 +99,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	interest := NewInterest(uuid.NewString())
 	relay := NewRelay(base.Broker, interest, log)
 	hub := NewHub(relay)
-	// Tracking writes the outbox (its alerts), so it runs a relay, as every
-	// process that writes it does: one relay publishes at a time, and this
-	// one wakes the moment an alert commits if it is that one, or takes
-	// over if the orders and payment services are both away.
-	relayOut := outbox.NewRelay(base.DB, broker.NewPublisher(base.Broker, log), log)
-	alerts := NewAlerts(base.DB, relayOut, nearMeters, log)
+	// Tracking writes the outbox (its alerts) but runs no relay of its own:
+	// one relay publishes the whole outbox at a time (orders' or
+	// payment's), polling it every 10 ms, so an alert goes out within
+	// milliseconds anyway, and a relay here could become the one that
+	// publishes every order's events from the process sized for sockets.
+	// If orders and payment are both away, alerts wait in the outbox.
+	alerts := NewAlerts(base.DB, nearMeters, log)
 	hist := NewHistory(base.DB, historyDays, log)
 	deliveries := NewDeliveries(base.DB, hist, alerts, log)
 	limits := NewRiderLimits(riderRate, int(2*riderRate))
@@ -127,7 +126,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	g.Go(func() error { return interest.Run(ctx) })
 	g.Go(func() error { return hist.Run(ctx) })
 	g.Go(func() error { return alerts.Run(ctx) })
-	g.Go(func() error { return relayOut.Run(ctx) })
 	g.Go(func() error { return deliveries.Run(ctx) })
 	g.Go(func() error { return orderFeed{db: base.DB, hub: hub, deliveries: deliveries, log: log}.Run(ctx) })
 	g.Go(func() error {
