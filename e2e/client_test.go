@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dabba/dabba/shared/testenv"
+	"github.com/dabba/dabba/shared/token"
 )
 
 func base(port int) string { return fmt.Sprintf("http://127.0.0.1:%d", port) }
@@ -34,10 +37,85 @@ type order struct {
 	} `json:"history"`
 }
 
+// orderJSON is an order of one dish at priceCents, the price the customer
+// was shown: the restaurant's menu must list it (ensureMenu).
 func orderJSON(customer, restaurant string, priceCents int64) string {
 	return fmt.Sprintf(`{"customer_id":%q,"restaurant_id":%q,"email":"e2e@example.com",
-		"items":[{"sku":"thali","name":"Veg thali","quantity":1,"unit_price_cents":%d}],
-		"delivery_address":{"line1":"Dadar West","lat":19.02,"lng":72.84}}`, customer, restaurant, priceCents)
+		"items":[{"sku":%q,"quantity":1,"unit_price_cents":%d}],
+		"delivery_address":{"line1":"Dadar West","lat":19.02,"lng":72.84}}`, customer, restaurant, dish(priceCents), priceCents)
+}
+
+// dish is the sku of the suite's dish at priceCents.
+func dish(priceCents int64) string { return fmt.Sprintf("dish-%d", priceCents) }
+
+// menus holds the dishes the suite has put on each restaurant's menu.
+var menus = struct {
+	sync.Mutex
+	dishes map[string][]int64
+}{dishes: map[string][]int64{}}
+
+// ensureMenu puts on the menu of body's restaurant (an orderJSON) the
+// dishes its lines name, as an operator, unless the suite did already.
+func ensureMenu(body string) error {
+	var b struct {
+		RestaurantID string `json:"restaurant_id"`
+		Items        []struct {
+			UnitPriceCents int64 `json:"unit_price_cents"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal([]byte(body), &b); err != nil {
+		return err
+	}
+	menus.Lock()
+	defer menus.Unlock()
+	dishes, added := menus.dishes[b.RestaurantID], false
+	for _, it := range b.Items {
+		if !slices.Contains(dishes, it.UnitPriceCents) {
+			dishes, added = append(dishes, it.UnitPriceCents), true
+		}
+	}
+	if !added {
+		return nil
+	}
+	return putMenu(b.RestaurantID, dishes, func(int64) bool { return true })
+}
+
+// putMenu replaces a restaurant's menu, as an operator, with the suite's
+// dishes at prices, each available as available says, and remembers them.
+func putMenu(restaurant string, prices []int64, available func(int64) bool) error {
+	var m struct {
+		Items []map[string]any `json:"items"`
+	}
+	for _, p := range prices {
+		m.Items = append(m.Items, map[string]any{"sku": dish(p), "name": fmt.Sprintf("Dish at %d", p), "price_cents": p, "available": available(p)})
+	}
+	body, _ := json.Marshal(m)
+	ops, err := token.NewSigner([]byte(e2eSecret)).Mint(token.AudienceOps, "e2e-operator", time.Hour)
+	if err != nil {
+		return err
+	}
+	req, _ := http.NewRequest(http.MethodPut, base(ports.Orders)+"/v1/restaurants/"+restaurant+"/menu", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+ops)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("PUT menu of %s = %d %s", restaurant, resp.StatusCode, b)
+	}
+	menus.dishes[restaurant] = prices
+	return nil
+}
+
+// mustMenu is ensureMenu for a test.
+func mustMenu(t testing.TB, body string) {
+	t.Helper()
+	if err := ensureMenu(body); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // do sends a request and returns the status, headers and body.
@@ -59,11 +137,44 @@ func do(t testing.TB, method, url string, headers map[string]string, body string
 	return resp.StatusCode, resp.Header, b
 }
 
-// placeOrder places an order and returns it; the answer must be 201.
+// as returns a token of role for sub, signed with the stack's secret.
+func as(t testing.TB, role, sub string) string {
+	t.Helper()
+	return testenv.MustToken(t, e2eSecret, role, sub)
+}
+
+// opsToken is an operator's token: it may do anything to any order.
+func opsToken(t testing.TB) string { return as(t, token.AudienceOps, "e2e-operator") }
+
+// bearer returns the headers of a JSON request with tok (none if empty).
+func bearer(tok string) map[string]string {
+	h := map[string]string{"Content-Type": "application/json"}
+	if tok != "" {
+		h["Authorization"] = "Bearer " + tok
+	}
+	return h
+}
+
+// customerOf returns the customer an order body names.
+func customerOf(t testing.TB, body string) string {
+	t.Helper()
+	var b struct {
+		CustomerID string `json:"customer_id"`
+	}
+	if err := json.Unmarshal([]byte(body), &b); err != nil || b.CustomerID == "" {
+		t.Fatalf("no customer_id in %s: %v", body, err)
+	}
+	return b.CustomerID
+}
+
+// placeOrder places an order as the customer its body names and returns
+// it; the answer must be 201.
 func placeOrder(t testing.TB, key, body string) order {
 	t.Helper()
-	code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders",
-		map[string]string{"Content-Type": "application/json", "Idempotency-Key": key}, body)
+	mustMenu(t, body)
+	h := bearer(as(t, token.AudienceCustomer, customerOf(t, body)))
+	h["Idempotency-Key"] = key
+	code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", h, body)
 	if code != http.StatusCreated {
 		t.Fatalf("POST /v1/orders = %d: %s", code, b)
 	}
@@ -74,9 +185,27 @@ func placeOrder(t testing.TB, key, body string) order {
 	return o
 }
 
+// move asks for an order's move to status with tok and returns the status
+// code of the answer.
+func move(t testing.TB, tok, orderID, status string) int {
+	t.Helper()
+	code, _, _ := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+orderID+"/status", bearer(tok), `{"status":"`+status+`"}`)
+	return code
+}
+
+// assignRider assigns rider to an order, as an operator.
+func assignRider(t testing.TB, orderID, rider string) {
+	t.Helper()
+	if code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+orderID+"/rider", bearer(opsToken(t)),
+		`{"rider_id":"`+rider+`"}`); code != http.StatusOK {
+		t.Fatalf("assign rider = %d %s", code, b)
+	}
+}
+
+// getOrder reads an order as an operator.
 func getOrder(t testing.TB, id string) order {
 	t.Helper()
-	code, _, b := do(t, http.MethodGet, base(ports.Orders)+"/v1/orders/"+id, nil, "")
+	code, _, b := do(t, http.MethodGet, base(ports.Orders)+"/v1/orders/"+id, bearer(opsToken(t)), "")
 	if code != http.StatusOK {
 		t.Fatalf("GET order = %d: %s", code, b)
 	}

@@ -30,16 +30,25 @@ func TestComposeFile(t *testing.T) {
 		}
 		t.Skip("docker-compose is not installed, so compose.yaml is not validated: apt-get install docker-compose (.ci/run does)")
 	}
+	secret := map[string]string{"TOKEN_SECRET": composeSecret}
 	t.Run("Defaults", func(t *testing.T) {
-		cfg := mustComposeConfig(t, bin, nil)
+		cfg := mustComposeConfig(t, bin, secret)
 		checkCompose(t, cfg, "dabba", "dabba")
 	})
 	t.Run("CredentialsFromEnv", func(t *testing.T) {
-		cfg := mustComposeConfig(t, bin, map[string]string{"RABBITMQ_DEFAULT_USER": "asha", "RABBITMQ_DEFAULT_PASS": "s3cret"})
+		cfg := mustComposeConfig(t, bin, map[string]string{"RABBITMQ_DEFAULT_USER": "asha", "RABBITMQ_DEFAULT_PASS": "s3cret", "TOKEN_SECRET": composeSecret})
 		checkCompose(t, cfg, "asha", "s3cret")
 	})
 	t.Run("Observability", func(t *testing.T) {
-		checkObservability(t, mustComposeConfig(t, bin, nil))
+		checkObservability(t, mustComposeConfig(t, bin, secret))
+	})
+	t.Run("ErrNoTokenSecret", func(t *testing.T) {
+		// No default secret: without one the file does not even load,
+		// and says what to set.
+		out, err := composeConfig(bin, nil)
+		if err == nil || !strings.Contains(string(out), "TOKEN_SECRET") {
+			t.Fatalf("docker-compose config without TOKEN_SECRET: %v\n%s", err, out)
+		}
 	})
 	t.Run("ErrInvalidFile", func(t *testing.T) {
 		// The loader really validates: a misspelt key fails it.
@@ -161,6 +170,13 @@ func checkCompose(t *testing.T, cfg map[string]any, user, pass string) {
 			t.Errorf("%s RABBITMQ_URL %q, want the broker's own credentials", s.Name, mq)
 		}
 	}
+	// Every service that checks tokens gets the one secret, from the
+	// environment and nowhere else.
+	for _, name := range []string{"orders", "tracking", "restaurant"} {
+		if got := str(svc(name), "environment", "TOKEN_SECRET"); got != composeSecret {
+			t.Errorf("%s TOKEN_SECRET %q, want the environment's", name, got)
+		}
+	}
 	for name, port := range map[string]string{"orders": "8080", "tracking": "8081"} {
 		if ps := publishedPorts(svc(name)); !slices.ContainsFunc(ps, func(p string) bool { return strings.HasPrefix(p, port+":") }) {
 			t.Errorf("%s publishes %v, want %s", name, ps, port)
@@ -222,11 +238,13 @@ func healthcheck(bin, addr string) ([]byte, error) {
 	return out, err
 }
 
-// mustComposeConfig returns compose.yaml as docker-compose config prints
-// it: merged, interpolated with env (the credential variables otherwise
-// unset) and normalised.
-func mustComposeConfig(t *testing.T, bin string, env map[string]string) map[string]any {
-	t.Helper()
+// composeSecret is the TOKEN_SECRET the compose tests give.
+const composeSecret = "compose-test-secret-of-32-bytes!"
+
+// composeConfig runs docker-compose config on compose.yaml with env (the
+// credential variables otherwise unset) and returns its output, or its
+// error output when it fails.
+func composeConfig(bin string, env map[string]string) ([]byte, error) {
 	cmd := exec.Command(bin, "-f", filepath.Join("..", "compose.yaml"), "config")
 	for _, kv := range os.Environ() {
 		switch k, _, _ := strings.Cut(kv, "="); k {
@@ -242,7 +260,19 @@ func mustComposeConfig(t *testing.T, bin string, env map[string]string) map[stri
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("docker-compose config: %v\n%s", err, stderr.String())
+		return []byte(stderr.String()), err
+	}
+	return out, nil
+}
+
+// mustComposeConfig returns compose.yaml as docker-compose config prints
+// it: merged, interpolated with env (the credential variables otherwise
+// unset) and normalised.
+func mustComposeConfig(t *testing.T, bin string, env map[string]string) map[string]any {
+	t.Helper()
+	out, err := composeConfig(bin, env)
+	if err != nil {
+		t.Fatalf("docker-compose config: %v\n%s", err, out)
 	}
 	cfg, err := parseNormalizedYAML(string(out))
 	if err != nil {

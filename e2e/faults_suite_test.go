@@ -12,13 +12,14 @@ import (
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/outbox"
 	"github.com/dabba/dabba/shared/stack"
+	"github.com/dabba/dabba/shared/token"
 )
 
 // The fault suite: each case places orders under load while it breaks
 // something, then holds the system to its ledger (load_test.go). They skip
 // unless DABBA_FAULTS=1: they stop the machine's shared broker and database.
 
-func allExactlyOnce(string) effects { return exactlyOnce }
+func allExactlyOnce(string) []effects { return []effects{exactlyOnce} }
 
 // revive starts a killed service again and waits until it is ready.
 func revive(t testing.TB, p *stack.Proc) {
@@ -36,15 +37,18 @@ func revive(t testing.TB, p *stack.Proc) {
 // TestFaultServicesKilledUnderLoad SIGKILLs every service that does an
 // order's work, in turn and twice each, while orders keep arriving: the
 // four consumers in the middle of their work, and the orders service
-// (API, outbox relay and order-status consumer) with requests and
-// publishes in flight. Clients retry with their Idempotency-Key.
+// (API, outbox relay and order-status projection) with requests and
+// publishes in flight. Clients retry with their Idempotency-Key, and do
+// all customers do (a mixed load): cancel orders before and after their
+// charge, have cards declined, order only free dishes, try to pick their
+// rider. Every order's money and messages must come out right all the same.
 func TestFaultServicesKilledUnderLoad(t *testing.T) {
 	needFaults(t)
 	db := mustDB(t)
 	// Slow enough charges that payment always dies with some in flight.
-	gatewayConfig(t, `{"latency_ms": 300}`)
-	defer gatewayConfig(t, `{"latency_ms": 5}`)
-	load := startOrderLoad(t, "kill", 40)
+	gatewayConfig(t, fmt.Sprintf(`{"latency_ms": 300, "decline_amount_cents": %d}`, declinePrice))
+	defer gatewayConfig(t, `{"latency_ms": 5, "decline_amount_cents": 0}`)
+	load := startMixedLoad(t, "kill", 40)
 	for round := 0; round < 2; round++ {
 		for _, name := range []string{"payment", "restaurant", "email", "analytics", "orders"} {
 			time.Sleep(1500 * time.Millisecond) // let work pile up in the victim
@@ -55,7 +59,20 @@ func TestFaultServicesKilledUnderLoad(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	ids := load.Stop()
-	wantLedger(t, db, ids, 2*time.Minute, allExactlyOnce, nil)
+	wantLedger(t, db, ids, 2*time.Minute, load.want, nil)
+	load.wantNoOrders(db)
+	got, err := readEffects(db, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cancelled, charged int
+	for _, id := range ids {
+		if load.cases[id] == caseCancelBeforeCharge {
+			cancelled++
+			charged += got[id].Charges
+		}
+	}
+	t.Logf("of %d orders cancelled at once, %d were charged (payment was quicker) and refunded, %d never charged", cancelled, charged, cancelled-charged)
 }
 
 // TestFaultRelayKilledWithUnpublishedRows SIGKILLs the service whose
@@ -132,8 +149,9 @@ func TestFaultPostgresRestartUnderLoad(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		for i := 0; i < 5; i++ {
 			start := time.Now()
-			code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders",
-				map[string]string{"Content-Type": "application/json", "Idempotency-Key": newKey()}, orderJSON(probe, "r-pg", 500))
+			headers := bearer(as(t, token.AudienceCustomer, probe))
+			headers["Idempotency-Key"] = newKey()
+			code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", headers, orderJSON(probe, "r-pg", 500))
 			if code != http.StatusServiceUnavailable || h.Get("Retry-After") == "" {
 				t.Errorf("POST while the database is down = %d (Retry-After %q): %s", code, h.Get("Retry-After"), b)
 			}
@@ -206,7 +224,7 @@ func TestFaultSlowFailingGateway(t *testing.T) {
 		}
 		var unpaid []string
 		for _, id := range ids {
-			if got[id].Paid == 0 {
+			if got[id].Status != "paid" {
 				unpaid = append(unpaid, id)
 			}
 		}
@@ -226,11 +244,11 @@ func TestFaultSlowFailingGateway(t *testing.T) {
 		return nil
 	})
 	t.Logf("%d of %d orders paid, %d dead-lettered after every retry failed", len(ids)-len(dead), len(ids), len(dead))
-	wantLedger(t, db, ids, time.Minute, func(id string) effects {
+	wantLedger(t, db, ids, time.Minute, func(id string) []effects {
 		if _, ok := dead[id]; ok {
-			return effects{Orders: 1, Notifications: 1, Emails: 1, AnalyticsRows: 1}
+			return []effects{{Orders: 1, Status: "placed", Notifications: 1, Emails: 1, AnalyticsRows: 1}}
 		}
-		return exactlyOnce
+		return []effects{exactlyOnce}
 	}, dead)
 }
 
@@ -252,10 +270,10 @@ func TestFaultSMTPRefusing(t *testing.T) {
 			time.Sleep(3 * time.Second)
 			ids := load.Stop()
 			dead := deadIn(t, "email", tt.reason, ids, 2*time.Minute)
-			wantLedger(t, db, ids, time.Minute, func(string) effects {
+			wantLedger(t, db, ids, time.Minute, func(string) []effects {
 				e := exactlyOnce
 				e.Emails = 0
-				return e
+				return []effects{e}
 			}, dead)
 		})
 	}

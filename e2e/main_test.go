@@ -21,8 +21,10 @@ import (
 var ports = stack.Ports{Orders: 18080, Tracking: 18081, Payment: 18082, Restaurant: 18083, Email: 18084, Analytics: 18085,
 	Gateway: 18090, SMTPHTTP: 18025, SMTP: 11025}
 
-// e2eSecret signs the stack's tokens, so the suite can mint rider tokens.
-const e2eSecret = "e2e-secret"
+// e2eSecret signs the stack's tokens, so the suite can mint every kind. It
+// is as long as a production secret must be: the stack runs as in
+// production, not in development mode.
+const e2eSecret = "e2e-secret-of-at-least-32-bytes!!"
 
 // e2eAdminToken opens the orders service's admin API.
 const e2eAdminToken = "e2e-admin-token"

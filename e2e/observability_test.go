@@ -19,6 +19,7 @@ import (
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/metrics"
+	"github.com/dabba/dabba/shared/token"
 	"github.com/dabba/dabba/shared/trace"
 )
 
@@ -105,8 +106,7 @@ func sum(samples []sample, name string, want ...string) (total float64, found bo
 // really expose.
 func TestMetricsAfterTraffic(t *testing.T) {
 	db := mustDB(t)
-	o, r := assignedOrder(t)
-	waitPaid(t, 30*time.Second, o.ID)
+	o, r := assignedOrder(t) // paid, and picked up by now
 	wantExactlyOnce(t, db, o.ID, 30*time.Second)
 	getOrder(t, o.ID) // a route with a parameter
 	tracking := base(ports.Tracking)
@@ -260,9 +260,12 @@ func TestTraceparentReachesConsumers(t *testing.T) {
 	db := mustDB(t)
 	traceID := strings.ReplaceAll(uuid.NewString(), "-", "")
 	in := "00-" + traceID + "-b7ad6b7169203331-01"
-	code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders",
-		map[string]string{"Content-Type": "application/json", "Idempotency-Key": newKey(), trace.Header: in},
-		orderJSON("c-trace-"+uuid.NewString(), "r-trace", 800))
+	customer := "c-trace-" + uuid.NewString()
+	headers := bearer(as(t, token.AudienceCustomer, customer))
+	headers["Idempotency-Key"], headers[trace.Header] = newKey(), in
+	body := orderJSON(customer, "r-trace", 800)
+	mustMenu(t, body)
+	code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", headers, body)
 	if code != http.StatusCreated {
 		t.Fatalf("POST /v1/orders = %d %s", code, b)
 	}

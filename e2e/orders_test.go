@@ -14,6 +14,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/dabba/dabba/shared/testenv"
+	"github.com/dabba/dabba/shared/token"
 )
 
 // TestOrderReachesEveryConsumer: an order placed over HTTP is charged,
@@ -29,7 +30,7 @@ func TestOrderReachesEveryConsumer(t *testing.T) {
 	waitPaid(t, 20*time.Second, o.ID)
 	wantExactlyOnce(t, db, o.ID, 20*time.Second)
 
-	code, _, b := do(t, http.MethodGet, base(ports.Restaurant)+"/v1/restaurants/"+restaurant+"/orders", nil, "")
+	code, _, b := do(t, http.MethodGet, base(ports.Restaurant)+"/v1/restaurants/"+restaurant+"/orders", bearer(as(t, token.AudienceRestaurant, restaurant)), "")
 	var feed struct {
 		Notifications []struct {
 			OrderID string `json:"order_id"`
@@ -64,21 +65,19 @@ func TestOrderReachesEveryConsumer(t *testing.T) {
 	}
 }
 
-// TestOrderLife walks an order through the moves the restaurant and rider
-// make, and refuses an illegal one.
+// TestOrderLife walks an order through the moves its restaurant and rider
+// make, each with its own token, and refuses an illegal one.
 func TestOrderLife(t *testing.T) {
 	o := placeOrder(t, newKey(), orderJSON("c-"+uuid.NewString(), "r-life", 1000))
+	rider := "rider-" + uuid.NewString()[:8]
+	assignRider(t, o.ID, rider)
 	waitPaid(t, 20*time.Second, o.ID)
-	move := func(status string) int {
-		code, _, _ := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+o.ID+"/status",
-			map[string]string{"Content-Type": "application/json"}, `{"status":"`+status+`"}`)
-		return code
-	}
+	kitchen, bike := as(t, token.AudienceRestaurant, "r-life"), as(t, token.AudienceRider, rider)
 	for _, step := range []struct {
-		status string
-		want   int
-	}{{"delivered", 409}, {"accepted", 200}, {"picked_up", 200}, {"cancelled", 409}, {"delivered", 200}} {
-		if got := move(step.status); got != step.want {
+		tok, status string
+		want        int
+	}{{opsToken(t), "delivered", 409}, {kitchen, "accepted", 200}, {bike, "picked_up", 200}, {opsToken(t), "cancelled", 409}, {bike, "delivered", 200}} {
+		if got := move(t, step.tok, o.ID, step.status); got != step.want {
 			t.Fatalf("move to %s = %d, want %d", step.status, got, step.want)
 		}
 	}
@@ -99,21 +98,25 @@ func TestRetriedPostCreatesOneOrder(t *testing.T) {
 	customer := "c-" + uuid.NewString()
 	key, body := newKey(), orderJSON(customer, "r-idem", 700)
 	first := placeOrder(t, key, body)
-	code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders",
-		map[string]string{"Content-Type": "application/json", "Idempotency-Key": key}, body)
+	headers := func(key string) map[string]string {
+		h := bearer(as(t, token.AudienceCustomer, customer))
+		h["Idempotency-Key"] = key
+		return h
+	}
+	code, h, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", headers(key), body)
 	if code != 201 || h.Get("Idempotent-Replayed") != "true" || !strings.Contains(string(b), first.ID) {
 		t.Fatalf("replay = %d %v %s", code, h, b)
 	}
 
 	key2, body2 := newKey(), orderJSON(customer, "r-idem", 800)
+	mustMenu(t, body2)
 	var wg sync.WaitGroup
 	codes := make(chan int, 50)
 	for i := 0; i < 50; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			code, _, _ := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders",
-				map[string]string{"Content-Type": "application/json", "Idempotency-Key": key2}, body2)
+			code, _, _ := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders", headers(key2), body2)
 			codes <- code
 		}()
 	}
@@ -137,24 +140,25 @@ func TestRetriedPostCreatesOneOrder(t *testing.T) {
 // fault, and nothing is stored.
 func TestBadInput(t *testing.T) {
 	good := orderJSON("c-bad", "r-bad", 100)
-	json := map[string]string{"Content-Type": "application/json", "Idempotency-Key": "k-bad"}
+	ops := "Bearer " + opsToken(t)
+	json := map[string]string{"Content-Type": "application/json", "Idempotency-Key": "k-bad", "Authorization": ops}
 	tests := []struct {
 		name, method, path string
 		headers            map[string]string
 		body               string
 		want               int
 	}{
-		{"ErrNoIdempotencyKey", "POST", "/v1/orders", map[string]string{"Content-Type": "application/json"}, good, 400},
-		{"ErrContentType", "POST", "/v1/orders", map[string]string{"Content-Type": "text/plain", "Idempotency-Key": "k"}, good, 415},
+		{"ErrNoIdempotencyKey", "POST", "/v1/orders", map[string]string{"Content-Type": "application/json", "Authorization": ops}, good, 400},
+		{"ErrContentType", "POST", "/v1/orders", map[string]string{"Content-Type": "text/plain", "Idempotency-Key": "k", "Authorization": ops}, good, 415},
 		{"ErrMalformedJSON", "POST", "/v1/orders", json, `{"customer_id": "c",`, 400},
 		{"ErrUnknownField", "POST", "/v1/orders", json, strings.Replace(good, `"email"`, `"mail"`, 1), 400},
 		{"ErrNegativeQuantity", "POST", "/v1/orders", json, strings.Replace(good, `"quantity":1`, `"quantity":-1`, 1), 400},
-		{"ErrMissingPrice", "POST", "/v1/orders", json, strings.Replace(good, `,"unit_price_cents":100`, ``, 1), 400},
+		{"ErrMissingQuantity", "POST", "/v1/orders", json, strings.Replace(good, `"quantity":1,`, ``, 1), 400},
 		{"ErrEmptyItems", "POST", "/v1/orders", json, `{"customer_id":"c","restaurant_id":"r","email":"a@b.c","items":[],"delivery_address":{"line1":"x","lat":1,"lng":1}}`, 400},
 		{"ErrTooLarge", "POST", "/v1/orders", json, `{"customer_id":"` + strings.Repeat("a", 1<<20+10) + `"}`, 413},
-		{"ErrMalformedID", "GET", "/v1/orders/12", nil, "", 400},
-		{"ErrUnknownOrder", "GET", "/v1/orders/" + uuid.NewString(), nil, "", 404},
-		{"ErrBadStatus", "POST", "/v1/orders/" + uuid.NewString() + "/status", map[string]string{"Content-Type": "application/json"}, `{"status":"paid"}`, 400},
+		{"ErrMalformedID", "GET", "/v1/orders/12", json, "", 400},
+		{"ErrUnknownOrder", "GET", "/v1/orders/" + uuid.NewString(), json, "", 404},
+		{"ErrBadStatus", "POST", "/v1/orders/" + uuid.NewString() + "/status", json, `{"status":"paid"}`, 400},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,7 +170,7 @@ func TestBadInput(t *testing.T) {
 	}
 	t.Run("ErrHeadersTooLarge", func(t *testing.T) {
 		// The server refuses these itself, before any handler: plain 431.
-		h := map[string]string{"Content-Type": "application/json", "Idempotency-Key": "k-bad", "X-Padding": strings.Repeat("a", 100<<10)}
+		h := map[string]string{"Content-Type": "application/json", "Idempotency-Key": "k-bad", "Authorization": ops, "X-Padding": strings.Repeat("a", 100<<10)}
 		if code, _, b := do(t, "POST", base(ports.Orders)+"/v1/orders", h, good); code != http.StatusRequestHeaderFieldsTooLarge {
 			t.Fatalf("%d %s, want 431", code, b)
 		}

@@ -99,20 +99,30 @@ type rider struct {
 	seq       int64
 }
 
-// assignedOrder places an order and assigns it a new rider.
+// assignedOrder places an order, assigns it a new rider, and has it paid,
+// accepted by its restaurant and picked up by the rider: an order whose
+// customer follows its rider.
 func assignedOrder(t testing.TB) (order, *rider) {
 	t.Helper()
 	o := placeOrder(t, newKey(), orderJSON("c-live-"+uuid.NewString(), "r-live", 700))
 	r := &rider{ID: "rider-" + uuid.NewString()[:8]}
-	if code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+o.ID+"/rider",
-		map[string]string{"Content-Type": "application/json"}, `{"rider_id":"`+r.ID+`"}`); code != http.StatusOK {
-		t.Fatalf("assign rider = %d %s", code, b)
-	}
-	var err error
-	if r.Token, err = token.NewSigner([]byte(e2eSecret)).Rider(r.ID, time.Hour); err != nil {
-		t.Fatal(err)
-	}
+	r.Token = as(t, token.AudienceRider, r.ID)
+	assignRider(t, o.ID, r.ID)
+	pickUp(t, o.ID, "r-live", r)
 	return o, r
+}
+
+// pickUp waits until the order is paid, has its restaurant accept it and
+// its rider pick it up.
+func pickUp(t testing.TB, orderID, restaurant string, r *rider) {
+	t.Helper()
+	waitPaid(t, 20*time.Second, orderID)
+	if code := move(t, as(t, token.AudienceRestaurant, restaurant), orderID, "accepted"); code != http.StatusOK {
+		t.Fatalf("accept = %d", code)
+	}
+	if code := move(t, r.Token, orderID, "picked_up"); code != http.StatusOK {
+		t.Fatalf("pick up = %d", code)
+	}
 }
 
 // post sends the rider's fix with the given seq to a tracking instance.
@@ -161,16 +171,24 @@ func TestTrackingLive(t *testing.T) {
 
 	t.Run("ErrWrongToken", func(t *testing.T) {
 		other := placeOrder(t, newKey(), orderJSON("c-live-"+uuid.NewString(), "r-live", 700))
-		for name, tok := range map[string]string{"none": "", "garbage": "abc", "another order's": other.TrackingToken, "a rider's": r.Token} {
-			code, h, _ := do(t, http.MethodGet, tracking+"/v1/orders/"+o.ID+"/track?token="+tok, nil, "")
-			if code != http.StatusUnauthorized || !strings.HasPrefix(h.Get("Content-Type"), "application/problem+json") {
-				t.Errorf("%s token: %d %s, want a 401 problem", name, code, h.Get("Content-Type"))
+		for _, tt := range []struct {
+			name, tok string
+			want      int
+		}{
+			{"none", "", http.StatusUnauthorized},
+			{"garbage", "abc", http.StatusUnauthorized},
+			{"another order's", other.TrackingToken, http.StatusForbidden},
+			{"a rider's", r.Token, http.StatusForbidden},
+		} {
+			code, h, _ := do(t, http.MethodGet, tracking+"/v1/orders/"+o.ID+"/track?token="+tt.tok, nil, "")
+			if code != tt.want || !strings.HasPrefix(h.Get("Content-Type"), "application/problem+json") {
+				t.Errorf("%s token: %d %s, want a %d problem", tt.name, code, h.Get("Content-Type"), tt.want)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, resp, err := websocket.Dial(ctx, trackURL(tracking, o.ID, tok), nil)
+			_, resp, err := websocket.Dial(ctx, trackURL(tracking, o.ID, tt.tok), nil)
 			cancel()
-			if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
-				t.Errorf("%s token: the upgrade was not refused with 401 (%v)", name, err)
+			if err == nil || resp == nil || resp.StatusCode != tt.want {
+				t.Errorf("%s token: the upgrade was not refused with %d (%v)", tt.name, tt.want, err)
 			}
 		}
 	})
@@ -258,7 +276,7 @@ func startTracking(t *testing.T, port int, env map[string]string) string {
 	if err := stack.Build(ctx, root, bin, []stack.Service{svc}); err != nil {
 		t.Fatal(err)
 	}
-	all := map[string]string{"TOKEN_SECRET": e2eSecret, "LOG_FORMAT": "json"}
+	all := map[string]string{"TOKEN_SECRET": e2eSecret, "ADMIN_TOKEN": e2eAdminToken, "LOG_FORMAT": "json"}
 	for k, v := range env {
 		all[k] = v
 	}
@@ -441,7 +459,7 @@ func TestTrackingStalledCustomer(t *testing.T) {
 		var st struct {
 			Dropped int `json:"customers_dropped"`
 		}
-		code, _, b := do(t, http.MethodGet, inst+"/stats", nil, "")
+		code, _, b := do(t, http.MethodGet, inst+"/stats", bearer(e2eAdminToken), "")
 		if code != http.StatusOK || json.Unmarshal(b, &st) != nil {
 			return fmt.Errorf("stats: %d %s", code, b)
 		}

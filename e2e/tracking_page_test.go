@@ -81,12 +81,11 @@ func TestTrackingPageMap(t *testing.T) {
 	tiles, served := tileServer(t)
 	tracking := startTracking(t, ports.Tracking+104, map[string]string{"TRACKING_TILE_URL": tiles})
 	o := placeOrder(t, newKey(), orderJSON("c-page-"+uuid.NewString(), "r-page", 500))
-	rider := "rider-" + uuid.NewString()[:8]
-	if code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+o.ID+"/rider",
-		map[string]string{"Content-Type": "application/json"}, `{"rider_id":"`+rider+`"}`); code != 200 {
-		t.Fatalf("assign rider = %d %s", code, b)
-	}
-	riderTok, _ := token.NewSigner([]byte(e2eSecret)).Rider(rider, time.Hour)
+	bike := &rider{ID: "rider-" + uuid.NewString()[:8]}
+	bike.Token = as(t, token.AudienceRider, bike.ID)
+	assignRider(t, o.ID, bike.ID)
+	pickUp(t, o.ID, "r-page", bike)
+	riderTok, rider := bike.Token, bike.ID
 	seq := int64(0)
 	post := func(lat, lng float64) {
 		seq++

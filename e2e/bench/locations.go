@@ -153,7 +153,9 @@ type trackingStats struct {
 
 func readStats(base string) (trackingStats, error) {
 	var s trackingStats
-	resp, err := httpClient.Get(base + "/stats")
+	req, _ := http.NewRequest(http.MethodGet, base+"/stats", nil)
+	req.Header.Set("Authorization", "Bearer "+benchAdminToken)
+	resp, err := httpClient.Do(req)
 	if err != nil {
 		return s, err
 	}
@@ -164,7 +166,9 @@ func readStats(base string) (trackingStats, error) {
 // watched is an order with a rider, watched by a customer.
 type watched struct{ orderID, riderID, token string }
 
-// watchedOrders places n orders and assigns each a rider of its own.
+// watchedOrders places n orders, assigns each a rider of its own, and
+// (as an operator) has it accepted and picked up once paid: a customer
+// follows its rider only from picked_up on.
 func watchedOrders(ctx context.Context, n int) ([]watched, error) {
 	out := make([]watched, n)
 	errs := make(chan error, n)
@@ -188,16 +192,19 @@ func watchedOrders(ctx context.Context, n int) ([]watched, error) {
 				return
 			}
 			rider := riderID(i)
-			resp, err := httpClient.Post(fmt.Sprintf("http://127.0.0.1:%d/v1/orders/%s/rider", benchPorts.Orders, o.ID),
-				"application/json", strings.NewReader(`{"rider_id":"`+rider+`"}`))
-			if err != nil {
+			if err := asOperator(ctx, "/v1/orders/"+o.ID+"/rider", `{"rider_id":"`+rider+`"}`); err != nil {
 				errs <- err
 				return
 			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				errs <- fmt.Errorf("assign rider: %d", resp.StatusCode)
+			if err := waitPaid(ctx, o.ID); err != nil {
+				errs <- err
 				return
+			}
+			for _, status := range []string{"accepted", "picked_up"} {
+				if err := asOperator(ctx, "/v1/orders/"+o.ID+"/status", `{"status":"`+status+`"}`); err != nil {
+					errs <- err
+					return
+				}
 			}
 			out[i] = watched{orderID: o.ID, riderID: rider, token: o.TrackingToken}
 		})
@@ -205,6 +212,44 @@ func watchedOrders(ctx context.Context, n int) ([]watched, error) {
 	wg.Wait()
 	close(errs)
 	return out, <-errs
+}
+
+// asOperator POSTs body to the orders API's path with the operator's
+// token; the answer must be 200.
+func asOperator(ctx context.Context, path, body string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d%s", benchPorts.Orders, path), strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+benchTokens.ops)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("POST %s: %d", path, resp.StatusCode)
+	}
+	return nil
+}
+
+// waitPaid waits (up to 30 s) until the order is paid.
+func waitPaid(ctx context.Context, orderID string) error {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/v1/orders/%s", benchPorts.Orders, orderID), nil)
+		req.Header.Set("Authorization", "Bearer "+benchTokens.ops)
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			return err
+		}
+		var o struct {
+			Status string `json:"status"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&o)
+		resp.Body.Close()
+		if err == nil && o.Status == "paid" {
+			return nil
+		}
+	}
+	return fmt.Errorf("order %s not paid within 30 s", orderID)
 }
 
 // startSecondTracking starts another tracking instance from the stack's

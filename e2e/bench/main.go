@@ -71,12 +71,17 @@ var (
 var benchPorts = stack.Ports{Orders: 19080, Tracking: 19081, Payment: 19082, Restaurant: 19083, Email: 19084, Analytics: 19085,
 	Gateway: 19090, SMTPHTTP: 19025, SMTP: 11925}
 
-// benchSecret signs the stack's tokens, so the bench can mint rider tokens.
-const benchSecret = "bench-secret"
+// benchSecret signs the stack's tokens, so the bench can mint them (as
+// long as a production secret must be: the stack runs as in production).
+const benchSecret = "bench-secret-of-at-least-32-bytes"
+
+// benchAdminToken opens the services' /stats and /debug/pprof.
+const benchAdminToken = "bench-admin-token"
 
 // benchEnv is the bench stack's environment, over the bench's own.
 var benchEnv = map[string]string{
 	"TOKEN_SECRET":              benchSecret,
+	"ADMIN_TOKEN":               benchAdminToken,
 	"LOG_LEVEL":                 "warn",
 	"LOG_FORMAT":                "json",
 	"ORDERS_RATE_PER_IP":        "0", // one load generator is one address
@@ -236,6 +241,9 @@ func run(ctx context.Context, sz sizes, opt options) error {
 	}
 	defer s.Stop(30 * time.Second)
 	fmt.Printf("bench: stack up after %.1f s (logs in %s)\n", time.Since(began).Seconds(), logs.Name())
+	if err := seedMenu(ctx); err != nil {
+		return err
+	}
 
 	r := &Results{Date: time.Now().UTC(), Cores: runtime.NumCPU(), Quick: opt.quick, Go: runtime.Version(), Versions: versions(ctx, db)}
 	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r, pprof: opt.pprof}

@@ -77,6 +77,7 @@ func fetchProfile(ctx context.Context, url, path string) error {
 	if err != nil {
 		return err
 	}
+	req.Header.Set("Authorization", "Bearer "+benchAdminToken)
 	resp, err := httpClient.Do(req)
 	if err != nil {
 		return err

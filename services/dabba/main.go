@@ -1,6 +1,7 @@
 // Command dabba is the operator's tool: it lists, shows, replays and
-// discards dead letters, and prints the RabbitMQ definitions of the
-// topology. It reads RABBITMQ_URL like the services.
+// discards dead letters, prints the RabbitMQ definitions of the topology,
+// and mints bearer tokens. It reads RABBITMQ_URL and TOKEN_SECRET like the
+// services.
 //
 //go:generate go run . definitions -o ../rabbitmq/definitions.json
 package main
@@ -15,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -25,6 +27,7 @@ import (
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/config"
 	"github.com/dabba/dabba/shared/dlq"
+	"github.com/dabba/dabba/shared/token"
 )
 
 const usage = `dabba: operate Dabba from a terminal.
@@ -43,6 +46,12 @@ Usage:
         delete the chosen messages for good
   dabba definitions [-o FILE]
         the topology as a RabbitMQ definitions file (services/rabbitmq/definitions.json)
+  dabba token <kind> <subject> [-ttl 24h]
+        a bearer token signed with TOKEN_SECRET, printed alone on a line:
+        customer <customer_id>, restaurant <restaurant_id>, rider <rider_id>,
+        ops <operator_id> or track <order_id>. Without TOKEN_SECRET it signs
+        with the development secret of make run's stack (and says so on
+        standard error).
 
 <queue> is a work queue (payment, restaurant-notify, email, analytics) or
 its DLQ's name (payment.dlq). --older-than takes
@@ -50,6 +59,7 @@ a Go duration (90s, 10m, 2h): how long a message has been dead.
 
 Environment:
   RABBITMQ_URL  broker URL(s), comma-separated (default amqp://guest:guest@127.0.0.1:5672/)
+  TOKEN_SECRET  the services' token secret (dabba token)
 
 Exit status: 0 done; 1 failed, or some chosen messages were not moved
 (they stay in the DLQ, listed); 2 bad usage.
@@ -57,7 +67,7 @@ Exit status: 0 done; 1 failed, or some chosen messages were not moved
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	var u usageError
 	switch {
@@ -80,8 +90,9 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
-// run runs one command line (without the program name).
-func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+// run runs one command line (without the program name); what is not the
+// command's output goes to stderr.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usagef("no command")
 	}
@@ -90,6 +101,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return flag.ErrHelp
 	case "definitions":
 		return definitions(args[1:], stdout)
+	case "token":
+		return mintToken(args[1:], getenv, stdout, stderr)
 	case "dlq":
 		if len(args) < 2 {
 			return usagef("dlq: which? list, show, replay or discard")
@@ -102,7 +115,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 func definitions(args []string, stdout io.Writer) error {
 	fs := newFlags("definitions")
 	out := fs.String("o", "", "write to `FILE` instead of standard output")
-	if _, err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0, ""); err != nil {
 		return err
 	}
 	b, err := broker.DefinitionsJSON()
@@ -140,8 +153,8 @@ func newFlags(name string) *flag.FlagSet {
 }
 
 // parse parses flags before and after the positional arguments, of which
-// there must be exactly want, and returns those.
-func parse(fs *flag.FlagSet, args []string, want int) ([]string, error) {
+// there must be exactly want (what they are: wantWhat), and returns those.
+func parse(fs *flag.FlagSet, args []string, want int, wantWhat string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -160,7 +173,7 @@ func parse(fs *flag.FlagSet, args []string, want int) ([]string, error) {
 		if want == 0 {
 			return nil, usagef("%s: unexpected argument %q", fs.Name(), pos[0])
 		}
-		return nil, usagef("%s: want one queue name (one of %s)", fs.Name(), strings.Join(dlq.Origins(), ", "))
+		return nil, usagef("%s: want %s", fs.Name(), wantWhat)
 	}
 	return pos, nil
 }
@@ -186,7 +199,7 @@ func dlqCommand(ctx context.Context, sub string, args []string, env config.Env, 
 	default:
 		return usagef("unknown dlq command %q: list, show, replay or discard", sub)
 	}
-	pos, err := parse(fs, args, want)
+	pos, err := parse(fs, args, want, "one queue name (one of "+strings.Join(dlq.Origins(), ", ")+")")
 	if err != nil {
 		return err
 	}
@@ -257,6 +270,38 @@ func dlqCommand(ctx context.Context, sub string, args []string, env config.Env, 
 		return fmt.Errorf("%d chosen messages not moved, %d ids not found; they are in %s as they were", len(res.Failed), len(res.Missing), res.Queue)
 	}
 	return nil
+}
+
+// mintToken handles "dabba token <kind> <subject> [-ttl 24h]": it prints a
+// token, and nothing else, on stdout, so a shell can take it whole:
+// CUSTOMER=$(bin/dabba token customer c1).
+func mintToken(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlags("token")
+	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
+	pos, err := parse(fs, args, 2, "a kind ("+strings.Join(token.Audiences, ", ")+") and a subject")
+	if err != nil {
+		return err
+	}
+	kind, sub := pos[0], pos[1]
+	if !slices.Contains(token.Audiences, kind) {
+		return usagef("token: no kind %q (one of %s)", kind, strings.Join(token.Audiences, ", "))
+	}
+	if err := token.CheckSubject(kind, sub); err != nil {
+		return usageError{"token: " + err.Error()}
+	}
+	if *ttl <= 0 {
+		return usagef("token: -ttl must be positive")
+	}
+	secret, dev := token.ClientSecret(getenv)
+	if dev {
+		fmt.Fprintln(stderr, "dabba: TOKEN_SECRET is unset: signed with the development secret (only make run's stack accepts it)")
+	}
+	tok, err := token.NewSigner(secret).Mint(kind, sub, *ttl)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, tok)
+	return err
 }
 
 func writeJSON(w io.Writer, v any) error {

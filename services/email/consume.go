@@ -57,6 +57,8 @@ func newConsumer(log *zap.Logger, db *pgxpool.Pool, limiter *rate.Limiter, sende
 		consumer.On(events.OrderPaid, mailer(limiter, sender, r, func(p events.Paid) string { return p.Email })),
 		consumer.On(events.OrderPaymentFailed, mailer(limiter, sender, r, func(p events.PaymentFailed) string { return p.Email })),
 		consumer.On(events.OrderDelivered, mailer(limiter, sender, r, func(p events.StatusChanged) string { return p.Email })),
+		consumer.On(events.OrderCancelled, mailer(limiter, sender, r, func(p events.StatusChanged) string { return p.Email })),
+		consumer.On(events.OrderRefunded, mailer(limiter, sender, r, func(p events.Refunded) string { return p.Email })),
 		consumer.On(events.OrderRiderNear, mailer(limiter, sender, r, func(p events.RiderNear) string { return p.Email })),
 	)
 	// A handler waits for a send slot per mail: give a batch the time its
@@ -150,6 +152,8 @@ func set(data *mailData, payload any) {
 		data.Near = p
 	case events.StatusChanged:
 		data.Status = p
+	case events.Refunded:
+		data.Refunded = p
 	}
 }
 

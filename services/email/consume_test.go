@@ -167,6 +167,10 @@ func TestHandleOrderEmail(t *testing.T) {
 				"almost there", "about 250 m away"},
 			{"Delivered", testenv.Delivery(t, broker.QueueEmail, events.OrderDelivered, orderID, events.StatusChanged{Status: "delivered", From: "picked_up", Email: "first@example.com"}),
 				"delivered", "Enjoy your meal"},
+			{"Cancelled", testenv.Delivery(t, broker.QueueEmail, events.OrderCancelled, orderID, events.StatusChanged{Status: "cancelled", From: "paid", Email: "first@example.com"}),
+				"is cancelled", "goes back to you"},
+			{"Refunded", testenv.Delivery(t, broker.QueueEmail, events.OrderRefunded, orderID, events.Refunded{RefundID: "re_1", ChargeID: "ch_7", AmountCents: 1350, Email: "first@example.com"}),
+				"Refund", "refunded INR 13.50"},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {

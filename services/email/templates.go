@@ -19,13 +19,14 @@ var templateFS embed.FS
 // mailData is what a template sees; only the field of the event's type is
 // filled.
 type mailData struct {
-	OrderID string
-	Short   string // the order id's first 8 characters, as customers see it
-	Placed  events.Placed
-	Paid    events.Paid
-	Failed  events.PaymentFailed
-	Status  events.StatusChanged
-	Near    events.RiderNear
+	OrderID  string
+	Short    string // the order id's first 8 characters, as customers see it
+	Placed   events.Placed
+	Paid     events.Paid
+	Failed   events.PaymentFailed
+	Status   events.StatusChanged
+	Refunded events.Refunded
+	Near     events.RiderNear
 }
 
 // Renderer renders the text e-mail for an event.
@@ -42,7 +43,8 @@ func NewRenderer() (*Renderer, error) {
 	}
 	r := &Renderer{byKind: map[string]*template.Template{}}
 	// The event types customers hear about: the email queue's bindings.
-	for _, kind := range []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered, events.OrderRiderNear} {
+	for _, kind := range []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered,
+		events.OrderCancelled, events.OrderRefunded, events.OrderRiderNear} {
 		t, err := template.New(kind).Funcs(funcs).Option("missingkey=error").ParseFS(templateFS, "templates/"+kind+".tmpl")
 		if err != nil {
 			return nil, fmt.Errorf("parse %s template: %w", kind, err)

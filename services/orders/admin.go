@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/subtle"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -14,28 +12,6 @@ import (
 	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/httpx"
 )
-
-// requireAdmin lets through requests that carry "Authorization: Bearer
-// <token>". With no token configured the admin API is off: every request
-// gets a 503 saying so, which tells an operator what to set (a 404 would
-// look like a wrong URL).
-func requireAdmin(token string) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if token == "" {
-				httpx.WriteProblem(w, httpx.NewProblem(http.StatusServiceUnavailable, "the admin API is off: set ADMIN_TOKEN on the orders service"))
-				return
-			}
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="dabba-admin"`)
-				httpx.WriteProblem(w, httpx.NewProblem(http.StatusUnauthorized, "admin bearer token missing or wrong"))
-				return
-			}
-			next.ServeHTTP(w, r)
-		})
-	}
-}
 
 // adminTimeout bounds one dead-letter operation; a replay of a large DLQ
 // belongs in the dabba command, which has no such limit.

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/config"
 	"github.com/dabba/dabba/shared/outbox"
@@ -35,7 +36,11 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	defer pub.Close()
 	relay := outbox.NewRelay(base.DB, pub, log)
 	store := NewStore(base.DB, relay.Wake)
-	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
+	secret, err := token.SecretFromEnv(getenv, log)
+	if err != nil {
+		return err
+	}
+	signer := token.NewSigner(secret)
 
 	var limits Limits
 	if limits.PerIP, err = base.Env.Int("ORDERS_RATE_PER_IP", 200); err != nil {
@@ -47,7 +52,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 		return err
 	}
 	r := base.Router()
-	addRoutes(r, log, store, signer, limits, base.Env.String("ADMIN_TOKEN", ""), base.Broker)
+	addRoutes(r, log, store, signer, auth.NewGuard(signer), limits, base.AdminToken, base.Broker)
 	// The relay runs here, so the outbox's backlog is watched here.
 	base.Metrics.WatchOutbox(func(ctx context.Context) (int64, time.Duration, error) { return outbox.Backlog(ctx, base.DB) })
 

@@ -8,15 +8,18 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/apidoc"
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/service"
 	"github.com/dabba/dabba/shared/token"
 )
 
 // TestOpenAPIMatchesRoutes holds openapi.json to the router run builds:
-// every route documented, every documented operation a route.
+// every route documented, every documented operation a route, each with the
+// security (roles) its guard enforces.
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	r := (&service.Base{Log: zap.NewNop()}).Router()
-	addRoutes(r, zap.NewNop(), nil, token.NewSigner([]byte("x")), Limits{}, "", nil)
+	signer := token.NewSigner([]byte("x"))
+	addRoutes(r, zap.NewNop(), nil, signer, auth.NewGuard(signer), Limits{}, "", nil)
 	apidoc.MustMatch(t, r, openAPI)
 }
 

@@ -33,8 +33,9 @@ func TestValidate(t *testing.T) {
 		{"ErrMissingQuantity", func(r *placeRequest) { r.Items[0].Quantity = nil }, "items[0].quantity"},
 		{"ErrZeroQuantity", func(r *placeRequest) { r.Items[0].Quantity = ptr(0) }, "items[0].quantity"},
 		{"ErrNegativeQuantity", func(r *placeRequest) { r.Items[0].Quantity = ptr(-1) }, "items[0].quantity"},
-		{"ErrMissingPrice", func(r *placeRequest) { r.Items[0].UnitPriceCents = nil }, "items[0].unit_price_cents"},
+		{"OKNoPriceNoName", func(r *placeRequest) { r.Items[0].UnitPriceCents, r.Items[0].Name = nil, "" }, ""},
 		{"ErrNegativePrice", func(r *placeRequest) { r.Items[0].UnitPriceCents = ptr(int64(-5)) }, "items[0].unit_price_cents"},
+		{"ErrNameNUL", func(r *placeRequest) { r.Items[0].Name = "a\x00" }, "items[0].name"},
 		{"ErrNoSKU", func(r *placeRequest) { r.Items[0].SKU = "" }, "items[0].sku"},
 		{"ErrNoLine1", func(r *placeRequest) { r.DeliveryAddress.Line1 = "" }, "delivery_address.line1"},
 		{"ErrLatMissing", func(r *placeRequest) { r.DeliveryAddress.Lat = nil }, "delivery_address.lat"},
@@ -45,16 +46,56 @@ func TestValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := validRequest()
 			tt.give(&r)
-			_, _, total, err := r.validate()
+			lines, _, err := r.validate()
 			if tt.wantField == "" {
-				if err != nil || total != 900 {
-					t.Fatalf("validate = %d, %v; want 900, nil", total, err)
+				if err != nil || len(lines) != 1 || lines[0].SKU != "s1" || lines[0].Quantity != 2 {
+					t.Fatalf("validate = %+v, %v", lines, err)
 				}
 				return
 			}
 			var p *httpx.Problem
 			if !errors.As(err, &p) || p.Field != tt.wantField || p.Status != 400 {
 				t.Fatalf("validate error = %v, want a 400 problem on %s", err, tt.wantField)
+			}
+		})
+	}
+}
+
+func TestPrice(t *testing.T) {
+	thali := menuItem{Listed: true, Name: "Veg thali", PriceCents: 25000, Available: true}
+	tests := []struct {
+		name      string
+		lines     []line
+		menu      []menuItem
+		wantTotal int64
+		wantErr   string // a LineError's reason, or ErrZeroTotal's text
+	}{
+		{"OK", []line{{SKU: "thali", Quantity: 2}}, []menuItem{thali}, 50000, ""},
+		{"OKShownPrice", []line{{SKU: "thali", Quantity: 1, Shown: ptr(int64(25000))}}, []menuItem{thali}, 25000, ""},
+		{"ErrPriceChanged", []line{{SKU: "thali", Quantity: 1, Shown: ptr(int64(20000))}}, []menuItem{thali}, 0, linePriceChanged},
+		{"ErrUnlisted", []line{{SKU: "thali", Quantity: 1}, {SKU: "pizza", Quantity: 1}}, []menuItem{thali, {}}, 0, lineUnlisted},
+		{"ErrUnavailable", []line{{SKU: "thali", Quantity: 1}}, []menuItem{{Listed: true, PriceCents: 1}}, 0, lineUnavailable},
+		{"ErrZeroTotal", []line{{SKU: "water", Quantity: 3}}, []menuItem{{Listed: true, Name: "Water", Available: true}}, 0, ErrZeroTotal.Error()},
+		{"OKFreeItemInPaidOrder", []line{{SKU: "water", Quantity: 3}, {SKU: "thali", Quantity: 1}},
+			[]menuItem{{Listed: true, Name: "Water", Available: true}, thali}, 25000, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			items, total, err := price(tt.lines, tt.menu)
+			if tt.wantErr == "" {
+				if err != nil || total != tt.wantTotal || len(items) != len(tt.lines) || items[len(items)-1].Name != tt.menu[len(items)-1].Name {
+					t.Fatalf("price = %+v, %d, %v; want total %d", items, total, err, tt.wantTotal)
+				}
+				return
+			}
+			var le *LineError
+			switch {
+			case errors.As(err, &le):
+				if le.Reason != tt.wantErr || le.Index != len(tt.lines)-1 {
+					t.Fatalf("price error %+v, want %q on the last line", le, tt.wantErr)
+				}
+			case err == nil || err.Error() != tt.wantErr:
+				t.Fatalf("price error %v, want %q", err, tt.wantErr)
 			}
 		})
 	}
@@ -106,9 +147,11 @@ func FuzzPlaceRequest(f *testing.F) {
 		var r placeRequest
 		err := httpx.DecodeJSON(body, &r)
 		if err == nil {
-			_, _, total, verr := r.validate()
-			if verr == nil && total < 0 {
-				t.Fatalf("accepted a negative total %d", total)
+			lines, _, verr := r.validate()
+			for _, l := range lines {
+				if l.Quantity < 1 || (l.Shown != nil && *l.Shown < 0) {
+					t.Fatalf("accepted a line %+v", l)
+				}
 			}
 			err = verr
 		}

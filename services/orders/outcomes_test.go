@@ -23,12 +23,13 @@ func TestApplyOutcomes(t *testing.T) {
 	db := testenv.MustOwnSchema(t)
 	ctx := context.Background()
 	store := NewStore(db, nil)
+	mustTestMenu(t, store)
 	place := func() string {
 		o := Order{ID: uuid.NewString(), CustomerID: "c-" + uuid.NewString(), RestaurantID: "r-1", Email: "eater@example.com",
-			Items: []events.Item{{SKU: "thali", Name: "Thali", Quantity: 1, UnitPriceCents: 100}}, TotalCents: 100,
 			Status: events.StatusPlaced, CreatedAt: time.Now().UTC()}
-		req := placeRequest{CustomerID: o.CustomerID}
-		if _, err := store.Place(ctx, uuid.NewString(), req, o, func(Order) ([]byte, error) { return []byte("{}"), nil }); err != nil {
+		req := placeRequest{CustomerID: o.CustomerID, RestaurantID: o.RestaurantID}
+		lines := []line{{SKU: "biryani", Quantity: 1}}
+		if _, err := store.Place(ctx, uuid.NewString(), req, lines, o, func(Order) ([]byte, error) { return []byte("{}"), nil }); err != nil {
 			t.Fatal(err)
 		}
 		return o.ID

@@ -51,7 +51,8 @@ type placeCall struct {
 	ctx     context.Context
 	key     string
 	req     placeRequest
-	order   Order
+	lines   []line
+	order   Order // its items and total are the menu's, filled in by the group
 	respond func(Order) ([]byte, error)
 	done    chan placeResult // buffered: a committer never waits on a caller
 	taken   bool             // in a group; guarded by placeQueue.mu
@@ -96,11 +97,13 @@ func (q *placeQueue) isTaken(c *placeCall) bool {
 	return c.taken
 }
 
-// Place stores a new order, its first history entry, its order.placed outbox
-// event and the idempotency record of the request, in one transaction with
-// the other requests placed at the same moment. The response is rendered
-// inside the transaction by respond so the record holds exactly the bytes
-// sent.
+// Place prices a new order's lines from its restaurant's menu and stores
+// the order, its first history entry, its order.placed outbox event and the
+// idempotency record of the request, in one transaction with the other
+// requests placed at the same moment. The response is rendered inside the
+// transaction by respond so the record holds exactly the bytes sent. A line
+// the menu does not price as asked fails the request alone (a *LineError,
+// or ErrZeroTotal).
 //
 // A transaction-scoped advisory lock on (customer, key) serialises requests
 // that share a key: the second one, finding the lock taken, gets
@@ -111,8 +114,8 @@ func (q *placeQueue) isTaken(c *placeCall) bool {
 // The caller that finds a committer slot free commits whatever is waiting,
 // its own request or not, and then returns once its own is done: no
 // goroutine of its own, nothing to start or stop.
-func (s *Store) Place(ctx context.Context, key string, req placeRequest, o Order, respond func(Order) ([]byte, error)) (savedResponse, error) {
-	c := &placeCall{ctx: ctx, key: key, req: req, order: o, respond: respond, done: make(chan placeResult, 1)}
+func (s *Store) Place(ctx context.Context, key string, req placeRequest, lines []line, o Order, respond func(Order) ([]byte, error)) (savedResponse, error) {
+	c := &placeCall{ctx: ctx, key: key, req: req, lines: lines, order: o, respond: respond, done: make(chan placeResult, 1)}
 	q := &s.placing
 	q.mu.Lock()
 	q.pending = append(q.pending, c)
@@ -183,15 +186,20 @@ func (s *Store) placeGroup(group []*placeCall) {
 }
 
 // commitGroup runs the group's transaction in two round trips
-// (postgres.InBatchedTx): BEGIN, the locks and the look-ups; then the
+// (postgres.InBatchedTx): BEGIN, the locks and the look-ups (the keys, and
+// the menu rows of every line of the group with one statement); then the
 // inserts and COMMIT. Each call's own outcome (in flight, reused, replayed,
-// a response it could not render) is left in its res and err; the error
-// returned is the transaction's.
+// a line the menu refuses, a response it could not render) is left in its
+// res and err; the error returned is the transaction's.
 func (s *Store) commitGroup(ctx context.Context, group []*placeCall) error {
 	locks := make([]string, len(group))
 	customers, keys := make([]string, len(group)), make([]string, len(group))
+	var lineRestaurants, lineSKUs []string
 	for i, c := range group {
 		locks[i], customers[i], keys[i] = lockKey(c.req.CustomerID, c.key), c.req.CustomerID, c.key
+		for _, l := range c.lines {
+			lineRestaurants, lineSKUs = append(lineRestaurants, c.req.RestaurantID), append(lineSKUs, l.SKU)
+		}
 	}
 	return postgres.InBatchedTx(ctx, s.db, func(b *pgx.Batch) {
 		// A batch's statements run in order, each with its own snapshot,
@@ -203,6 +211,12 @@ func (s *Store) commitGroup(ctx context.Context, group []*placeCall) error {
 			FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t (customer_id, key, i)
 			JOIN idempotency_keys k ON k.customer_id = t.customer_id AND k.key = t.key AND k.expires_at > now()`,
 			customers, keys)
+		// The menu as this transaction sees it prices the order: no lock,
+		// since a menu replaced a moment later is simply later.
+		b.Queue(`SELECT t.i, m.name, m.price_cents, m.available
+			FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t (restaurant_id, sku, i)
+			JOIN menu_items m ON m.restaurant_id = t.restaurant_id AND m.sku = t.sku`,
+			lineRestaurants, lineSKUs)
 	}, func(results pgx.BatchResults, b *pgx.Batch) error {
 		locked := make([]bool, len(group))
 		var i int
@@ -222,9 +236,21 @@ func (s *Store) commitGroup(ctx context.Context, group []*placeCall) error {
 		}); err != nil {
 			return fmt.Errorf("look up idempotency keys: %w", err)
 		}
+		menu := make([]menuItem, len(lineSKUs))
+		var m menuItem
+		rows, _ = results.Query()
+		if _, err := pgx.ForEachRow(rows, []any{&i, &m.Name, &m.PriceCents, &m.Available}, func() error {
+			m.Listed = true
+			menu[i-1] = m
+			return nil
+		}); err != nil {
+			return fmt.Errorf("look up menu items: %w", err)
+		}
 		var w groupWrites
 		first := make(map[string]bool, len(group))
 		for n, c := range group {
+			lines := menu[:len(c.lines)]
+			menu = menu[len(c.lines):]
 			switch {
 			case !locked[n] || first[locks[n]]:
 				c.err = ErrKeyInFlight
@@ -233,7 +259,7 @@ func (s *Store) commitGroup(ctx context.Context, group []*placeCall) error {
 			case found[n] != nil:
 				c.res = *found[n]
 			default:
-				c.err = w.add(c)
+				c.err = w.add(c, lines)
 			}
 			first[locks[n]] = true
 		}
@@ -250,9 +276,14 @@ type groupWrites struct {
 	outbox                outbox.Rows
 }
 
-// add renders c's response and gathers its rows.
-func (w *groupWrites) add(c *placeCall) error {
+// add prices c's order from what the menu says of its lines, renders its
+// response and gathers its rows.
+func (w *groupWrites) add(c *placeCall, menu []menuItem) error {
 	o := c.order
+	var err error
+	if o.Items, o.TotalCents, err = price(c.lines, menu); err != nil {
+		return err
+	}
 	body, err := c.respond(o)
 	if err != nil {
 		return fmt.Errorf("place order: %w", err)

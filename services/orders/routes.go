@@ -8,8 +8,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/apidoc"
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/httpx"
+	"github.com/dabba/dabba/shared/token"
 )
 
 // openAPI documents this API (OpenAPI 3.1), served at /openapi.json; a test
@@ -24,21 +26,41 @@ type Limits struct {
 	InFlight int // requests served at once; past it, an immediate 503
 }
 
-// addRoutes lists the orders API, and the admin API behind adminToken.
-func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, limits Limits, adminToken string, chs dlq.Channels) {
+// Roles, as the routes below admit them.
+const (
+	customer   = token.AudienceCustomer
+	restaurant = token.AudienceRestaurant
+	rider      = token.AudienceRider
+	ops        = token.AudienceOps
+	track      = token.AudienceTrack
+)
+
+// addRoutes lists the orders API, each route with the roles that may call
+// it (what a role may do to a particular order is access.go's), and the
+// admin API behind adminToken.
+func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, guard *auth.Guard, limits Limits, adminToken string, chs dlq.Channels) {
+	// One limit per address and one bound on requests in flight for the
+	// whole API, not one per group; a request takes an in-flight slot only
+	// once its body has arrived (ReadBody), so slow senders starve no one.
+	limit := chi.Chain(httpx.LimitPerIP(limits.PerIP), httpx.ReadBody(maxBodyBytes), httpx.Shed(limits.InFlight))
 	r.Route("/v1/orders", func(r chi.Router) {
-		r.Use(httpx.LimitPerIP(limits.PerIP), httpx.Shed(limits.InFlight))
-		r.Method(http.MethodPost, "/", handleOrderCreate(log, store, tokens))
-		r.Method(http.MethodGet, "/{id}", handleOrderGet(log, store))
-		r.Method(http.MethodPost, "/{id}/status", handleOrderStatus(log, store))
-		r.Method(http.MethodPost, "/{id}/rider", handleRiderAssign(log, store))
+		r.Use(limit...)
+		r.Method(http.MethodPost, "/", guard.Allow(handleOrderCreate(log, store, tokens), customer, ops))
+		r.Method(http.MethodGet, "/{id}", guard.Allow(handleOrderGet(log, store), customer, restaurant, rider, ops, track))
+		r.Method(http.MethodPost, "/{id}/status", guard.Allow(handleOrderStatus(log, store), customer, restaurant, rider, ops))
+		r.Method(http.MethodPost, "/{id}/rider", guard.Allow(handleRiderAssign(log, store), ops))
+	})
+	r.Route("/v1/restaurants/{id}/menu", func(r chi.Router) {
+		r.Use(limit...)
+		r.Method(http.MethodGet, "/", handleMenuGet(log, store))
+		r.Method(http.MethodPut, "/", guard.Allow(handleMenuPut(log, store), restaurant, ops))
 	})
 	r.Method(http.MethodGet, "/openapi.json", apidoc.Handler(openAPI))
 	r.Route("/v1/admin", func(r chi.Router) {
-		r.Use(requireAdmin(adminToken))
-		r.Method(http.MethodGet, "/dlq", handleDLQList(log, chs))
-		r.Method(http.MethodGet, "/dlq/{queue}/messages", handleDLQMessages(log, chs))
-		r.Method(http.MethodPost, "/dlq/{queue}/replay", handleDLQReplay(log, chs))
-		r.Method(http.MethodPost, "/dlq/{queue}/discard", handleDLQDiscard(log, chs))
+		admin := func(h http.Handler) http.Handler { return auth.Admin(adminToken, h) }
+		r.Method(http.MethodGet, "/dlq", admin(handleDLQList(log, chs)))
+		r.Method(http.MethodGet, "/dlq/{queue}/messages", admin(handleDLQMessages(log, chs)))
+		r.Method(http.MethodPost, "/dlq/{queue}/replay", admin(handleDLQReplay(log, chs)))
+		r.Method(http.MethodPost, "/dlq/{queue}/discard", admin(handleDLQDiscard(log, chs)))
 	})
 }

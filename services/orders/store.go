@@ -23,10 +23,14 @@ var (
 	ErrKeyReused   = errors.New("this Idempotency-Key was used for a different request")
 )
 
-// IllegalMoveError is a status change the order's life does not allow.
-type IllegalMoveError struct{ From, To string }
+// IllegalMoveError is a status change the order's life does not allow, or
+// not any more for whoever asks (Why says so).
+type IllegalMoveError struct{ From, To, Why string }
 
 func (e *IllegalMoveError) Error() string {
+	if e.Why != "" {
+		return fmt.Sprintf("the order is %s: %s", e.From, e.Why)
+	}
 	return fmt.Sprintf("an order cannot go from %s to %s", e.From, e.To)
 }
 
@@ -117,12 +121,13 @@ func (s *Store) Get(ctx context.Context, id string) (Order, error) {
 	return o, nil
 }
 
-// Move changes an order's status if its life allows it, records the change
-// and enqueues the event announcing it, in one transaction. The row lock
-// (FOR UPDATE) makes concurrent moves of one order take turns.
-func (s *Store) Move(ctx context.Context, id, to string, at time.Time) (Order, error) {
+// Move changes an order's status if its life allows it and allow (which
+// sees the order as it is, locked) does, records the change and enqueues
+// the event announcing it, in one transaction. The row lock (FOR UPDATE)
+// makes concurrent moves of one order take turns.
+func (s *Store) Move(ctx context.Context, id, to string, at time.Time, allow func(Order) error) (Order, error) {
 	err := postgres.InTx(ctx, s.db, func(tx pgx.Tx) error {
-		return move(ctx, tx, id, to, at, true)
+		return move(ctx, tx, id, to, at, allow)
 	})
 	if err != nil {
 		return Order{}, err
@@ -131,11 +136,13 @@ func (s *Store) Move(ctx context.Context, id, to string, at time.Time) (Order, e
 	return s.Get(ctx, id)
 }
 
-// move is Move inside tx; publish says whether to enqueue the event (the
-// payment service publishes its own).
-func move(ctx context.Context, tx pgx.Tx, id, to string, at time.Time, publish bool) error {
+// move is Move inside tx.
+func move(ctx context.Context, tx pgx.Tx, id, to string, at time.Time, allow func(Order) error) error {
 	o, err := scanOrder(tx.QueryRow(ctx, "SELECT "+orderColumns+" FROM orders WHERE id = $1 FOR UPDATE", id))
 	if err != nil {
+		return err
+	}
+	if err := allow(o); err != nil {
 		return err
 	}
 	if !canMove(o.Status, to) {
@@ -146,9 +153,6 @@ func move(ctx context.Context, tx pgx.Tx, id, to string, at time.Time, publish b
 	}
 	if err := addHistory(ctx, tx, id, to, at); err != nil {
 		return err
-	}
-	if !publish {
-		return nil
 	}
 	_, err = outbox.Enqueue(ctx, tx, events.StatusEvent[to], id, at,
 		events.StatusChanged{Status: to, From: o.Status, RestaurantID: o.RestaurantID, Email: o.Email})

@@ -86,21 +86,36 @@ func mustCountedPool(tb testing.TB) (*pgxpool.Pool, *tripConn) {
 	return pool, conn
 }
 
-// newPlace returns a valid request for customer and the order the handler
-// would make of it.
-func newPlace(tb testing.TB, customer string) (placeRequest, Order) {
+// mustTestMenu gives the restaurant orderBody orders from its menu.
+func mustTestMenu(tb testing.TB, store *Store) {
+	tb.Helper()
+	if err := store.ReplaceMenu(context.Background(), testMenu); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// testMenu is the menu of orderBody's restaurant.
+var testMenu = Menu{RestaurantID: "r-1", Items: []MenuItem{
+	{SKU: "biryani", Name: "Chicken biryani", PriceCents: 450, Available: true},
+	{SKU: "lassi", Name: "Mango lassi", PriceCents: 120, Available: false},
+	{SKU: "chutney", Name: "Chutney", PriceCents: 0, Available: true},
+}}
+
+// newPlace returns a valid request for customer, its lines and the order
+// the handler would make of it.
+func newPlace(tb testing.TB, customer string) (placeRequest, []line, Order) {
 	tb.Helper()
 	var req placeRequest
 	if err := json.Unmarshal([]byte(orderBody(customer)), &req); err != nil {
 		tb.Fatal(err)
 	}
-	items, addr, total, err := req.validate()
+	lines, addr, err := req.validate()
 	if err != nil {
 		tb.Fatal(err)
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	return req, Order{ID: uuid.NewString(), Status: events.StatusPlaced, CustomerID: req.CustomerID, RestaurantID: req.RestaurantID,
-		Email: req.Email, Items: items, DeliveryAddress: addr, TotalCents: total, CreatedAt: now, UpdatedAt: now}
+	return req, lines, Order{ID: uuid.NewString(), Status: events.StatusPlaced, CustomerID: req.CustomerID, RestaurantID: req.RestaurantID,
+		Email: req.Email, DeliveryAddress: addr, CreatedAt: now, UpdatedAt: now}
 }
 
 func render(o Order) ([]byte, error) { return json.Marshal(o) }
@@ -111,11 +126,12 @@ func TestPlaceRoundTrips(t *testing.T) {
 	pool, conn := mustCountedPool(t)
 	var woken int
 	store := NewStore(pool, func() { woken++ })
+	mustTestMenu(t, NewStore(testenv.MustDB(t), nil))
 	ctx := context.Background()
 	// The first use of a statement on a connection prepares it, once:
 	// one more round trip that a pooled connection pays only then.
-	warm, o := newPlace(t, uuid.NewString())
-	if _, err := store.Place(ctx, "warm-up", warm, o, render); err != nil {
+	warm, lines, o := newPlace(t, uuid.NewString())
+	if _, err := store.Place(ctx, "warm-up", warm, lines, o, render); err != nil {
 		t.Fatal(err)
 	}
 	woken = 0
@@ -129,24 +145,30 @@ func TestPlaceRoundTrips(t *testing.T) {
 		}
 	}
 	key := uuid.NewString()
-	req, o := newPlace(t, uuid.NewString())
+	req, lines, o := newPlace(t, uuid.NewString())
 
+	var first []byte // the first answer
 	t.Run("OK", func(t *testing.T) {
 		trips(t, func() {
-			res, err := store.Place(ctx, key, req, o, render)
+			res, err := store.Place(ctx, key, req, lines, o, render)
 			if err != nil || res.Status != 201 || res.Replayed {
 				t.Fatalf("Place = %+v, %v", res, err)
 			}
+			first = res.Body
 		})
+		var got Order
+		if err := json.Unmarshal(first, &got); err != nil || got.TotalCents != 900 || len(got.Items) != 1 ||
+			got.Items[0] != (events.Item{SKU: "biryani", Name: "Chicken biryani", Quantity: 2, UnitPriceCents: 450}) {
+			t.Fatalf("answer %s (%v): want the menu's prices and name", first, err)
+		}
 		if woken != 1 {
 			t.Errorf("relay woken %d times, want 1", woken)
 		}
 	})
 
 	t.Run("Replay", func(t *testing.T) {
-		first, _ := render(o)
 		trips(t, func() {
-			res, err := store.Place(ctx, key, req, o, render)
+			res, err := store.Place(ctx, key, req, lines, o, render)
 			if err != nil || !res.Replayed || string(res.Body) != string(first) {
 				t.Fatalf("Place = %+v, %v", res, err)
 			}
@@ -157,17 +179,47 @@ func TestPlaceRoundTrips(t *testing.T) {
 	})
 
 	t.Run("ErrKeyReused", func(t *testing.T) {
-		other, o := newPlace(t, req.CustomerID)
+		other, lines, o := newPlace(t, req.CustomerID)
 		other.Email = "someone.else@example.com"
 		trips(t, func() {
-			if _, err := store.Place(ctx, key, other, o, render); !errors.Is(err, ErrKeyReused) {
+			if _, err := store.Place(ctx, key, other, lines, o, render); !errors.Is(err, ErrKeyReused) {
 				t.Fatalf("err = %v, want ErrKeyReused", err)
 			}
 		})
 	})
 
+	// The menu refuses a line: the request fails alone, nothing is stored,
+	// and it cost the same two round trips.
+	for _, tt := range []struct {
+		name   string
+		lines  []line
+		reason string // "" for ErrZeroTotal
+	}{
+		{"ErrUnlisted", []line{{SKU: "biryani", Quantity: 1}, {SKU: "pizza", Quantity: 1}}, lineUnlisted},
+		{"ErrUnavailable", []line{{SKU: "lassi", Quantity: 1}}, lineUnavailable},
+		{"ErrPriceChanged", []line{{SKU: "biryani", Quantity: 1, Shown: ptr(int64(400))}}, linePriceChanged},
+		{"ErrZeroTotal", []line{{SKU: "chutney", Quantity: 3}}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _, o := newPlace(t, uuid.NewString())
+			trips(t, func() {
+				_, err := store.Place(ctx, uuid.NewString(), req, tt.lines, o, render)
+				var le *LineError
+				switch {
+				case tt.reason == "" && !errors.Is(err, ErrZeroTotal):
+					t.Fatalf("err = %v, want ErrZeroTotal", err)
+				case tt.reason != "" && (!errors.As(err, &le) || le.Reason != tt.reason || le.Index != len(tt.lines)-1):
+					t.Fatalf("err = %v, want a LineError (%s) on the last line", err, tt.reason)
+				}
+			})
+			if _, err := store.Get(ctx, o.ID); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("order stored anyway: %v", err)
+			}
+		})
+	}
+
 	t.Run("ErrKeyInFlight", func(t *testing.T) {
-		req, o := newPlace(t, uuid.NewString())
+		req, lines, o := newPlace(t, uuid.NewString())
 		key := uuid.NewString()
 		// Another request holds the key's lock: Place's own, taken in a
 		// transaction of its own that stays open.
@@ -183,7 +235,7 @@ func TestPlaceRoundTrips(t *testing.T) {
 			t.Fatalf("lock: %v %v", locked, err)
 		}
 		trips(t, func() {
-			if _, err := store.Place(ctx, key, req, o, render); !errors.Is(err, ErrKeyInFlight) {
+			if _, err := store.Place(ctx, key, req, lines, o, render); !errors.Is(err, ErrKeyInFlight) {
 				t.Fatalf("err = %v, want ErrKeyInFlight", err)
 			}
 		})
@@ -207,9 +259,10 @@ func TestPlaceRoundTrips(t *testing.T) {
 func TestPlaceGroups(t *testing.T) {
 	pool, conn := mustCountedPool(t)
 	store := NewStore(pool, nil)
+	mustTestMenu(t, NewStore(testenv.MustDB(t), nil))
 	ctx := context.Background()
-	warm, o := newPlace(t, uuid.NewString())
-	if _, err := store.Place(ctx, "warm-up", warm, o, render); err != nil {
+	warm, lines, o := newPlace(t, uuid.NewString())
+	if _, err := store.Place(ctx, "warm-up", warm, lines, o, render); err != nil {
 		t.Fatal(err)
 	}
 	// Hold the connection while the requests arrive, so they all wait.
@@ -226,16 +279,21 @@ func TestPlaceGroups(t *testing.T) {
 	orders := make([]Order, n+2)
 	var wg sync.WaitGroup
 	for i := range n {
-		req, o := newPlace(t, uuid.NewString())
+		req, lines, o := newPlace(t, uuid.NewString())
+		if i%10 == 9 {
+			// A line the menu does not list fails its request alone, in
+			// the group, not the group.
+			lines = []line{{SKU: "pizza", Quantity: 1}}
+		}
 		orders[i] = o
-		wg.Go(func() { results[i].res, results[i].err = store.Place(ctx, uuid.NewString(), req, o, render) })
+		wg.Go(func() { results[i].res, results[i].err = store.Place(ctx, uuid.NewString(), req, lines, o, render) })
 	}
 	twinKey := uuid.NewString()
-	twin, _ := newPlace(t, uuid.NewString())
+	twin, lines, _ := newPlace(t, uuid.NewString())
 	for i := n; i < n+2; i++ {
-		_, o := newPlace(t, twin.CustomerID)
+		_, _, o := newPlace(t, twin.CustomerID)
 		orders[i] = o
-		wg.Go(func() { results[i].res, results[i].err = store.Place(ctx, twinKey, twin, o, render) })
+		wg.Go(func() { results[i].res, results[i].err = store.Place(ctx, twinKey, twin, lines, o, render) })
 	}
 	waitStill(t, func() int {
 		store.placing.mu.Lock()
@@ -248,8 +306,13 @@ func TestPlaceGroups(t *testing.T) {
 	if trips := conn.count() - before; trips > 2*(placeCommitters+2) {
 		t.Errorf("%d round trips for %d orders: not grouped", trips, n+2)
 	}
+	unlisted := 0
 	for i := range n {
-		if r := results[i]; r.err != nil || r.res.Status != 201 || r.res.Replayed {
+		var le *LineError
+		switch r := results[i]; {
+		case i%10 == 9 && errors.As(r.err, &le) && le.Reason == lineUnlisted:
+			unlisted++
+		case i%10 == 9 || r.err != nil || r.res.Status != 201 || r.res.Replayed:
 			t.Fatalf("order %d: %+v, %v", i, r.res, r.err)
 		}
 	}
@@ -277,8 +340,8 @@ func TestPlaceGroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if stored != n+1 || events != n+1 {
-		t.Fatalf("%d orders and %d outbox events stored, want %d of each", stored, events, n+1)
+	if want := n + 1 - unlisted; stored != want || events != want {
+		t.Fatalf("%d orders and %d outbox events stored, want %d of each", stored, events, want)
 	}
 }
 

@@ -1,5 +1,7 @@
 // Command payment charges placed orders through the payment provider and
-// announces the outcome, order.paid or order.payment_failed, through the
+// announces the outcome, order.paid or order.payment_failed; it refunds the
+// charge of a cancelled order (order.refunded), or makes sure an order
+// cancelled before its charge is never charged. It announces through the
 // transactional outbox, which it relays to RabbitMQ itself.
 package main
 

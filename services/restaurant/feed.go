@@ -11,8 +11,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/httpx"
 	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/token"
 )
 
 // Feed page sizes.
@@ -39,9 +41,14 @@ type Notification struct {
 
 // handleFeed handles "GET /v1/restaurants/{id}/orders": the restaurant's
 // notifications, newest first, at most ?limit= of them (default 50, up to
-// 500).
+// 500), to the restaurant itself or an operator.
 func handleFeed(log *zap.Logger, db *pgxpool.Pool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := chi.URLParam(r, "id")
+		if p, _ := auth.From(r.Context()); p.Role == token.AudienceRestaurant && p.ID != id {
+			httpx.WriteProblem(w, auth.Forbidden("this token is for another restaurant"))
+			return
+		}
 		limit := defaultFeedLimit
 		if s := r.URL.Query().Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
@@ -51,7 +58,6 @@ func handleFeed(log *zap.Logger, db *pgxpool.Pool) http.Handler {
 			}
 			limit = n
 		}
-		id := chi.URLParam(r, "id")
 		rows, err := db.Query(r.Context(), `SELECT message_id, order_id::text, event_type, total_cents, created_at
 			FROM restaurant_notifications WHERE restaurant_id = $1
 			ORDER BY created_at DESC, message_id DESC LIMIT $2`, id, limit)

@@ -1,8 +1,9 @@
 // Command restaurant keeps the restaurant-side feed: it consumes the
 // restaurant-notify queue (order.placed, order.paid, order.cancelled,
-// order.rider_arriving), records one notification per event for the order's
-// restaurant, and serves the feed at GET /v1/restaurants/{id}/orders. It
-// keeps each restaurant's record (where it is) at /v1/restaurants/{id}.
+// order.refunded, order.rider_arriving), records one notification per event
+// for the order's restaurant, and serves the feed at
+// GET /v1/restaurants/{id}/orders to the restaurant and operators. It keeps
+// each restaurant's record (where it is) at /v1/restaurants/{id}.
 package main
 
 import (
@@ -11,7 +12,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/service"
+	"github.com/dabba/dabba/shared/token"
 )
 
 func main() { service.Main("restaurant", run) }
@@ -26,8 +29,12 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	defer base.Close()
 	log := base.Log
 
+	secret, err := token.SecretFromEnv(getenv, log)
+	if err != nil {
+		return err
+	}
 	r := base.Router()
-	addRoutes(r, log, base.DB, base.Env.String("ADMIN_TOKEN", ""))
+	addRoutes(r, log, base.DB, auth.NewGuard(token.NewSigner(secret)))
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

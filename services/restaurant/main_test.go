@@ -14,15 +14,36 @@ import (
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
+	"github.com/dabba/dabba/shared/token"
 )
 
-// getFeed reads a restaurant's feed.
-func getFeed(tb testing.TB, url string) (int, Feed) {
+// testSecret signs the tokens of the service TestRun starts.
+const testSecret = "restaurant-test-secret-32-bytes!"
+
+// as returns a token of role for sub, signed as the service under test wants.
+func as(tb testing.TB, role, sub string) string {
 	tb.Helper()
-	resp, err := http.Get(url)
+	return testenv.MustToken(tb, testSecret, role, sub)
+}
+
+// getAs reads url with tok.
+func getAs(tb testing.TB, tok, url string) *http.Response {
+	tb.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return resp
+}
+
+// getFeed reads a restaurant's feed as an operator.
+func getFeed(tb testing.TB, url string) (int, Feed) {
+	tb.Helper()
+	resp := getAs(tb, as(tb, token.AudienceOps, "op-1"), url)
 	defer resp.Body.Close()
 	var f Feed
 	if resp.StatusCode == http.StatusOK {
@@ -37,7 +58,7 @@ func getFeed(tb testing.TB, url string) (int, Feed) {
 // published to the orders exchange show up in the restaurant's feed, newest
 // first; garbage is dead-lettered at once.
 func TestRun(t *testing.T) {
-	base := testenv.MustRun(t, run, nil)
+	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": testSecret})
 	conn := testenv.MustBroker(t)
 	pub := broker.NewPublisher(conn, zaptest.NewLogger(t))
 	defer pub.Close()
@@ -88,10 +109,8 @@ func TestRun(t *testing.T) {
 	})
 
 	t.Run("EmptyFeed", func(t *testing.T) {
-		resp, err := http.Get(base + "/v1/restaurants/r-" + uuid.NewString() + "/orders")
-		if err != nil {
-			t.Fatal(err)
-		}
+		restaurant := "r-" + uuid.NewString()
+		resp := getAs(t, as(t, token.AudienceRestaurant, restaurant), base+"/v1/restaurants/"+restaurant+"/orders")
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		var raw struct {
@@ -104,10 +123,7 @@ func TestRun(t *testing.T) {
 
 	t.Run("ErrBadLimit", func(t *testing.T) {
 		for _, limit := range []string{"0", "-1", "501", "ten"} {
-			resp, err := http.Get(base + "/v1/restaurants/r-1/orders?limit=" + limit)
-			if err != nil {
-				t.Fatal(err)
-			}
+			resp := getAs(t, as(t, token.AudienceOps, "op-1"), base+"/v1/restaurants/r-1/orders?limit="+limit)
 			var p struct {
 				Field string `json:"field"`
 			}
@@ -115,6 +131,26 @@ func TestRun(t *testing.T) {
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/problem+json" || p.Field != "limit" {
 				t.Errorf("limit=%s: %d %s field %q, want a 400 problem naming limit", limit, resp.StatusCode, resp.Header.Get("Content-Type"), p.Field)
+			}
+		}
+	})
+
+	t.Run("WhoMayRead", func(t *testing.T) {
+		for _, tt := range []struct {
+			name, tok string
+			want      int
+		}{
+			{"Itself", as(t, token.AudienceRestaurant, "r-1"), http.StatusOK},
+			{"Operator", as(t, token.AudienceOps, "op-1"), http.StatusOK},
+			{"ErrNoToken", "", http.StatusUnauthorized},
+			{"ErrOtherSecret", "x.y.z", http.StatusUnauthorized},
+			{"ErrOtherRestaurant", as(t, token.AudienceRestaurant, "r-2"), http.StatusForbidden},
+			{"ErrCustomer", as(t, token.AudienceCustomer, "r-1"), http.StatusForbidden},
+		} {
+			resp := getAs(t, tt.tok, base+"/v1/restaurants/r-1/orders")
+			resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Errorf("%s: %d, want %d", tt.name, resp.StatusCode, tt.want)
 			}
 		}
 	})
@@ -131,8 +167,13 @@ func TestRun(t *testing.T) {
 }
 
 func TestRestaurantRecord(t *testing.T) {
-	base := testenv.MustRun(t, run, map[string]string{"ADMIN_TOKEN": "op-secret"})
+	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": recordSecret})
 	id := "r-" + uuid.NewString()
+	signer := token.NewSigner([]byte(recordSecret))
+	ops, _ := signer.Mint(token.AudienceOps, "op-1", time.Hour)
+	own, _ := signer.Mint(token.AudienceRestaurant, id, time.Hour)
+	other, _ := signer.Mint(token.AudienceRestaurant, "r-someone-else", time.Hour)
+	customer, _ := signer.Mint(token.AudienceCustomer, "c-1", time.Hour)
 	put := func(token, body string) (int, Restaurant, string) {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodPut, base+"/v1/restaurants/"+id, strings.NewReader(body))
@@ -157,19 +198,25 @@ func TestRestaurantRecord(t *testing.T) {
 		if code, _, b := put("wrong", `{"name":"Thali House","lat":19.02,"lng":72.85}`); code != http.StatusUnauthorized {
 			t.Fatalf("wrong token: %d %s", code, b)
 		}
+		for name, tok := range map[string]string{"another restaurant's": other, "a customer's": customer} {
+			if code, _, b := put(tok, `{"name":"Thali House","lat":19.02,"lng":72.85}`); code != http.StatusForbidden {
+				t.Errorf("%s token: %d %s, want 403", name, code, b)
+			}
+		}
 	})
 	t.Run("ErrInvalid", func(t *testing.T) {
 		for field, body := range map[string]string{
 			"name": `{"lat":19,"lng":72}`, "lat": `{"name":"x","lat":91,"lng":72}`, "lng": `{"name":"x","lat":19}`,
 		} {
-			if code, _, b := put("op-secret", body); code != http.StatusBadRequest || !strings.Contains(b, `"field":"`+field+`"`) {
+			if code, _, b := put(ops, body); code != http.StatusBadRequest || !strings.Contains(b, `"field":"`+field+`"`) {
 				t.Errorf("%s: %d %s, want a 400 naming %s", body, code, b, field)
 			}
 		}
 	})
 	t.Run("OK", func(t *testing.T) {
-		for _, name := range []string{"Thali House", "Thali House (moved)"} {
-			if code, rec, b := put("op-secret", `{"name":"`+name+`","lat":19.02,"lng":72.85}`); code != http.StatusOK || rec.Name != name || rec.Lat != 19.02 {
+		for _, w := range []struct{ tok, name string }{{own, "Thali House"}, {ops, "Thali House (moved)"}} {
+			tok, name := w.tok, w.name
+			if code, rec, b := put(tok, `{"name":"`+name+`","lat":19.02,"lng":72.85}`); code != http.StatusOK || rec.Name != name || rec.Lat != 19.02 {
 				t.Fatalf("put: %d %s", code, b)
 			}
 		}
@@ -191,17 +238,7 @@ func TestRestaurantRecord(t *testing.T) {
 			t.Fatalf("unknown restaurant: %d, want 404", resp2.StatusCode)
 		}
 	})
-	t.Run("ErrOffWithoutAdminToken", func(t *testing.T) {
-		off := testenv.MustRun(t, run, nil)
-		req, _ := http.NewRequest(http.MethodPut, off+"/v1/restaurants/"+id, strings.NewReader(`{"name":"x","lat":1,"lng":1}`))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusServiceUnavailable {
-			t.Fatalf("without ADMIN_TOKEN: %d, want 503", resp.StatusCode)
-		}
-	})
 }
+
+// recordSecret signs the record test's tokens.
+const recordSecret = "restaurant-record-test-secret-of-32-bytes"

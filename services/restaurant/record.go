@@ -13,7 +13,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/httpx"
+	"github.com/dabba/dabba/shared/token"
 )
 
 // Restaurant is a restaurant's record: its name and where it is (tracking
@@ -48,12 +50,17 @@ func (r restaurantRequest) validate() error {
 }
 
 // handleRestaurantPut handles "PUT /v1/restaurants/{id}": creates or
-// replaces the restaurant's record, and answers it.
+// replaces the restaurant's record, and answers it; a restaurant may write
+// its own only.
 func handleRestaurantPut(log *zap.Logger, db *pgxpool.Pool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := chi.URLParam(r, "id")
 		if id == "" || len(id) > 128 {
 			httpx.WriteProblem(w, httpx.FieldProblem("id", "must be 1 to 128 characters"))
+			return
+		}
+		if p, _ := auth.From(r.Context()); p.Role == token.AudienceRestaurant && p.ID != id {
+			httpx.WriteProblem(w, auth.Forbidden("this token is for another restaurant"))
 			return
 		}
 		req, err := httpx.Decode[restaurantRequest](w, r, 4<<10)

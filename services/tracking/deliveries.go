@@ -447,3 +447,9 @@ func destinationOf(addr events.Address) *Destination {
 	}
 	return &Destination{Lat: addr.Lat, Lng: addr.Lng, Line1: addr.Line1}
 }
+
+// finished reports whether status ends a delivery: the rider's fixes are no
+// longer the order's.
+func finished(status string) bool {
+	return status == events.StatusDelivered || status == events.StatusCancelled || status == events.StatusPaymentFailed
+}

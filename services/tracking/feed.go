@@ -17,8 +17,10 @@ import (
 // shows, or what the ingest does with the rider's fixes: every status after
 // placed, rider assignments and tracking's own alerts. (A customer cannot
 // watch an order before it is placed; its destination is read with the
-// order when the customer connects.)
-var feedKeys = slices.DeleteFunc(slices.Clone(events.RoutingKeys), func(k string) bool { return k == events.OrderPlaced })
+// order when the customer connects. A refund moves money, not the order.)
+var feedKeys = slices.DeleteFunc(slices.Clone(events.RoutingKeys), func(k string) bool {
+	return k == events.OrderPlaced || k == events.OrderRefunded
+})
 
 // feedPoll is how often the feed looks for new events: a status change
 // reaches a watching customer within about this long.

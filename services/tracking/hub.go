@@ -44,12 +44,11 @@ type nearMsg struct {
 	At        time.Time `json:"at"`
 }
 
-// finished reports whether status ends the delivery: the customer then
-// stops receiving the rider's fixes (the rider's later whereabouts are none
-// of their business).
-func finished(status string) bool {
-	return status == events.StatusDelivered || status == events.StatusCancelled || status == events.StatusPaymentFailed
-}
+// followsRider reports whether a customer watching an order in status sees
+// its rider: only while the rider carries the order, from picked_up until
+// delivered. Before, the rider may be anywhere (another order, home), and
+// after, too: none of the customer's business.
+func followsRider(status string) bool { return status == events.StatusPickedUp }
 
 // statusMsg is a status change as a customer receives it.
 type statusMsg struct {
@@ -118,7 +117,7 @@ type watcher struct {
 	closed   bool
 	riderID  string
 	riderAt  time.Time
-	done     bool     // the order finished: no more fixes
+	status   string   // the order's latest status; its fixes only while followsRider
 	lastSeq  int64    // highest seq handed to this watcher for riderID
 	fix      *liveFix // the newest unsent fix, if any
 	statuses []statusMsg
@@ -161,7 +160,7 @@ func (w *watcher) kickLocked() {
 func (w *watcher) offerFix(f *liveFix) (stale, coalesced bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.done || f.RiderID != w.riderID || f.Seq <= w.lastSeq {
+	if !followsRider(w.status) || f.RiderID != w.riderID || f.Seq <= w.lastSeq {
 		return true, false
 	}
 	coalesced = w.fix != nil
@@ -193,9 +192,9 @@ func (w *watcher) apply(u orderUpdate) string {
 		w.kickLocked()
 	}
 	if u.Status != "" && u.StatusAt.After(w.statusAt) {
-		w.statusAt = u.StatusAt
-		if finished(u.Status) {
-			w.done, w.fix = true, nil
+		w.statusAt, w.status = u.StatusAt, u.Status
+		if !followsRider(w.status) {
+			w.fix = nil
 		}
 		if len(w.statuses) >= maxPendingStatuses {
 			w.overflow = true
@@ -204,7 +203,7 @@ func (w *watcher) apply(u orderUpdate) string {
 		}
 		w.kickLocked()
 	}
-	if w.done {
+	if !followsRider(w.status) {
 		return ""
 	}
 	return w.riderID

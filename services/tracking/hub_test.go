@@ -29,12 +29,13 @@ func (b *recordingBinder) Unbind(k string) {
 
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
-// mustWatch adds a watcher of order following rider.
+// mustWatch adds a watcher of order, picked up by rider: one that follows
+// the rider.
 func mustWatch(tb testing.TB, h *Hub, order, rider string) *watcher {
 	tb.Helper()
 	w := newWatcher(order)
 	h.Add(w)
-	h.Apply(w, orderUpdate{OrderID: order, RiderID: rider, RiderAt: t0})
+	h.Apply(w, orderUpdate{OrderID: order, RiderID: rider, RiderAt: t0, Status: "picked_up", StatusAt: t0})
 	return w
 }
 
@@ -131,17 +132,23 @@ func TestHubReassignment(t *testing.T) {
 	}
 }
 
+// TestHubStatuses: statuses reach the customer newest last and once each;
+// the rider assigned to the order is followed only from picked_up until
+// delivered: no binding and no fix before, none after.
 func TestHubStatuses(t *testing.T) {
 	b := &recordingBinder{}
 	h := NewHub(b)
-	w := mustWatch(t, h, "o1", "r1")
+	w := newWatcher("o1")
+	h.Add(w)
+	h.Apply(w, orderUpdate{OrderID: "o1", RiderID: "r1", RiderAt: t0}) // assigned, not picked up
 	dest := &Destination{Lat: 19, Lng: 72}
 	h.Update(orderUpdate{OrderID: "o1", Status: "paid", StatusAt: t0.Add(time.Second), Destination: dest})
 	h.Update(orderUpdate{OrderID: "o1", Status: "placed", StatusAt: t0})                    // older
 	h.Update(orderUpdate{OrderID: "o1", Status: "paid", StatusAt: t0.Add(time.Second)})     // again
 	h.Update(orderUpdate{OrderID: "o1", Status: "accepted", StatusAt: t0.Add(time.Minute)}) // newer
+	h.Fix(Fix{RiderID: "r1", Seq: 4})
 	p, _ := w.take()
-	statuses := p.statuses
+	fix, hasFix, statuses := p.fix, p.fix != nil, p.statuses
 	var got []string
 	for _, s := range statuses {
 		got = append(got, s.Status)
@@ -152,14 +159,23 @@ func TestHubStatuses(t *testing.T) {
 	if statuses[1].Destination == nil || statuses[1].Destination.Lat != 19 {
 		t.Fatalf("destination not carried: %+v", statuses[1])
 	}
+	if hasFix || len(b.calls) > 0 {
+		t.Fatalf("before the pick-up: fix %+v (%v), binder calls %v; want neither the rider's fixes nor its binding", fix, hasFix, b.calls)
+	}
+	// Picked up: the customer follows the rider.
+	h.Update(orderUpdate{OrderID: "o1", Status: "picked_up", StatusAt: t0.Add(2 * time.Minute)})
+	h.Fix(Fix{RiderID: "r1", Seq: 5})
+	if got := pendingSeq(w); got != 5 {
+		t.Fatalf("picked up: pending fix %d, want 5", got)
+	}
 	// Delivered: the customer stops following the rider.
 	h.Update(orderUpdate{OrderID: "o1", Status: "delivered", StatusAt: t0.Add(time.Hour)})
-	h.Fix(Fix{RiderID: "r1", Seq: 5})
+	h.Fix(Fix{RiderID: "r1", Seq: 6})
 	if p, _ := w.take(); p.fix != nil {
 		t.Fatalf("fix %+v sent after delivery", p.fix)
 	}
-	if want := "-rider.r1"; b.calls[len(b.calls)-1] != want {
-		t.Fatalf("last binder call %v, want %s", b.calls, want)
+	if want := []string{"+rider.r1", "-rider.r1"}; !slices.Equal(b.calls, want) {
+		t.Fatalf("binder calls %v, want %v", b.calls, want)
 	}
 }
 

@@ -18,9 +18,9 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/httpx"
-	"github.com/dabba/dabba/shared/token"
 )
 
 // Limits on riders' streams. A phone sends a fix every 500 ms or so.
@@ -168,37 +168,24 @@ func (l *RiderLimits) Run(ctx context.Context) error {
 	}
 }
 
-// bearer returns the request's token: Authorization: Bearer, else ?token=.
-func bearer(r *http.Request) string {
-	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
-		return strings.TrimSpace(h[7:])
-	}
-	return r.URL.Query().Get("token")
-}
-
-// authRider checks that the request carries a rider token for the rider in
-// its path: 401 without a valid token, 403 for another rider's path.
-func authRider(w http.ResponseWriter, r *http.Request, signer *token.Signer) (string, error) {
+// riderOf returns the rider in the request's path, who must be the rider
+// the token was minted for: 403 for another rider's path.
+func riderOf(r *http.Request) (string, error) {
 	rider := chi.URLParam(r, "rider_id")
 	if !validRiderID(rider) {
 		return "", httpx.FieldProblem("rider_id", "must be 1 to 128 characters without '.', '*', '#', '/' or spaces")
 	}
-	sub, err := signer.VerifyRider(bearer(r))
-	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="rider"`)
-		return "", httpx.NewProblem(http.StatusUnauthorized, "a valid rider token is required")
-	}
-	if sub != rider {
-		return "", httpx.NewProblem(http.StatusForbidden, "this token is for another rider")
+	if p, _ := auth.From(r.Context()); p.ID != rider {
+		return "", auth.Forbidden("this token is for another rider")
 	}
 	return rider, nil
 }
 
 // handleRiderLocation handles "POST /v1/riders/{rider_id}/location": one
 // fix, answered 202 once it is queued for the feed.
-func handleRiderLocation(log *zap.Logger, in *Ingest, signer *token.Signer) http.Handler {
+func handleRiderLocation(log *zap.Logger, in *Ingest) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rider, err := authRider(w, r, signer)
+		rider, err := riderOf(r)
 		if err != nil {
 			httpx.Error(w, r, log, err)
 			return
@@ -264,9 +251,9 @@ type errorFrame struct {
 // The handler returns once the socket is up and leaves it to a goroutine
 // of its own: net/http's stack, grown by the handshake, would otherwise
 // stay with each of a city's riders (16 KiB each).
-func handleRiderSocket(log *zap.Logger, in *Ingest, signer *token.Signer, sockets *Sockets) http.Handler {
+func handleRiderSocket(log *zap.Logger, in *Ingest, sockets *Sockets) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rider, err := authRider(w, r, signer)
+		rider, err := riderOf(r)
 		if err != nil {
 			httpx.Error(w, r, log, err)
 			return

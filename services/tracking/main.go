@@ -2,25 +2,22 @@
 // customers watching their orders over WebSocket, and serves the tracking
 // page.
 //
-// Subcommands: "mint-rider-token <rider_id>" prints a rider token (demos,
-// tests); "simulate" places orders on the orders API and drives riders to
-// them (make demo).
+// Subcommand "simulate" places orders on the orders API and drives riders
+// to them (make demo). Tokens for your own experiments: bin/dabba token.
 package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/google/uuid"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/logging"
 	"github.com/dabba/dabba/shared/metrics"
 	"github.com/dabba/dabba/shared/service"
@@ -33,8 +30,6 @@ func main() { service.Main("tracking", run) }
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	if len(args) > 1 {
 		switch args[1] {
-		case "mint-rider-token":
-			return mintRiderToken(args[2:], getenv, stdout)
 		case "simulate":
 			log, err := logging.New(getenv, "tracking")
 			if err != nil {
@@ -42,7 +37,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			}
 			return simulate(ctx, getenv, stdout, log)
 		default:
-			return fmt.Errorf("unknown subcommand %q (want mint-rider-token or simulate)", args[1])
+			return fmt.Errorf("unknown subcommand %q (want simulate; tokens: dabba token)", args[1])
 		}
 	}
 	if getenv("GOGC") == "" {
@@ -86,7 +81,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if !(nearMeters > 0) {
 		return fmt.Errorf("TRACKING_NEAR_METERS: %g, want more than 0", nearMeters)
 	}
-	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
 	page := pageConfig{TileURL: base.Env.String("TRACKING_TILE_URL", defaultTileURL),
 		Attribution: base.Env.String("TRACKING_TILE_ATTRIBUTION", defaultTileAttribution)}
 	if page.TileURL == "none" {
@@ -95,6 +89,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		!strings.Contains(page.TileURL, "{y}") {
 		return fmt.Errorf("TRACKING_TILE_URL %q: want an http(s) URL with {z}, {x} and {y}, or none", page.TileURL)
 	}
+	secret, err := token.SecretFromEnv(getenv, log)
+	if err != nil {
+		return err
+	}
+	guard := auth.NewGuard(token.NewSigner(secret))
 
 	interest := NewInterest(uuid.NewString())
 	relay := NewRelay(base.Broker, interest, log)
@@ -116,7 +115,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	base.Metrics.WatchTracking(metrics.Tracking{SocketsOpen: sockets.Open, FixesIn: counterOf(&ingest.Stats.Accepted),
 		FixesOut: counterOf(&hub.Stats.Sent), Stale: counterOf(&hub.Stats.Stale), Coalesced: counterOf(&hub.Stats.Coalesced)})
 	r := base.Router()
-	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, hist, signer, times, page)
+	addRoutes(r, log, base.DB, hub, relay, ingest, sockets, hist, guard, base.Admin, times, page)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8081"), r, log, nil) })
@@ -134,29 +133,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return nil
 	})
 	return g.Wait()
-}
-
-// mintRiderToken handles "tracking mint-rider-token [-ttl 24h] <rider_id>":
-// it prints a rider token signed with TOKEN_SECRET.
-func mintRiderToken(args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("mint-rider-token", flag.ContinueOnError)
-	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 || !validRiderID(fs.Arg(0)) {
-		return errors.New("usage: tracking mint-rider-token [-ttl 24h] <rider_id> (no '.', '*', '#', '/' or spaces)")
-	}
-	log, err := logging.New(getenv, "tracking")
-	if err != nil {
-		return err
-	}
-	tok, err := token.NewSigner(token.SecretFromEnv(getenv, log)).Rider(fs.Arg(0), *ttl)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(stdout, tok)
-	return err
 }
 
 // counterOf reads a counter kept for /stats, for the metrics to share it.

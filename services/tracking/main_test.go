@@ -26,7 +26,7 @@ import (
 	"github.com/dabba/dabba/shared/token"
 )
 
-const secret = "tracking-test-secret"
+const secret = "tracking-test-secret-of-32-bytes!"
 
 func testSigner() *token.Signer { return token.NewSigner([]byte(secret)) }
 
@@ -213,23 +213,35 @@ func TestTracking(t *testing.T) {
 		other, _ := signer.Tracking(uuid.NewString(), time.Hour)
 		expired, _ := signer.Tracking(orderID, -time.Minute)
 		foreign, _ := token.NewSigner([]byte("another secret")).Tracking(orderID, time.Hour)
-		for name, tok := range map[string]string{"none": "", "garbage": "x.y.z", "other order": other, "rider token": riderTok,
-			"expired": expired, "other secret": foreign} {
-			resp, err := http.Get(one + "/v1/orders/" + orderID + "/track?token=" + tok)
+		for _, tt := range []struct {
+			name, tok string
+			want      int
+		}{
+			{"none", "", http.StatusUnauthorized},
+			{"garbage", "x.y.z", http.StatusUnauthorized},
+			{"expired", expired, http.StatusUnauthorized},
+			{"other secret", foreign, http.StatusUnauthorized},
+			{"other order", other, http.StatusForbidden},
+			{"rider token", riderTok, http.StatusForbidden},
+		} {
+			resp, err := http.Get(one + "/v1/orders/" + orderID + "/track?token=" + tt.tok)
 			if err != nil {
 				t.Fatal(err)
 			}
 			resp.Body.Close()
-			if resp.StatusCode != http.StatusUnauthorized {
-				t.Errorf("%s: %d, want 401", name, resp.StatusCode)
+			if resp.StatusCode != tt.want {
+				t.Errorf("%s: %d, want %d", tt.name, resp.StatusCode, tt.want)
 			}
 		}
 		otherRider, _ := signer.Rider("someone-else", time.Hour)
 		if code := postFix(t, one, rider, otherRider, 1); code != http.StatusForbidden {
 			t.Errorf("another rider's token: %d, want 403", code)
 		}
-		if code := postFix(t, one, rider, trackTok, 1); code != http.StatusUnauthorized {
-			t.Errorf("a tracking token as a rider token: %d, want 401", code)
+		if code := postFix(t, one, rider, trackTok, 1); code != http.StatusForbidden {
+			t.Errorf("a tracking token as a rider token: %d, want 403", code)
+		}
+		if code := postFix(t, one, rider, "", 1); code != http.StatusUnauthorized {
+			t.Errorf("no token: %d, want 401", code)
 		}
 	})
 
@@ -237,32 +249,59 @@ func TestTracking(t *testing.T) {
 	if m := a.next(5 * time.Second); m.Type != "status" || m.Status != events.StatusPaid || m.Destination == nil || m.Destination.Lat != 19.02 {
 		t.Fatalf("first message %+v, want status paid with the destination", m)
 	}
+	// Assigned but not picked up: where the rider is is not the
+	// customer's business yet. (Half a second is time enough for a
+	// binding to the rider's fixes, were there one.)
+	time.Sleep(500 * time.Millisecond)
 	if code := postFix(t, one, rider, riderTok, 1); code != http.StatusAccepted {
 		t.Fatalf("POST fix = %d", code)
 	}
-	if m := a.nextOf("location", 5*time.Second); m.Seq != 1 || m.RiderID != rider {
-		t.Fatalf("got %+v, want seq 1 of %s", m, rider)
+	if m, ok, _ := a.poll(1500 * time.Millisecond); ok {
+		t.Fatalf("before the pick-up the customer got %+v", m)
 	}
-
-	// Out of order: 3 then 2 then 4; the customer must never see 2.
-	for _, seq := range []int64{3, 2, 4} {
+	announce(events.OrderAccepted, events.StatusChanged{Status: events.StatusAccepted, From: events.StatusPaid})
+	announce(events.OrderPickedUp, events.StatusChanged{Status: events.StatusPickedUp, From: events.StatusAccepted})
+	for _, want := range []string{events.StatusAccepted, events.StatusPickedUp} {
+		if m := a.nextOf("status", 10*time.Second); m.Status != want {
+			t.Fatalf("status %+v, want %s", m, want)
+		}
+	}
+	// The relay binds the rider's key as it can: post until a fix gets
+	// through.
+	seq := int64(1)
+	testenv.Eventually(t, 10*time.Second, "a fix after the pick-up", func() bool {
+		seq++
 		if code := postFix(t, one, rider, riderTok, seq); code != http.StatusAccepted {
-			t.Fatalf("POST fix %d = %d", seq, code)
+			t.Fatalf("POST fix = %d", code)
+		}
+		m, ok, _ := a.poll(300 * time.Millisecond)
+		if ok && (m.Type != "location" || m.RiderID != rider) {
+			t.Fatalf("got %+v, want a fix of %s", m, rider)
+		}
+		return ok
+	})
+
+	// Out of order: +2 then +1 then +3; the customer must never see +1.
+	base := seq
+	for _, d := range []int64{2, 1, 3} {
+		if code := postFix(t, one, rider, riderTok, base+d); code != http.StatusAccepted {
+			t.Fatalf("POST fix %d = %d", base+d, code)
 		}
 	}
-	for last := int64(1); last < 4; {
-		seq := a.nextOf("location", 5*time.Second).Seq
-		if seq <= last {
-			t.Fatalf("got seq %d after %d", seq, last)
+	for last := base; last < base+3; {
+		got := a.nextOf("location", 5*time.Second).Seq
+		if got <= last || got == base+1 {
+			t.Fatalf("got seq %d after %d", got, last)
 		}
-		last = seq
+		last = got
 	}
+	seq = base + 3
 
 	// A customer connecting to the other instance, which never saw this
 	// rider, gets the stored position at once, and nothing older.
 	testenv.Eventually(t, 5*time.Second, "position stored", func() bool {
 		f, ok, _ := loadPosition(context.Background(), db, orderID, rider)
-		return ok && f.Seq == 4
+		return ok && f.Seq == seq
 	})
 	t.Run("Path", func(t *testing.T) {
 		testenv.Eventually(t, 5*time.Second, "four fixes stored", func() bool {
@@ -294,47 +333,42 @@ func TestTracking(t *testing.T) {
 	})
 
 	b := mustDialCustomer(t, two, orderID, trackTok)
-	if m := b.next(5 * time.Second); m.Type != "status" {
+	if m := b.next(5 * time.Second); m.Type != "status" || m.Status != events.StatusPickedUp {
 		t.Fatalf("first message %+v, want the status", m)
 	}
-	if m := b.next(5 * time.Second); m.Type != "location" || m.Seq != 4 {
-		t.Fatalf("second message %+v, want the latest position (seq 4)", m)
-	}
-
-	// A status change reaches both instances' customers: each reads the
-	// order feed.
-	announce(events.OrderAccepted, events.StatusChanged{Status: events.StatusAccepted, From: events.StatusPaid})
-	for _, cu := range []*customer{a, b} {
-		if m := cu.nextOf("status", 10*time.Second); m.Status != events.StatusAccepted {
-			t.Fatalf("status %+v, want accepted", m)
-		}
+	if m := b.next(5 * time.Second); m.Type != "location" || m.Seq != seq {
+		t.Fatalf("second message %+v, want the latest position (seq %d)", m, seq)
 	}
 
 	// A stalled customer (never reads) does not hold the others back, and
 	// the second instance serves its customer from the same feed.
 	mustDialSocket(t, one, orderID, trackTok)
-	for seq := int64(5); seq <= 40; seq++ {
+	last := seq + 35
+	for seq++; seq <= last; seq++ {
 		if code := postFix(t, two, rider, riderTok, seq); code != http.StatusAccepted {
 			t.Fatalf("POST fix %d = %d", seq, code)
 		}
 	}
 	for _, cu := range []*customer{a, b} {
-		var seq int64
-		for seq < 40 {
+		var got int64
+		for got < last {
 			next := cu.nextOf("location", 5*time.Second).Seq
-			if next <= seq {
-				t.Fatalf("seq %d after %d", next, seq)
+			if next <= got {
+				t.Fatalf("seq %d after %d", next, got)
 			}
-			seq = next
+			got = next
 		}
 	}
 
-	// Delivered: the customers stop receiving the rider's whereabouts.
-	announce(events.OrderDelivered, events.StatusChanged{Status: events.StatusDelivered, From: events.StatusAccepted})
-	if m := a.nextOf("status", 10*time.Second); m.Status != events.StatusDelivered {
-		t.Fatalf("status %+v, want delivered", m)
+	// Delivered, which reaches both instances' customers (each reads the
+	// order feed): they stop receiving the rider's whereabouts.
+	announce(events.OrderDelivered, events.StatusChanged{Status: events.StatusDelivered, From: events.StatusPickedUp})
+	for _, cu := range []*customer{a, b} {
+		if m := cu.nextOf("status", 10*time.Second); m.Status != events.StatusDelivered {
+			t.Fatalf("status %+v, want delivered", m)
+		}
 	}
-	postFix(t, one, rider, riderTok, 41)
+	postFix(t, one, rider, riderTok, last+1)
 	if m, ok, _ := a.poll(time.Second); ok {
 		t.Fatalf("after delivery the customer got %+v", m)
 	}
@@ -492,12 +526,30 @@ func TestRiderLocationProblems(t *testing.T) {
 }
 
 func TestStatsAndPage(t *testing.T) {
-	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": secret, "TRACKING_TILE_URL": "https://{s}.tiles.example.org/{z}/{x}/{y}.png"})
-	for _, path := range []string{"/stats", "/track/" + uuid.NewString() + "?token=x", "/track/assets/track.js", "/track/assets/track.css"} {
-		resp, err := http.Get(base + path)
+	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": secret, "ADMIN_TOKEN": "tracking-admin"})
+	get := func(path, tok string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
+		return resp
+	}
+	// The counters tell a caller much about the process, and ?gc=1 makes
+	// it collect garbage: the admin token's business.
+	for _, tok := range []string{"", "tracking-admim"} {
+		resp := get("/stats?gc=1", tok)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("/stats with token %q: %d, want 401", tok, resp.StatusCode)
+		}
+	}
+	for _, path := range []string{"/stats?gc=1", "/track/" + uuid.NewString() + "?token=x", "/track/assets/track.js", "/track/assets/track.css"} {
+		resp := get(path, "tracking-admin")
 		var buf bytes.Buffer
 		_, _ = buf.ReadFrom(resp.Body)
 		resp.Body.Close()
@@ -529,20 +581,6 @@ func TestStatsAndPage(t *testing.T) {
 	}
 }
 
-func TestMintRiderToken(t *testing.T) {
-	var out bytes.Buffer
-	getenv := func(k string) string { return map[string]string{"TOKEN_SECRET": secret, "LOG_LEVEL": "error"}[k] }
-	if err := run(context.Background(), []string{"tracking", "mint-rider-token", "rider-9"}, getenv, &out); err != nil {
-		t.Fatal(err)
-	}
-	if id, err := testSigner().VerifyRider(strings.TrimSpace(out.String())); err != nil || id != "rider-9" {
-		t.Fatalf("minted %q: %q, %v", out.String(), id, err)
-	}
-	if err := run(context.Background(), []string{"tracking", "mint-rider-token", "a.b"}, getenv, &out); err == nil {
-		t.Fatal("a rider id with a dot was accepted")
-	}
-}
-
 // TestRelayBrokerRestart stops and starts RabbitMQ's app under a connected
 // customer: the socket stays open and fixes flow again once the relay has
 // declared its queue and bound the rider anew. It disturbs every test on
@@ -555,7 +593,9 @@ func TestRelayBrokerRestart(t *testing.T) {
 	base := testenv.MustRun(t, run, env)
 	db := testenv.MustDB(t)
 	rider := "rider-" + uuid.NewString()[:8]
-	orderID, _ := mustOrder(t, db, rider)
+	orderID, announce := mustOrder(t, db, rider)
+	announce(events.OrderAccepted, events.StatusChanged{Status: events.StatusAccepted})
+	announce(events.OrderPickedUp, events.StatusChanged{Status: events.StatusPickedUp})
 	trackTok, _ := testSigner().Tracking(orderID, time.Hour)
 	riderTok, _ := testSigner().Rider(rider, time.Hour)
 	cu := mustDialCustomer(t, base, orderID, trackTok)

@@ -10,10 +10,13 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/httpx"
 	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/token"
@@ -46,12 +49,35 @@ type Path struct {
 
 // handlePath handles "GET /v1/orders/{id}/path?max=N": the path the order's
 // rider travelled while delivering it, thinned to at most N points (default
-// 500, at most 5,000), for the order's tracking token.
-func handlePath(log *zap.Logger, db *pgxpool.Pool, signer *token.Signer) http.Handler {
+// 500, at most 5,000), for the order's tracking token, its customer or an
+// operator (the route's guard has checked the token and its role); another
+// order's tracking token or another customer is 403.
+func handlePath(log *zap.Logger, db *pgxpool.Pool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		orderID, ok := trackedOrder(w, r, signer)
-		if !ok {
+		id, err := uuid.Parse(chi.URLParam(r, "id"))
+		if err != nil {
+			httpx.WriteProblem(w, httpx.FieldProblem("id", "must be a UUID"))
 			return
+		}
+		orderID := id.String()
+		p, _ := auth.From(r.Context())
+		switch p.Role {
+		case token.AudienceTrack:
+			if p.ID != orderID {
+				httpx.WriteProblem(w, auth.Forbidden("this tracking token is for another order"))
+				return
+			}
+		case token.AudienceCustomer:
+			var customer string
+			err := db.QueryRow(r.Context(), "SELECT customer_id FROM orders WHERE id = $1", orderID).Scan(&customer)
+			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				httpx.Error(w, r, log, fmt.Errorf("read order: %w", err))
+				return
+			}
+			if customer != p.ID {
+				httpx.WriteProblem(w, auth.Forbidden("this is another customer's order"))
+				return
+			}
 		}
 		limit := defaultPathPoints
 		if s := r.URL.Query().Get("max"); s != "" {
@@ -75,10 +101,10 @@ func handlePath(log *zap.Logger, db *pgxpool.Pool, signer *token.Signer) http.Ha
 			httpx.Error(w, r, log, err)
 			return
 		}
-		p := Path{OrderID: orderID, Points: thin(points, limit), Fixes: len(points)}
-		p.Thinned = len(p.Points) < len(points)
+		path := Path{OrderID: orderID, Points: thin(points, limit), Fixes: len(points)}
+		path.Thinned = len(path.Points) < len(points)
 		w.Header().Set("Cache-Control", "no-store")
-		httpx.Encode(w, http.StatusOK, p)
+		httpx.Encode(w, http.StatusOK, path)
 	})
 }
 

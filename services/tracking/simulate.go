@@ -32,26 +32,27 @@ var demoRoutes = []struct{ start, from, turn, to [2]float64 }{
 }
 
 // simulate is "tracking simulate", behind make demo: against a running
-// stack it records a kitchen per delivery (its place, on the restaurant
-// service), places an order from each on the orders API, assigns each a
-// rider, prints the tracking pages to open, and drives the riders over the
-// rider WebSocket, one fix every DEMO_INTERVAL: to the kitchen (the
-// restaurant's feed hears the rider arriving), a wait for the food, then to
-// the door (the customer hears the rider is near), moving the orders along
-// (accepted, picked up, delivered) as it goes.
+// stack it records where the demo's kitchen is (on the restaurant
+// service), places a few orders on the orders API, assigns each a rider,
+// prints the tracking pages to open, and drives the riders over the rider
+// WebSocket, one fix every DEMO_INTERVAL: to the kitchen (the first rider's
+// route starts from where the kitchen is recorded: its feed hears the rider
+// arriving), a wait for the food, then to the door (the customer hears the
+// rider is near), moving the orders along as each party would: the
+// restaurant accepts, the rider picks up and delivers. Each call carries
+// the token of the role that makes it (customer, ops, restaurant, rider),
+// minted here.
 //
 // Environment: ORDERS_URL (http://127.0.0.1:8080), TRACKING_URL
 // (http://127.0.0.1:8081), RESTAURANT_URL (http://127.0.0.1:8083),
-// DEMO_RIDERS (3, at most 4), DEMO_STEPS (180), DEMO_INTERVAL (500ms),
-// ADMIN_TOKEN (make run's development token) to record the kitchens, and
-// TOKEN_SECRET, which must be the stack's: the simulator mints its riders'
-// tokens.
+// DEMO_RIDERS (3, at most 4), DEMO_STEPS (180), DEMO_INTERVAL (500ms), and
+// TOKEN_SECRET, which must be the stack's (unset: make run's development
+// secret).
 func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer, log *zap.Logger) error {
 	env := config.Env(getenv)
 	ordersURL := strings.TrimRight(env.String("ORDERS_URL", "http://127.0.0.1:8080"), "/")
 	trackingURL := strings.TrimRight(env.String("TRACKING_URL", "http://127.0.0.1:8081"), "/")
 	restaurantURL := strings.TrimRight(env.String("RESTAURANT_URL", "http://127.0.0.1:8083"), "/")
-	adminToken := env.String("ADMIN_TOKEN", "dev-admin-token") // make run's (services/devstack)
 	riders, err := env.Int("DEMO_RIDERS", 3)
 	if err != nil {
 		return err
@@ -66,9 +67,26 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	}
 	riders = max(1, min(riders, len(demoRoutes)))
 	steps = max(steps, 2)
-	signer := token.NewSigner(token.SecretFromEnv(getenv, log))
+	secret, dev := token.ClientSecret(getenv)
+	if dev {
+		log.Info("TOKEN_SECRET is unset: minting tokens with make run's development secret")
+	}
+	tokens := demoTokens{token.NewSigner(secret)}
 	client := &http.Client{Timeout: 5 * time.Second}
 	batch := uuid.NewString()[:4]
+	ops, err := tokens.mint(token.AudienceOps, "demo-operator")
+	if err != nil {
+		return err
+	}
+	kitchen, err := tokens.mint(token.AudienceRestaurant, demoRestaurant)
+	if err != nil {
+		return err
+	}
+	// The kitchen is where the first route starts its delivery from.
+	if err := call(ctx, client, http.MethodPut, restaurantURL+"/v1/restaurants/"+demoRestaurant, "", kitchen,
+		fmt.Sprintf(`{"name":"Demo kitchen","lat":%f,"lng":%f}`, demoRoutes[0].from[0], demoRoutes[0].from[1]), nil); err != nil {
+		return fmt.Errorf("record the kitchen (is make run running?): %w", err)
+	}
 
 	type delivery struct {
 		orderID, rider, riderTok string
@@ -76,31 +94,31 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	}
 	var ds []delivery
 	for i := range riders {
-		to, kitchen := demoRoutes[i].to, fmt.Sprintf("demo-kitchen-%d", i+1)
-		if err := call(ctx, client, http.MethodPut, restaurantURL+"/v1/restaurants/"+kitchen, "", adminToken,
-			fmt.Sprintf(`{"name":"Demo kitchen %d","lat":%f,"lng":%f}`, i+1, demoRoutes[i].from[0], demoRoutes[i].from[1]), nil); err != nil {
-			return fmt.Errorf("record the kitchen (is make run running, with this ADMIN_TOKEN?): %w", err)
+		to := demoRoutes[i].to
+		customer, err := tokens.mint(token.AudienceCustomer, fmt.Sprintf("demo-%d", i))
+		if err != nil {
+			return err
 		}
-		body := fmt.Sprintf(`{"customer_id":"demo-%d","restaurant_id":%q,"email":"demo%d@example.com",
-			"items":[{"sku":"thali","name":"Veg thali","quantity":1,"unit_price_cents":25000}],
-			"delivery_address":{"line1":"Demo street %d","lat":%f,"lng":%f}}`, i, kitchen, i, i+1, to[0], to[1])
+		body := fmt.Sprintf(`{"restaurant_id":%q,"email":"demo%d@example.com",
+			"items":[{"sku":"thali","quantity":1}],
+			"delivery_address":{"line1":"Demo street %d","lat":%f,"lng":%f}}`, demoRestaurant, i, i+1, to[0], to[1])
 		var o struct {
 			ID            string `json:"id"`
 			TrackingToken string `json:"tracking_token"`
 		}
-		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders", uuid.NewString(), "", body, &o); err != nil {
-			return fmt.Errorf("place order (is make run running?): %w", err)
+		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders", uuid.NewString(), customer, body, &o); err != nil {
+			return fmt.Errorf("place order (is make run running? it gives %s the menu the demo orders from): %w", demoRestaurant, err)
 		}
 		rider := fmt.Sprintf("demo-rider-%s-%d", batch, i+1)
-		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+o.ID+"/rider", "", "", `{"rider_id":"`+rider+`"}`, nil); err != nil {
+		if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+o.ID+"/rider", "", ops, `{"rider_id":"`+rider+`"}`, nil); err != nil {
 			return fmt.Errorf("assign rider: %w", err)
 		}
-		riderTok, err := signer.Rider(rider, 2*time.Hour)
+		riderTok, err := tokens.mint(token.AudienceRider, rider)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "order %s, rider %s: %s/track/%s?token=%s\n  its kitchen's feed (rider arriving): %s/v1/restaurants/%s/orders\n",
-			o.ID[:8], rider, trackingURL, o.ID, o.TrackingToken, restaurantURL, kitchen)
+			o.ID[:8], rider, trackingURL, o.ID, o.TrackingToken, restaurantURL, demoRestaurant)
 		ds = append(ds, delivery{orderID: o.ID, rider: rider, riderTok: riderTok, route: i})
 	}
 	fmt.Fprintf(stdout, "driving %d riders, %d fixes each, one every %v; open a page above to watch\n", len(ds), steps, interval)
@@ -108,22 +126,22 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	g, ctx := errgroup.WithContext(ctx)
 	for _, d := range ds {
 		g.Go(func() error {
-			move := func(status string) {
-				if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+d.orderID+"/status", "", "",
+			move := func(status, tok string) {
+				if err := call(ctx, client, http.MethodPost, ordersURL+"/v1/orders/"+d.orderID+"/status", "", tok,
 					`{"status":"`+status+`"}`, nil); err != nil {
 					log.Warn("order not moved", zap.String("order_id", d.orderID), zap.String("status", status), zap.Error(err))
 				}
 			}
-			waitPaid(ctx, client, ordersURL, d.orderID)
-			move("accepted")
+			waitPaid(ctx, client, ordersURL, d.orderID, ops)
+			move("accepted", kitchen)
 			if err := drive(ctx, trackingURL, d.rider, d.riderTok, d.route, steps, interval, func(step int) {
 				if step == legs(steps).pickup {
-					move("picked_up") // a moment at the kitchen, then off
+					move("picked_up", d.riderTok) // a moment at the kitchen, then off
 				}
 			}, log); err != nil {
 				return err
 			}
-			move("delivered")
+			move("delivered", d.riderTok)
 			fmt.Fprintf(stdout, "order %s delivered\n", d.orderID[:8])
 			return nil
 		})
@@ -131,15 +149,24 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	return g.Wait()
 }
 
+// demoRestaurant is the kitchen the demo's orders come from: the one make
+// run gives a menu.
+const demoRestaurant = "r1"
+
+// demoTokens mints the demo's tokens, valid for as long as a demo runs.
+type demoTokens struct{ s *token.Signer }
+
+func (d demoTokens) mint(kind, sub string) (string, error) { return d.s.Mint(kind, sub, 2*time.Hour) }
+
 // waitPaid waits (up to 15 s) until the payment service has charged the
-// order, so the status moves that follow are legal.
-func waitPaid(ctx context.Context, client *http.Client, ordersURL, orderID string) {
+// order, so the status moves that follow are legal; tok may read it.
+func waitPaid(ctx context.Context, client *http.Client, ordersURL, orderID, tok string) {
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		var o struct {
 			Status string `json:"status"`
 		}
-		if call(ctx, client, http.MethodGet, ordersURL+"/v1/orders/"+orderID, "", "", "", &o) == nil && o.Status != "placed" {
+		if call(ctx, client, http.MethodGet, ordersURL+"/v1/orders/"+orderID, "", tok, "", &o) == nil && o.Status != "placed" {
 			return
 		}
 		select {

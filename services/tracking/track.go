@@ -14,9 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/httpx"
 	"github.com/dabba/dabba/shared/postgres"
-	"github.com/dabba/dabba/shared/token"
 )
 
 // Customer socket timing.
@@ -32,7 +32,7 @@ const (
 )
 
 // handleTrack handles "GET /v1/orders/{id}/track": a customer's live view of
-// an order, authorised by its tracking token. On connect it sends the
+// an order, authorised by its tracking token (403 for another order's). On connect it sends the
 // order's status and the rider's latest known position, then every newer
 // fix and status change. A fix older than one sent is never sent.
 //
@@ -40,10 +40,16 @@ const (
 // handler returns once the socket is set up: what remains is one goroutine
 // reading control frames, 512-byte buffers and a ping timer; a writer
 // goroutine exists only while something is being sent.
-func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Signer, sockets *Sockets, times *fixTimes) http.Handler {
+func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, sockets *Sockets, times *fixTimes) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		orderID, ok := trackedOrder(w, r, signer)
-		if !ok {
+		id, err := uuid.Parse(chi.URLParam(r, "id"))
+		if err != nil {
+			httpx.WriteProblem(w, httpx.FieldProblem("id", "must be a UUID"))
+			return
+		}
+		orderID := id.String()
+		if p, _ := auth.From(r.Context()); p.ID != orderID {
+			httpx.WriteProblem(w, auth.Forbidden("this tracking token is for another order"))
 			return
 		}
 		release, err := sockets.Reserve(r)
@@ -62,7 +68,7 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Sign
 		o, err := loadOrder(ctx, db, orderID)
 		var fix Fix
 		var hasFix bool
-		if err == nil && o.RiderID != "" && !finished(o.Status) {
+		if err == nil && o.RiderID != "" && followsRider(o.Status) {
 			fix, hasFix, err = latestFix(ctx, db, hub, orderID, o.RiderID)
 		}
 		cancel()
@@ -108,24 +114,6 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, signer *token.Sign
 			c.CloseNow()
 		}()
 	})
-}
-
-// trackedOrder reads the order id of a customer's request ({id}) and checks
-// the request carries the order's tracking token; otherwise it answers the
-// request (400, 401) and reports false.
-func trackedOrder(w http.ResponseWriter, r *http.Request, signer *token.Signer) (string, bool) {
-	id, err := uuid.Parse(chi.URLParam(r, "id"))
-	if err != nil {
-		httpx.WriteProblem(w, httpx.FieldProblem("id", "must be a UUID"))
-		return "", false
-	}
-	orderID := id.String()
-	if err := signer.VerifyTracking(bearer(r), orderID); err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="tracking"`)
-		httpx.WriteProblem(w, httpx.NewProblem(http.StatusUnauthorized, "a valid tracking token for this order is required"))
-		return "", false
-	}
-	return orderID, true
 }
 
 // latestFix is the newer of what this instance saw and what is stored: an

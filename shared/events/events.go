@@ -24,6 +24,10 @@ const (
 	OrderDelivered     = "order.delivered"
 	OrderCancelled     = "order.cancelled"
 	OrderRiderAssigned = "order.rider_assigned"
+	// OrderRefunded follows order.cancelled when the order had been
+	// charged: the payment service refunded it. It is no status: a
+	// refunded order stays cancelled.
+	OrderRefunded = "order.refunded"
 	// OrderRiderNear: the order's rider, carrying it, first came within
 	// tracking's TRACKING_NEAR_METERS of the delivery address.
 	OrderRiderNear = "order.rider_near"
@@ -37,6 +41,7 @@ const (
 var RoutingKeys = []string{
 	OrderPlaced, OrderPaid, OrderPaymentFailed, OrderAccepted,
 	OrderPickedUp, OrderDelivered, OrderCancelled, OrderRiderAssigned,
+	OrderRefunded,
 	OrderRiderNear, OrderRiderArriving,
 }
 
@@ -123,6 +128,16 @@ type StatusChanged struct {
 	From         string `json:"from"`
 	RestaurantID string `json:"restaurant_id"`
 	Email        string `json:"email"`
+}
+
+// Refunded is the payload of order.refunded, with the same repeated fields
+// as Paid.
+type Refunded struct {
+	RefundID     string `json:"refund_id"`
+	ChargeID     string `json:"charge_id"`
+	AmountCents  int64  `json:"amount_cents"`
+	RestaurantID string `json:"restaurant_id,omitempty"`
+	Email        string `json:"email,omitempty"`
 }
 
 // RiderAssigned is the payload of order.rider_assigned.

@@ -1,11 +1,12 @@
 package httpx
 
 import (
-	"crypto/subtle"
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
@@ -75,6 +76,34 @@ func LimitPerIP(perSecond int) func(http.Handler) http.Handler {
 	}))
 }
 
+// ReadBody reads each request's whole body, at most maxBytes (413 past
+// it), before passing the request on with its body in memory. Put before
+// Shed, it makes a request take an in-flight slot only once it has
+// arrived: a client sending its body slowly holds a connection (until the
+// server's read timeout), never a slot that others wait for.
+func ReadBody(maxBytes int64) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Body == nil || r.Body == http.NoBody {
+				next.ServeHTTP(w, r)
+				return
+			}
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBytes))
+			var tooBig *http.MaxBytesError
+			switch {
+			case errors.As(err, &tooBig):
+				WriteProblem(w, NewProblem(http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", maxBytes)))
+				return
+			case err != nil:
+				WriteProblem(w, NewProblem(http.StatusBadRequest, "could not read body"))
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
 // Shed answers at once with a 503 problem and Retry-After when maxInFlight
 // requests are already being served, instead of letting requests queue for
 // a database connection until they time out: under a burst past what the
@@ -96,28 +125,6 @@ func Shed(maxInFlight int) func(http.Handler) http.Handler {
 				p.RetryAfter = 1
 				WriteProblem(w, p)
 			}
-		})
-	}
-}
-
-// RequireAdmin lets through requests that carry "Authorization: Bearer
-// <token>", the operator's ADMIN_TOKEN, compared in constant time. With no
-// token configured the routes it guards are off: every request gets a 503
-// saying what to set (a 404 would look like a wrong URL).
-func RequireAdmin(token, service string) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if token == "" {
-				WriteProblem(w, NewProblem(http.StatusServiceUnavailable, "operator routes are off: set ADMIN_TOKEN on the "+service+" service"))
-				return
-			}
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="dabba-admin"`)
-				WriteProblem(w, NewProblem(http.StatusUnauthorized, "admin bearer token missing or wrong"))
-				return
-			}
-			next.ServeHTTP(w, r)
 		})
 	}
 }

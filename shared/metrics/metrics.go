@@ -115,7 +115,9 @@ func (s *Set) Handler() http.Handler {
 }
 
 // Middleware times every request by its chi route pattern (never the raw
-// path, which would make a series per order id), method and status.
+// path, which would make a series per order id), method and status, each
+// from a fixed set: what a client sends (a path, a made-up method) never
+// makes a new series, so no client can grow the registry.
 func (s *Set) Middleware(next http.Handler) http.Handler {
 	if s == nil {
 		return next
@@ -133,37 +135,42 @@ func (s *Set) Middleware(next http.Handler) http.Handler {
 				route = p
 			}
 		}
-		s.http.WithLabelValues(route, r.Method, statusLabel(ww.Status())).Observe(time.Since(start).Seconds())
+		s.http.WithLabelValues(route, methodLabel(r.Method), statusLabel(ww.Status())).Observe(time.Since(start).Seconds())
 	})
 }
 
-// statusLabel spells common status codes without allocating.
-func statusLabel(code int) string {
-	switch code {
-	case 0, 200:
-		return "200" // nothing written means 200
-	case 201:
-		return "201"
-	case 202:
-		return "202"
-	case 204:
-		return "204"
-	case 400:
-		return "400"
-	case 404:
-		return "404"
-	case 409:
-		return "409"
-	case 422:
-		return "422"
-	case 429:
-		return "429"
-	case 500:
-		return "500"
-	case 503:
-		return "503"
+// methodLabel is the method, or "other" for one HTTP does not define.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete,
+		http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
 	}
-	return strconv.Itoa(code)
+	return "other"
+}
+
+// statusLabels spells the status codes the services answer with; any other
+// is counted under its class ("4xx"), so the set of labels stays fixed.
+var statusLabels = func() map[int]string {
+	m := map[int]string{}
+	for _, c := range []int{200, 201, 202, 204, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 431, 500, 503} {
+		m[c] = strconv.Itoa(c)
+	}
+	return m
+}()
+
+// statusLabel spells a status code without allocating.
+func statusLabel(code int) string {
+	if code == 0 {
+		return "200" // nothing written means 200
+	}
+	if l, ok := statusLabels[code]; ok {
+		return l
+	}
+	if code >= 100 && code < 600 {
+		return [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}[code/100-1]
+	}
+	return "other"
 }
 
 // Queue is a consumer's counters for one queue, looked up once.

@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -50,6 +51,38 @@ func TestMiddlewareLabelsByRoutePattern(t *testing.T) {
 	}
 	if strings.Contains(out, "0b8e0b9c") || strings.Contains(out, "/nowhere") {
 		t.Error("a raw path became a label")
+	}
+}
+
+// TestMiddlewareLabelsFixed: whatever clients send (made-up methods, any
+// path, handlers answering odd codes), the request metric's label values
+// come from a fixed set: a flood of them cannot grow the registry.
+func TestMiddlewareLabelsFixed(t *testing.T) {
+	s := New()
+	r := chi.NewRouter()
+	r.Use(s.Middleware)
+	r.Get("/v1/orders/{id}", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	r.HandleFunc("/any", func(w http.ResponseWriter, r *http.Request) {})
+	for i := range 500 {
+		for _, req := range []*http.Request{
+			httptest.NewRequest(fmt.Sprintf("M%d", i), "/any", nil),
+			httptest.NewRequest(http.MethodGet, fmt.Sprintf("/v1/orders/%d", i), nil),
+			httptest.NewRequest(fmt.Sprintf("X%d", i), fmt.Sprintf("/nowhere/%d", i), nil),
+		} {
+			r.ServeHTTP(httptest.NewRecorder(), req)
+		}
+	}
+	if n := testutil.CollectAndCount(s.http); n > 5 {
+		t.Fatalf("%d series after 1500 requests of 1000 made-up methods and paths, want a handful:\n%s", n, exposition(t, s))
+	}
+	out := exposition(t, s)
+	for _, want := range []string{
+		HTTPRequestDuration + `_count{method="other",route="unmatched",status="405"} 1000`,
+		HTTPRequestDuration + `_count{method="GET",route="/v1/orders/{id}",status="4xx"} 500`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %s in\n%s", want, out)
+		}
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/auth"
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/config"
 	"github.com/dabba/dabba/shared/httpx"
@@ -41,6 +42,9 @@ type Base struct {
 	// Metrics is this run's registry, served at /metrics; the broker
 	// connection and everything on it record into it.
 	Metrics *metrics.Set
+	// AdminToken (ADMIN_TOKEN) opens what exposes the process's
+	// internals: its profiler, and whatever a service puts behind Admin.
+	AdminToken string
 
 	topology atomic.Bool
 	stop     context.CancelFunc
@@ -78,7 +82,8 @@ func Open(ctx context.Context, name string, getenv func(string) string) (*Base, 
 	m := metrics.New()
 	conn := broker.Dial(env.BrokerURLs(), name, log)
 	conn.Instrument(m)
-	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: conn, Metrics: m, stop: stop, pprof: env.String("DEBUG_PPROF", "") == "1"}
+	b := &Base{Name: name, Env: env, Log: log, DB: db, Broker: conn, Metrics: m, AdminToken: env.String("ADMIN_TOKEN", ""),
+		stop: stop, pprof: env.String("DEBUG_PPROF", "") == "1"}
 	go b.declareTopology(bctx)
 	return b, nil
 }
@@ -143,8 +148,9 @@ func (b *Base) Router() chi.Router {
 	r.Method(http.MethodGet, "/metrics", b.Metrics.Handler())
 	if b.pprof {
 		// Go's profiler, for make bench's profiles: off unless asked for,
-		// since a profile costs CPU and tells a caller much.
-		r.Mount("/debug", middleware.Profiler())
+		// and behind the admin token, since a profile costs CPU and tells
+		// a caller much.
+		r.Mount("/debug", b.Admin(middleware.Profiler()))
 	}
 	r.Method(http.MethodGet, "/healthz", httpx.Healthz())
 	r.Method(http.MethodGet, "/readyz", httpx.Readyz(map[string]httpx.Check{
@@ -166,6 +172,22 @@ func (b *Base) Router() chi.Router {
 	return r
 }
 
+// Admin returns h behind the admin token (auth.Admin).
+func (b *Base) Admin(h http.Handler) http.Handler { return auth.Admin(b.AdminToken, h) }
+
+// Timeouts of every server, so that slow or idle clients cannot hold
+// connections (and their goroutines and buffers) for ever: a request's
+// headers must arrive within ReadHeaderTimeout and the whole request
+// within ReadTimeout (1 MiB, the largest body, at 35 KB/s), and a
+// keep-alive connection with nothing to do is closed after IdleTimeout.
+// There is no write timeout: a WebSocket's writes are bounded by the
+// handler, per message, and a hijacked connection loses these deadlines.
+const (
+	ReadHeaderTimeout = 5 * time.Second
+	ReadTimeout       = 30 * time.Second
+	IdleTimeout       = 2 * time.Minute
+)
+
 // Serve serves h on addr until ctx is done, then shuts down, giving requests
 // in flight up to 10 seconds. ready, if not nil, receives the bound address
 // (useful with ":0" in tests).
@@ -174,7 +196,7 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *zap.Logger, re
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 64 << 10}
+	srv := NewServer(h)
 	log.Info("listening", zap.String("addr", ln.Addr().String()))
 	if ready != nil {
 		ready <- ln.Addr().String()
@@ -192,6 +214,13 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *zap.Logger, re
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// NewServer returns the server Serve serves h with: its timeouts, and
+// headers of at most 64 KiB.
+func NewServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: ReadHeaderTimeout, ReadTimeout: ReadTimeout, IdleTimeout: IdleTimeout,
+		MaxHeaderBytes: 64 << 10}
 }
 
 // Healthcheck is the "healthcheck" subcommand every binary answers, for

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -17,6 +18,7 @@ import (
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/config"
 	"github.com/dabba/dabba/shared/postgres"
+	"github.com/dabba/dabba/shared/token"
 )
 
 // Env is the process environment as a config.Env.
@@ -111,4 +113,16 @@ func Getenv(overrides map[string]string) func(string) string {
 		}
 		return os.Getenv(k)
 	}
+}
+
+// MustToken returns a token of role (a token audience) for sub, valid for
+// an hour, signed with secret: a test's caller of a service run with that
+// TOKEN_SECRET.
+func MustToken(tb testing.TB, secret, role, sub string) string {
+	tb.Helper()
+	tok, err := token.NewSigner([]byte(secret)).Mint(role, sub, time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
 }

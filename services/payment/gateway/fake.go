@@ -37,11 +37,13 @@ type FakeConfig struct {
 // FakeStats counts what the fake received, so fault tests can prove that
 // failures were injected and retried.
 type FakeStats struct {
-	Requests         int `json:"requests"`          // charge requests that passed validation
+	Requests         int `json:"requests"`          // charge and refund requests that passed validation
 	InjectedFailures int `json:"injected_failures"` // answered 503
-	Replays          int `json:"replays"`           // answered from an earlier charge with the same key
+	Replays          int `json:"replays"`           // answered from an earlier charge or refund with the same key
 	Conflicts        int `json:"conflicts"`         // key in flight (409) or reused for another body (422)
 	Charges          int `json:"charges"`           // charges created
+	Refunds          int `json:"refunds"`           // refunds created
+	Voids            int `json:"voids"`             // keys voided before any charge
 }
 
 // Fake is an in-memory payment provider. Like real providers it honours
@@ -60,7 +62,17 @@ type Fake struct {
 	byKey    map[string]*record
 	keys     []string // in arrival order: listing and eviction
 	inflight map[string]bool
+	voided   map[string]bool   // charge keys voided before any charge
+	byCharge map[string]string // charge id → its key
+	refunds  map[string]*refundRecord
+	refundOf map[string]string // charge id → the key of its refund
+	rkeys    []string          // refund keys in arrival order
 	stats    FakeStats
+}
+
+type refundRecord struct {
+	req    RefundRequest
+	refund Refund
 }
 
 type record struct {
@@ -75,10 +87,14 @@ func NewFake(cfg FakeConfig) *Fake {
 		src = rand.NewPCG(rand.Uint64(), rand.Uint64())
 	}
 	cfg.Rand = nil
-	f := &Fake{cfg: cfg, rng: rand.New(src), byKey: map[string]*record{}, inflight: map[string]bool{}}
+	f := &Fake{cfg: cfg, rng: rand.New(src), byKey: map[string]*record{}, inflight: map[string]bool{}, voided: map[string]bool{},
+		byCharge: map[string]string{}, refunds: map[string]*refundRecord{}, refundOf: map[string]string{}}
 	f.mux = http.NewServeMux()
 	f.mux.HandleFunc("POST /v1/charges", f.handleCharge)
 	f.mux.HandleFunc("GET /v1/charges", f.handleList)
+	f.mux.HandleFunc("POST /v1/charges/void", f.handleVoid)
+	f.mux.HandleFunc("POST /v1/refunds", f.handleRefund)
+	f.mux.HandleFunc("GET /v1/refunds", f.handleRefunds)
 	f.mux.HandleFunc("GET /v1/admin/config", f.handleConfigGet)
 	f.mux.HandleFunc("PUT /v1/admin/config", f.handleConfigPut)
 	f.mux.HandleFunc("GET /v1/admin/stats", f.handleStats)
@@ -91,6 +107,9 @@ func NewFake(cfg FakeConfig) *Fake {
 //
 //	POST /v1/charges             charge; Idempotency-Key header required
 //	GET  /v1/charges[?order_id=] the charges made, oldest first
+//	POST /v1/charges/void        {"idempotency_key"}: never charge with it, or the charge made with it
+//	POST /v1/refunds             refund a charge in full; Idempotency-Key header required
+//	GET  /v1/refunds[?order_id=] the refunds made, oldest first
 //	GET  /v1/admin/config        the current fail_rate, latency_ms, decline_amount_cents
 //	PUT  /v1/admin/config        change any of them at runtime
 //	GET  /v1/admin/stats         FakeStats
@@ -101,10 +120,16 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) { f.mux.ServeHT
 func (f *Fake) Charges(orderID string) []Charge {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := []Charge{}
-	for _, k := range f.keys {
-		if c := f.byKey[k].charge; orderID == "" || c.OrderID == orderID {
-			out = append(out, c)
+	return ofOrder(f.keys, func(k string) (Charge, string) { c := f.byKey[k].charge; return c, c.OrderID }, orderID)
+}
+
+// ofOrder returns what each of keys names (by get, with its order), in
+// their order, for orderID or for every order when it is "".
+func ofOrder[T any](keys []string, get func(key string) (T, string), orderID string) []T {
+	out := []T{}
+	for _, k := range keys {
+		if v, o := get(k); orderID == "" || o == orderID {
+			out = append(out, v)
 		}
 	}
 	return out
@@ -115,6 +140,13 @@ func (f *Fake) Stats() FakeStats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.stats
+}
+
+// Refunds returns the refunds made for orderID ("" for all), oldest first.
+func (f *Fake) Refunds(orderID string) []Refund {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return ofOrder(f.rkeys, func(k string) (Refund, string) { r := f.refunds[k].refund; return r, r.OrderID }, orderID)
 }
 
 // SetFailRate changes the probability of a 503 from the next request on.
@@ -133,15 +165,12 @@ func (f *Fake) SetLatency(d time.Duration) {
 
 // handleCharge handles "POST /v1/charges".
 func (f *Fake) handleCharge(w http.ResponseWriter, r *http.Request) {
-	key := r.Header.Get("Idempotency-Key")
-	if key == "" || len(key) > 255 {
-		writeError(w, http.StatusBadRequest, "an Idempotency-Key header of 1 to 255 characters is required")
+	key, ok := idempotencyKey(w, r)
+	if !ok {
 		return
 	}
 	var req ChargeRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || dec.Decode(&struct{}{}) != io.EOF {
+	if !decode(w, r, &req) {
 		writeError(w, http.StatusBadRequest, "body must be one JSON object {order_id, amount_cents, currency}")
 		return
 	}
@@ -150,6 +179,17 @@ func (f *Fake) handleCharge(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	f.process(w, key, func() answer { return f.settle(key, req) })
+}
+
+// process answers a request that charges or refunds with key: a 409 while
+// another with the same key is in flight; otherwise, once the configured
+// latency has passed, an injected failure (FailRate) or settle's answer.
+// settle runs under f.mu, the lock under which the key leaves the
+// in-flight set, so a retry sent the moment the answer arrives sees what
+// settle recorded; it returns the answer rather than writing it, so no
+// client is written to under the lock.
+func (f *Fake) process(w http.ResponseWriter, key string, settle func() answer) {
 	f.mu.Lock()
 	f.stats.Requests++
 	if f.inflight[key] {
@@ -166,7 +206,16 @@ func (f *Fake) handleCharge(w http.ResponseWriter, r *http.Request) {
 	// it started, which is what makes idempotency keys necessary.
 	time.Sleep(latency)
 
-	a := f.settle(key, req)
+	f.mu.Lock()
+	delete(f.inflight, key)
+	var a answer
+	if f.rng.Float64() < f.cfg.FailRate {
+		f.stats.InjectedFailures++
+		a = answer{status: http.StatusServiceUnavailable, body: errorBody("provider unavailable (injected failure)")}
+	} else {
+		a = settle()
+	}
+	f.mu.Unlock()
 	if a.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
@@ -182,18 +231,11 @@ type answer struct {
 	replayed bool
 }
 
-// settle decides a charge request once its latency has passed: an injected
-// failure, a replay, a conflict, or a new charge. It returns the answer
-// rather than writing it, so no client is written to under the lock. The
-// key leaves the in-flight set here, under the same lock that records the
-// charge, so a retry sent the moment the answer arrives sees the charge.
+// settle decides a charge request (process's settle): a key voided, a
+// replay, a conflict, or a new charge.
 func (f *Fake) settle(key string, req ChargeRequest) answer {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.inflight, key)
-	if f.rng.Float64() < f.cfg.FailRate {
-		f.stats.InjectedFailures++
-		return answer{status: http.StatusServiceUnavailable, body: errorBody("provider unavailable (injected failure)")}
+	if f.voided[key] {
+		return answer{status: http.StatusGone, body: errorBody("this Idempotency-Key was voided: no charge will be made with it")}
 	}
 	if prev, ok := f.byKey[key]; ok {
 		if prev.req != req {
@@ -209,13 +251,113 @@ func (f *Fake) settle(key string, req ChargeRequest) answer {
 		c.Status = StatusDeclined
 	}
 	f.byKey[key] = &record{req: req, charge: c}
+	f.byCharge[c.ID] = key
 	f.keys = append(f.keys, key)
 	if len(f.keys) > maxCharges {
+		delete(f.byCharge, f.byKey[f.keys[0]].charge.ID)
 		delete(f.byKey, f.keys[0])
 		f.keys = f.keys[1:]
 	}
 	f.stats.Charges++
 	return answer{status: chargeStatus(c, http.StatusCreated), body: c}
+}
+
+// handleVoid handles "POST /v1/charges/void": after it, no charge is made
+// with the key; or, if one was, the answer is that charge (the merchant
+// refunds it). A charge with the key still in flight is 409: ask again.
+func (f *Fake) handleVoid(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		IdempotencyKey string `json:"idempotency_key"`
+	}
+	if !decode(w, r, &body) || body.IdempotencyKey == "" {
+		writeError(w, http.StatusBadRequest, `body must be one JSON object {"idempotency_key"}`)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch prev, charged := f.byKey[body.IdempotencyKey]; {
+	case f.inflight[body.IdempotencyKey]:
+		f.stats.Conflicts++
+		writeError(w, http.StatusConflict, "a charge with this Idempotency-Key is still being processed")
+	case charged:
+		writeJSON(w, http.StatusOK, Void{Charge: &prev.charge})
+	default:
+		if !f.voided[body.IdempotencyKey] {
+			f.voided[body.IdempotencyKey] = true
+			f.stats.Voids++
+		}
+		writeJSON(w, http.StatusOK, Void{Voided: true})
+	}
+}
+
+// handleRefund handles "POST /v1/refunds": a succeeded charge is refunded
+// in full, once per key (the same key and body get the same refund) and
+// once per charge (another key for a refunded charge is 422).
+func (f *Fake) handleRefund(w http.ResponseWriter, r *http.Request) {
+	key, ok := idempotencyKey(w, r)
+	if !ok {
+		return
+	}
+	var req RefundRequest
+	if !decode(w, r, &req) || req.ChargeID == "" || req.AmountCents <= 0 || len(req.Currency) != 3 {
+		writeError(w, http.StatusBadRequest, "body must be one JSON object {charge_id, order_id, amount_cents > 0, currency}")
+		return
+	}
+	f.process(w, key, func() answer { return f.settleRefund(key, req) })
+}
+
+// settleRefund decides a refund request (process's settle).
+func (f *Fake) settleRefund(key string, req RefundRequest) answer {
+	if prev, ok := f.refunds[key]; ok {
+		if prev.req != req {
+			f.stats.Conflicts++
+			return answer{status: http.StatusUnprocessableEntity, body: errorBody("Idempotency-Key already used for a different refund")}
+		}
+		f.stats.Replays++
+		return answer{status: http.StatusOK, body: prev.refund, replayed: true}
+	}
+	charge, ok := f.byKey[f.byCharge[req.ChargeID]]
+	switch {
+	case !ok || charge.charge.OrderID != req.OrderID:
+		return answer{status: http.StatusUnprocessableEntity, body: errorBody("no such charge for this order")}
+	case charge.charge.Status != StatusSucceeded:
+		return answer{status: http.StatusUnprocessableEntity, body: errorBody("only a succeeded charge can be refunded")}
+	case f.refundOf[req.ChargeID] != "":
+		return answer{status: http.StatusUnprocessableEntity, body: errorBody("this charge is refunded already")}
+	case req.AmountCents != charge.charge.AmountCents || req.Currency != charge.charge.Currency:
+		return answer{status: http.StatusUnprocessableEntity, body: errorBody("a refund is of the whole charge")}
+	}
+	rf := Refund{ID: "re_" + crand.Text()[:16], ChargeID: req.ChargeID, OrderID: req.OrderID, AmountCents: req.AmountCents,
+		Currency: req.Currency, Status: StatusSucceeded, IdempotencyKey: key, CreatedAt: time.Now().UTC()}
+	f.refunds[key] = &refundRecord{req: req, refund: rf}
+	f.refundOf[req.ChargeID] = key
+	f.rkeys = append(f.rkeys, key)
+	f.stats.Refunds++
+	return answer{status: http.StatusCreated, body: rf}
+}
+
+// handleRefunds handles "GET /v1/refunds".
+func (f *Fake) handleRefunds(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, f.Refunds(r.URL.Query().Get("order_id")))
+}
+
+// idempotencyKey returns the request's Idempotency-Key, or answers 400
+// and reports false when it has none (or one over 255 characters).
+func idempotencyKey(w http.ResponseWriter, r *http.Request) (string, bool) {
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" || len(key) > 255 {
+		writeError(w, http.StatusBadRequest, "an Idempotency-Key header of 1 to 255 characters is required")
+		return "", false
+	}
+	return key, true
+}
+
+// decode reads one JSON object of at most 16 KiB into v, unknown fields
+// refused; it reports whether it could.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<10))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v) == nil && dec.Decode(&struct{}{}) == io.EOF
 }
 
 func validate(req ChargeRequest) string {

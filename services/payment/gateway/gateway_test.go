@@ -291,3 +291,105 @@ func listCharges(tb testing.TB, url, order string) []Charge {
 	}
 	return out
 }
+
+func TestRefundsAndVoids(t *testing.T) {
+	ctx := context.Background()
+	f, c, url := MustFake(t, FakeConfig{DeclineAmountCents: 13})
+
+	t.Run("RefundOncePerKeyAndPerCharge", func(t *testing.T) {
+		ch, err := c.Charge(ctx, req("o1", 900), "o1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rr := RefundRequest{ChargeID: ch.ID, OrderID: "o1", AmountCents: 900, Currency: "INR"}
+		a, err := c.Refund(ctx, rr, "refund-o1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := c.Refund(ctx, rr, "refund-o1")
+		if err != nil || a.ID == "" || b.ID != a.ID || a.Status != StatusSucceeded || a.AmountCents != 900 {
+			t.Fatalf("refund %+v, again %+v (%v)", a, b, err)
+		}
+		if _, err := c.Refund(ctx, rr, "another-key"); !errors.Is(err, ErrRejected) {
+			t.Fatalf("a second refund of one charge: %v, want ErrRejected", err)
+		}
+		if got := f.Refunds("o1"); len(got) != 1 {
+			t.Fatalf("%d refunds of o1, want 1", len(got))
+		}
+		var listed []Refund
+		if code, body := do(t, mustGet(t, url+"/v1/refunds?order_id=o1")); code != 200 || json.Unmarshal([]byte(body), &listed) != nil || len(listed) != 1 {
+			t.Fatalf("GET /v1/refunds = %d %s", code, body)
+		}
+	})
+	t.Run("ErrRefundDeclinedOrPartial", func(t *testing.T) {
+		declined, _ := c.Charge(ctx, req("o2", 13), "o2")
+		if _, err := c.Refund(ctx, RefundRequest{ChargeID: declined.ID, OrderID: "o2", AmountCents: 13, Currency: "INR"}, "refund-o2"); !errors.Is(err, ErrRejected) {
+			t.Fatalf("refund of a declined charge: %v", err)
+		}
+		ch, _ := c.Charge(ctx, req("o3", 900), "o3")
+		if _, err := c.Refund(ctx, RefundRequest{ChargeID: ch.ID, OrderID: "o3", AmountCents: 400, Currency: "INR"}, "refund-o3"); !errors.Is(err, ErrRejected) {
+			t.Fatalf("a partial refund: %v", err)
+		}
+	})
+	t.Run("VoidBeforeCharge", func(t *testing.T) {
+		v, err := c.Void(ctx, "o4")
+		if err != nil || !v.Voided || v.Charge != nil {
+			t.Fatalf("void = %+v, %v", v, err)
+		}
+		if v, err := c.Void(ctx, "o4"); err != nil || !v.Voided {
+			t.Fatalf("void again = %+v, %v", v, err)
+		}
+		if _, err := c.Charge(ctx, req("o4", 900), "o4"); !errors.Is(err, ErrVoided) {
+			t.Fatalf("charge with a voided key: %v, want ErrVoided", err)
+		}
+		if n := len(f.Charges("o4")); n != 0 {
+			t.Fatalf("%d charges with a voided key", n)
+		}
+	})
+	t.Run("VoidAfterChargeReturnsIt", func(t *testing.T) {
+		ch, _ := c.Charge(ctx, req("o5", 900), "o5")
+		v, err := c.Void(ctx, "o5")
+		if err != nil || v.Voided || v.Charge == nil || v.Charge.ID != ch.ID {
+			t.Fatalf("void of a charged key = %+v, %v; want the charge %s", v, err, ch.ID)
+		}
+	})
+}
+
+func mustGet(t *testing.T, url string) *http.Request {
+	t.Helper()
+	r, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestClientChecksTheAnswer: only an answer that says succeeded, for the
+// order, amount and currency asked, is a charge.
+func TestClientChecksTheAnswer(t *testing.T) {
+	tests := []struct {
+		name   string
+		answer string
+		want   error
+	}{
+		{"OK", `{"id":"ch_1","order_id":"o1","amount_cents":900,"currency":"INR","status":"succeeded"}`, nil},
+		{"ErrOtherAmount", `{"id":"ch_1","order_id":"o1","amount_cents":901,"currency":"INR","status":"succeeded"}`, ErrMismatch},
+		{"ErrOtherOrder", `{"id":"ch_1","order_id":"o2","amount_cents":900,"currency":"INR","status":"succeeded"}`, ErrMismatch},
+		{"ErrOtherCurrency", `{"id":"ch_1","order_id":"o1","amount_cents":900,"currency":"USD","status":"succeeded"}`, ErrMismatch},
+		{"ErrNotFinal", `{"id":"ch_1","order_id":"o1","amount_cents":900,"currency":"INR","status":"pending"}`, ErrUnavailable},
+		{"ErrNoStatus", `{"id":"ch_1","order_id":"o1","amount_cents":900,"currency":"INR"}`, ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusCreated)
+				_, _ = io.WriteString(w, tt.answer)
+			}))
+			defer srv.Close()
+			_, err := NewClient(srv.URL, srv.Client()).Charge(context.Background(), req("o1", 900), "o1")
+			if (tt.want == nil) != (err == nil) || (tt.want != nil && !errors.Is(err, tt.want)) {
+				t.Fatalf("Charge = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
