@@ -18,7 +18,7 @@ FAULT_PKGS = $(shell grep -rl --include='*_test.go' DABBA_FAULTS . | xargs -r -n
 # How long `make fuzz` gives each fuzz target.
 FUZZTIME ?= 20s
 
-.PHONY: run demo test test-faults bench bench-quick deps build vet fmt fuzz definitions clean
+.PHONY: run demo test test-faults bench bench-quick deps build vet fmt fuzz definitions page clean
 
 ## run: start PostgreSQL and RabbitMQ if needed, then every service, until Ctrl-C
 run: deps build
@@ -56,6 +56,10 @@ build:
 ## definitions: regenerate services/rabbitmq/definitions.json from shared/broker's topology table
 definitions:
 	$(GO) generate ./services/dabba
+
+## page: rebuild the tracking page's script and style sheet (Leaflet bundled in) from services/tracking/web-src; the result is committed, so go build needs no npm
+page:
+	cd services/tracking/web-src && npm ci && npm run build
 
 ## vet: gofmt and go vet
 vet:

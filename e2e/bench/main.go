@@ -78,6 +78,19 @@ const benchSecret = "bench-secret-of-at-least-32-bytes"
 // benchAdminToken opens the services' /stats and /debug/pprof.
 const benchAdminToken = "bench-admin-token"
 
+// benchEnv is the bench stack's environment, over the bench's own.
+var benchEnv = map[string]string{
+	"TOKEN_SECRET":              benchSecret,
+	"ADMIN_TOKEN":               benchAdminToken,
+	"LOG_LEVEL":                 "warn",
+	"LOG_FORMAT":                "json",
+	"ORDERS_RATE_PER_IP":        "0", // one load generator is one address
+	"TRACKING_MAX_CONNS_PER_IP": "0",
+	"EMAIL_RATE_PER_MINUTE":     "6000000", // see the report: the real limit is a business rule
+	"GATEWAY_LATENCY":           "5ms",
+	"DEBUG_PPROF":               "1", // the stack serves /debug/pprof for DABBA_BENCH_PPROF
+}
+
 // steps are the bench's steps, in the order they run.
 var steps = []string{
 	"ceilings", // first: every later figure is stated beside them
@@ -222,17 +235,7 @@ func run(ctx context.Context, sz sizes, opt options) error {
 		return err
 	}
 	defer logs.Close()
-	s, err := stack.Start(ctx, svcs, bin, stack.Environ(map[string]string{
-		"TOKEN_SECRET":              benchSecret,
-		"ADMIN_TOKEN":               benchAdminToken,
-		"LOG_LEVEL":                 "warn",
-		"LOG_FORMAT":                "json",
-		"ORDERS_RATE_PER_IP":        "0", // one load generator is one address
-		"TRACKING_MAX_CONNS_PER_IP": "0",
-		"EMAIL_RATE_PER_MINUTE":     "6000000", // see the report: the real limit is a business rule
-		"GATEWAY_LATENCY":           "5ms",
-		"DEBUG_PPROF":               "1", // the stack serves /debug/pprof for DABBA_BENCH_PPROF
-	}), logs)
+	s, err := stack.Start(ctx, svcs, bin, stack.Environ(benchEnv), logs)
 	if err != nil {
 		return fmt.Errorf("start the stack: %w (logs in %s)", err, logs.Name())
 	}

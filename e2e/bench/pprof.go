@@ -18,6 +18,12 @@ import (
 // answers 404 does not serve one and is skipped. Profiling costs CPU, so
 // the hold's CPU figures of a profiled run are a little high.
 func (b *bench) profile(ctx context.Context) <-chan struct{} {
+	return b.profileFor(ctx, min(10*time.Second, b.sz.Hold), "")
+}
+
+// profileFor is profile for a step of another length: profiles of up to d,
+// in files named after the service and tag.
+func (b *bench) profileFor(ctx context.Context, d time.Duration, tag string) <-chan struct{} {
 	done := make(chan struct{})
 	if !b.pprof {
 		close(done)
@@ -31,14 +37,14 @@ func (b *bench) profile(ctx context.Context) <-chan struct{} {
 		close(done)
 		return done
 	}
-	seconds := max(1, int(min(10*time.Second, b.sz.Hold).Seconds()))
+	seconds := max(1, int(d.Seconds()))
 	var mu sync.Mutex
 	var got, skipped []string
 	var wg sync.WaitGroup
 	for _, p := range b.stack.Procs {
 		wg.Go(func() {
 			err := fetchProfile(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.Addr, seconds),
-				filepath.Join(dir, p.Name+".pprof"))
+				filepath.Join(dir, p.Name+tag+".pprof"))
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -57,7 +63,7 @@ func (b *bench) profile(ctx context.Context) <-chan struct{} {
 			return
 		}
 		fmt.Printf("bench: %d s CPU profiles of %s in %s (go tool pprof %s)\n", seconds, strings.Join(got, ", "), dir,
-			filepath.Join(dir, got[0]+".pprof"))
+			filepath.Join(dir, got[0]+tag+".pprof"))
 		if len(skipped) > 0 {
 			fmt.Printf("bench: no CPU profile from %s\n", strings.Join(skipped, ", "))
 		}

@@ -68,21 +68,7 @@ type Results struct {
 		EmailAtDefaultLimit float64 `json:"email_drain_at_25_per_min_h"`
 	} `json:"burst"`
 
-	Locations struct {
-		Riders       int     `json:"riders"`
-		Customers    int     `json:"customers"`
-		OfferedPerS  float64 `json:"fixes_offered_per_s"`
-		IngestedPerS float64 `json:"fixes_ingested_per_s"`
-		Refused      int64   `json:"fixes_refused"` // error frames: rate limit, broker away
-		// Closed counts rider sockets the service closed during the run
-		// (a rider too slow to read its error frames, say): a rider app
-		// would reconnect; the bench stops that rider and goes on.
-		Closed            int64   `json:"rider_sockets_closed"`
-		Latency           Lat     `json:"rider_to_customer_latency"`
-		Stale             int64   `json:"dropped_stale"`
-		Coalesced         int64   `json:"dropped_coalesced"`
-		FractionOfCeiling float64 `json:"fraction_of_transient_ceiling"`
-	} `json:"locations"`
+	Locations LocationResults `json:"locations"`
 
 	Memory struct {
 		PeakRSSKiB         map[string]int64 `json:"peak_rss_kib"`
@@ -196,11 +182,7 @@ func (r *Results) print(w io.Writer) {
 		fmt.Fprintf(tw, "burst: e-mail at the default 25/min limit\t%.1f h\t\t\n", bu.EmailAtDefaultLimit)
 	}
 	if ran("locations") {
-		l := r.Locations
-		fmt.Fprintf(tw, "locations: %d riders, %d customers: fixes ingested\t%.0f/s of %.0f/s offered\t%.0f msg/s (transient)\t%.0f%%\n",
-			l.Riders, l.Customers, l.IngestedPerS, l.OfferedPerS, c.RabbitTransientPerS, 100*l.FractionOfCeiling)
-		fmt.Fprintf(tw, "locations: rider → customer\t%s\t\t\n", l.Latency)
-		fmt.Fprintf(tw, "locations: refused / stale / coalesced / rider sockets closed\t%d / %d / %d / %d\t\t\n", l.Refused, l.Stale, l.Coalesced, l.Closed)
+		r.Locations.print(tw, c.RabbitTransientPerS)
 	}
 	m := r.Memory
 	if ran("memory") {

@@ -59,6 +59,7 @@ func newConsumer(log *zap.Logger, db *pgxpool.Pool, limiter *rate.Limiter, sende
 		consumer.On(events.OrderDelivered, mailer(limiter, sender, r, func(p events.StatusChanged) string { return p.Email })),
 		consumer.On(events.OrderCancelled, mailer(limiter, sender, r, func(p events.StatusChanged) string { return p.Email })),
 		consumer.On(events.OrderRefunded, mailer(limiter, sender, r, func(p events.Refunded) string { return p.Email })),
+		consumer.On(events.OrderRiderNear, mailer(limiter, sender, r, func(p events.RiderNear) string { return p.Email })),
 	)
 	// A handler waits for a send slot per mail: give a batch the time its
 	// slots take, plus a send's.
@@ -149,6 +150,8 @@ func set(data *mailData, payload any) {
 		data.Paid = p
 	case events.PaymentFailed:
 		data.Failed = p
+	case events.RiderNear:
+		data.Near = p
 	case events.StatusChanged:
 		data.Status = p
 	case events.Refunded:

@@ -163,6 +163,8 @@ func TestHandleOrderEmail(t *testing.T) {
 			// events.Paid alone: the address of the order.placed mail.
 			{"PaidWithoutAddress", testenv.Delivery(t, broker.QueueEmail, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_7", AmountCents: 1350}), "Payment received", "ch_7"},
 			{"PaymentFailed", testenv.Delivery(t, broker.QueueEmail, events.OrderPaymentFailed, orderID, events.PaymentFailed{Reason: "card declined"}), "Payment failed", "card declined"},
+			{"RiderNear", testenv.Delivery(t, broker.QueueEmail, events.OrderRiderNear, orderID, events.RiderNear{RiderID: "r-7", DistanceM: 247.6, Email: "first@example.com"}),
+				"almost there", "about 250 m away"},
 			{"Delivered", testenv.Delivery(t, broker.QueueEmail, events.OrderDelivered, orderID, events.StatusChanged{Status: "delivered", From: "picked_up", Email: "first@example.com"}),
 				"delivered", "Enjoy your meal"},
 			{"Cancelled", testenv.Delivery(t, broker.QueueEmail, events.OrderCancelled, orderID, events.StatusChanged{Status: "cancelled", From: "paid", Email: "first@example.com"}),

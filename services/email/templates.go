@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"embed"
 	"fmt"
+	"math"
 	"text/template"
 
 	"github.com/dabba/dabba/shared/events"
@@ -25,6 +26,7 @@ type mailData struct {
 	Failed   events.PaymentFailed
 	Status   events.StatusChanged
 	Refunded events.Refunded
+	Near     events.RiderNear
 }
 
 // Renderer renders the text e-mail for an event.
@@ -37,11 +39,12 @@ func NewRenderer() (*Renderer, error) {
 	funcs := template.FuncMap{
 		"money":     money,
 		"lineTotal": func(it events.Item) string { return money(int64(it.Quantity) * it.UnitPriceCents) },
+		"meters":    meters,
 	}
 	r := &Renderer{byKind: map[string]*template.Template{}}
 	// The event types customers hear about: the email queue's bindings.
 	for _, kind := range []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered,
-		events.OrderCancelled, events.OrderRefunded} {
+		events.OrderCancelled, events.OrderRefunded, events.OrderRiderNear} {
 		t, err := template.New(kind).Funcs(funcs).Option("missingkey=error").ParseFS(templateFS, "templates/"+kind+".tmpl")
 		if err != nil {
 			return nil, fmt.Errorf("parse %s template: %w", kind, err)
@@ -75,4 +78,10 @@ func money(cents int64) string {
 		sign, cents = "-", -cents
 	}
 	return fmt.Sprintf("%sINR %d.%02d", sign, cents/100, cents%100)
+}
+
+// meters writes a distance as a customer reads it: "250 m", rounded to
+// tens of metres (a GPS fix is no more precise).
+func meters(m float64) string {
+	return fmt.Sprintf("%d m", int(math.Round(m/10))*10)
 }

@@ -16,8 +16,9 @@ import (
 )
 
 // newConsumer records a notification for the order's restaurant for each
-// order.placed, order.paid, order.cancelled and order.refunded, keyed by
-// the event id: the notifications are their own inbox.
+// order.placed, order.paid, order.cancelled, order.refunded and
+// order.rider_arriving (the rider is about to come for it), keyed by the
+// event id: the notifications are their own inbox.
 func newConsumer(log *zap.Logger, db *pgxpool.Pool) *consumer.Consumer {
 	return consumer.New(broker.QueueRestaurant, db, log,
 		consumer.On(events.OrderPlaced, func(ctx context.Context, tx pgx.Tx, batch []consumer.Event[events.Placed]) error {
@@ -49,6 +50,13 @@ func newConsumer(log *zap.Logger, db *pgxpool.Pool) *consumer.Consumer {
 			rows := make([]notification, len(batch))
 			for i, e := range batch {
 				rows[i] = notification{e.ID, e.OrderID, e.Type, e.Data.RestaurantID, &e.Data.AmountCents, e.Fail}
+			}
+			return notify(ctx, tx, rows)
+		}),
+		consumer.On(events.OrderRiderArriving, func(ctx context.Context, tx pgx.Tx, batch []consumer.Event[events.RiderArriving]) error {
+			rows := make([]notification, len(batch))
+			for i, e := range batch {
+				rows[i] = notification{e.ID, e.OrderID, e.Type, e.Data.RestaurantID, nil, e.Fail}
 			}
 			return notify(ctx, tx, rows)
 		}),

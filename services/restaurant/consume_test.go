@@ -35,12 +35,13 @@ func TestHandleRestaurantEvent(t *testing.T) {
 		paid := testenv.Delivery(t, broker.QueueRestaurant, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_1", AmountCents: 500, RestaurantID: restaurant})
 		paidBare := testenv.Delivery(t, broker.QueueRestaurant, events.OrderPaid, orderID, events.Paid{ChargeID: "ch_1", AmountCents: 500})
 		cancelled := testenv.Delivery(t, broker.QueueRestaurant, events.OrderCancelled, orderID, events.StatusChanged{Status: "cancelled", From: "paid", RestaurantID: restaurant})
-		for _, d := range []broker.Delivery{placed, placed, paid, paidBare, paidBare, cancelled, cancelled} {
+		arriving := testenv.Delivery(t, broker.QueueRestaurant, events.OrderRiderArriving, orderID, events.RiderArriving{RiderID: "r-7", RestaurantID: restaurant, DistanceM: 240})
+		for _, d := range []broker.Delivery{placed, placed, paid, paidBare, paidBare, arriving, arriving, cancelled, cancelled} {
 			if err := h(ctx, d); err != nil {
 				t.Fatalf("%s: %v", d.RoutingKey, err)
 			}
 		}
-		for event, want := range map[string]int{events.OrderPlaced: 1, events.OrderPaid: 2, events.OrderCancelled: 1} {
+		for event, want := range map[string]int{events.OrderPlaced: 1, events.OrderPaid: 2, events.OrderRiderArriving: 1, events.OrderCancelled: 1} {
 			if n := count(t, restaurant, event); n != want {
 				t.Errorf("%d %s notifications, want %d", n, event, want)
 			}

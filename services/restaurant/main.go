@@ -1,7 +1,9 @@
 // Command restaurant keeps the restaurant-side feed: it consumes the
-// restaurant-notify queue (order.placed, order.paid, order.cancelled), records
-// one notification per event for the order's restaurant, and serves the feed
-// at GET /v1/restaurants/{id}/orders to the restaurant and operators.
+// restaurant-notify queue (order.placed, order.paid, order.cancelled,
+// order.refunded, order.rider_arriving), records one notification per event
+// for the order's restaurant, and serves the feed at
+// GET /v1/restaurants/{id}/orders to the restaurant and operators. It keeps
+// each restaurant's record (where it is) at /v1/restaurants/{id}.
 package main
 
 import (

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,3 +165,80 @@ func TestRun(t *testing.T) {
 		}
 	})
 }
+
+func TestRestaurantRecord(t *testing.T) {
+	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": recordSecret})
+	id := "r-" + uuid.NewString()
+	signer := token.NewSigner([]byte(recordSecret))
+	ops, _ := signer.Mint(token.AudienceOps, "op-1", time.Hour)
+	own, _ := signer.Mint(token.AudienceRestaurant, id, time.Hour)
+	other, _ := signer.Mint(token.AudienceRestaurant, "r-someone-else", time.Hour)
+	customer, _ := signer.Mint(token.AudienceCustomer, "c-1", time.Hour)
+	put := func(token, body string) (int, Restaurant, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPut, base+"/v1/restaurants/"+id, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var rec Restaurant
+		_ = json.Unmarshal(b, &rec)
+		return resp.StatusCode, rec, string(b)
+	}
+	t.Run("ErrNoToken", func(t *testing.T) {
+		if code, _, b := put("", `{"name":"Thali House","lat":19.02,"lng":72.85}`); code != http.StatusUnauthorized {
+			t.Fatalf("no token: %d %s", code, b)
+		}
+		if code, _, b := put("wrong", `{"name":"Thali House","lat":19.02,"lng":72.85}`); code != http.StatusUnauthorized {
+			t.Fatalf("wrong token: %d %s", code, b)
+		}
+		for name, tok := range map[string]string{"another restaurant's": other, "a customer's": customer} {
+			if code, _, b := put(tok, `{"name":"Thali House","lat":19.02,"lng":72.85}`); code != http.StatusForbidden {
+				t.Errorf("%s token: %d %s, want 403", name, code, b)
+			}
+		}
+	})
+	t.Run("ErrInvalid", func(t *testing.T) {
+		for field, body := range map[string]string{
+			"name": `{"lat":19,"lng":72}`, "lat": `{"name":"x","lat":91,"lng":72}`, "lng": `{"name":"x","lat":19}`,
+		} {
+			if code, _, b := put(ops, body); code != http.StatusBadRequest || !strings.Contains(b, `"field":"`+field+`"`) {
+				t.Errorf("%s: %d %s, want a 400 naming %s", body, code, b, field)
+			}
+		}
+	})
+	t.Run("OK", func(t *testing.T) {
+		for _, w := range []struct{ tok, name string }{{own, "Thali House"}, {ops, "Thali House (moved)"}} {
+			tok, name := w.tok, w.name
+			if code, rec, b := put(tok, `{"name":"`+name+`","lat":19.02,"lng":72.85}`); code != http.StatusOK || rec.Name != name || rec.Lat != 19.02 {
+				t.Fatalf("put: %d %s", code, b)
+			}
+		}
+		resp, err := http.Get(base + "/v1/restaurants/" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var rec Restaurant
+		if err := json.NewDecoder(resp.Body).Decode(&rec); err != nil || resp.StatusCode != http.StatusOK || rec.Name != "Thali House (moved)" || rec.Lng != 72.85 {
+			t.Fatalf("get: %d %+v %v", resp.StatusCode, rec, err)
+		}
+		resp2, err := http.Get(base + "/v1/restaurants/r-nobody-" + uuid.NewString())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp2.Body.Close()
+		if resp2.StatusCode != http.StatusNotFound {
+			t.Fatalf("unknown restaurant: %d, want 404", resp2.StatusCode)
+		}
+	})
+}
+
+// recordSecret signs the record test's tokens.
+const recordSecret = "restaurant-record-test-secret-of-32-bytes"

@@ -14,10 +14,10 @@ import (
 )
 
 // feedKeys are the events that change what a customer's tracking page
-// shows: every status after placed, and rider assignments. (A customer
-// cannot watch an order before it is placed; its destination is read with
-// the order when the customer connects. A refund moves money, not the
-// order.)
+// shows, or what the ingest does with the rider's fixes: every status after
+// placed, rider assignments and tracking's own alerts. (A customer cannot
+// watch an order before it is placed; its destination is read with the
+// order when the customer connects. A refund moves money, not the order.)
 var feedKeys = slices.DeleteFunc(slices.Clone(events.RoutingKeys), func(k string) bool {
 	return k == events.OrderPlaced || k == events.OrderRefunded
 })
@@ -34,9 +34,10 @@ const feedPoll = 100 * time.Millisecond
 // instance reads the feed from where it started; a change to an order
 // nobody watches here costs a map look-up.
 type orderFeed struct {
-	db  *pgxpool.Pool
-	hub *Hub
-	log *zap.Logger
+	db         *pgxpool.Pool
+	hub        *Hub
+	deliveries *Deliveries
+	log        *zap.Logger
 }
 
 // Run feeds the hub until ctx is done. A database outage pauses it; it goes
@@ -73,6 +74,7 @@ func (f orderFeed) Run(ctx context.Context) error {
 				continue
 			}
 			f.hub.Update(u)
+			f.deliveries.Update(u)
 		}
 		if len(entries) == 1000 {
 			continue
@@ -91,6 +93,18 @@ func updateOf(e outbox.Entry) (orderUpdate, error) {
 		return orderUpdate{}, e.Err
 	}
 	u := orderUpdate{OrderID: e.Event.OrderID}
+	switch e.Event.Type {
+	case events.OrderRiderNear:
+		var n events.RiderNear
+		if err := events.DecodeData(e.Event, &n); err != nil {
+			return u, err
+		}
+		u.Near = &nearMsg{Type: "rider_near", OrderID: u.OrderID, RiderID: n.RiderID, DistanceM: n.DistanceM, At: e.Event.OccurredAt}
+		return u, nil
+	case events.OrderRiderArriving:
+		u.Arriving = true
+		return u, nil
+	}
 	if e.Event.Type == events.OrderRiderAssigned {
 		var a events.RiderAssigned
 		if err := events.DecodeData(e.Event, &a); err != nil {

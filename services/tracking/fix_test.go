@@ -83,3 +83,59 @@ func FuzzDecodeFix(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseFix holds the fast reader to the standard decoder: whatever
+// parseFix takes, decodeFixSlowly takes too, and reads alike.
+func FuzzParseFix(f *testing.F) {
+	for _, seed := range []string{
+		`{"lat":19.02,"lng":72.84,"heading":90,"speed_kmh":22.5,"seq":7,"ts":"2026-11-23T11:59:59Z"}`,
+		` { "ts" : "2026-11-23T11:59:59.123+05:30" , "seq":1,"speed_kmh":0,"heading":0,"lng":-0,"lat":-1.5e-3 } `,
+		`{"lat":01,"lng":2,"heading":3,"speed_kmh":4,"seq":1,"ts":"2026-11-23T11:59:59Z"}`,
+		`{"lat":1.,"lng":2,"heading":3,"speed_kmh":4,"seq":1,"ts":"2026-11-23T11:59:59Z"}`,
+		`{"lat":0x1p3,"lng":2,"heading":3,"speed_kmh":4,"seq":1,"ts":"2026-11-23T11:59:59Z"}`,
+		`{"LAT":1,"lng":2,"heading":3,"speed_kmh":4,"seq":1e2,"ts":"2026-11-23T11:59:59Z"}`,
+		`{"lat":1,"lng":2,"heading":3,"speed_kmh":4,"seq":1,"ts":"2026-11-23T11:59:59\u005a"}`,
+		`{"lat":1,"lng":2}`, `{}`, `{"lat":1,}`, `{"lat":1e400}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fast, ok := parseFix(body)
+		if !ok {
+			return
+		}
+		slow, err := decodeFixSlowly(body)
+		if err != nil {
+			t.Fatalf("parseFix took %q, the decoder refuses it: %v", body, err)
+		}
+		same := fast.has == slow.has && fast.seq == slow.seq && fast.ts.Equal(slow.ts) && fast.ts.Location().String() == slow.ts.Location().String()
+		for i := range fast.num {
+			same = same && math.Float64bits(fast.num[i]) == math.Float64bits(slow.num[i])
+		}
+		if !same {
+			t.Fatalf("%q: parseFix read %+v, the decoder %+v", body, fast, slow)
+		}
+	})
+}
+
+func TestParseFixTakesWhatAppsSend(t *testing.T) {
+	for _, body := range []string{
+		`{"lat":19.02,"lng":72.84,"heading":90,"speed_kmh":22.5,"seq":7,"ts":"2026-11-23T11:59:59Z"}`,
+		"{\n  \"seq\": 7, \"ts\": \"2026-11-23T11:59:59.123456789+05:30\",\n  \"lat\": -19, \"lng\": 1e1, \"heading\": 0, \"speed_kmh\": 0\n}\n",
+	} {
+		if _, ok := parseFix([]byte(body)); !ok {
+			t.Errorf("parseFix refused %q: every fix would take the slow way", body)
+		}
+	}
+}
+
+func BenchmarkDecodeFix(b *testing.B) {
+	body := []byte(`{"lat":19.021234,"lng":72.841234,"heading":90,"speed_kmh":22.5,"seq":7,"ts":"2026-11-23T11:59:59.123456Z"}`)
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeFix(body, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

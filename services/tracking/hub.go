@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,17 @@ type orderUpdate struct {
 	Status      string       `json:"status,omitempty"`
 	StatusAt    time.Time    `json:"status_at,omitzero"`
 	Destination *Destination `json:"destination,omitempty"`
+	Near        *nearMsg     `json:"near,omitempty"` // order.rider_near was raised
+	Arriving    bool         `json:"arriving,omitempty"`
+}
+
+// nearMsg is "your rider is near" as a customer receives it.
+type nearMsg struct {
+	Type      string    `json:"type"` // "rider_near"
+	OrderID   string    `json:"order_id"`
+	RiderID   string    `json:"rider_id"`
+	DistanceM float64   `json:"distance_m"`
+	At        time.Time `json:"at"`
 }
 
 // followsRider reports whether a customer watching an order in status sees
@@ -49,8 +61,44 @@ type statusMsg struct {
 
 // locationMsg is a fix as a customer receives it.
 type locationMsg struct {
-	Type string `json:"type"` // "location"
+	Type     string    `json:"type"` // "location"
+	RiderID  string    `json:"rider_id"`
+	Lat      float64   `json:"lat"`
+	Lng      float64   `json:"lng"`
+	Heading  float64   `json:"heading"`
+	SpeedKmh float64   `json:"speed_kmh"`
+	Seq      int64     `json:"seq"`
+	TS       time.Time `json:"ts"`
+}
+
+// Paths a fix takes to a customer.
+const (
+	viaLocal  = "local"  // the rider's ingest is this instance: handed over in memory
+	viaBroker = "broker" // from another instance, through the locations exchange
+)
+
+// liveFix is a fix as the hub hands it to its watchers: one value shared by
+// all of them, encoded once, however many customers watch the rider.
+type liveFix struct {
 	Fix
+	via     string
+	offered int64 // Unix nanoseconds the hub handed it over
+
+	once sync.Once
+	msg  []byte
+}
+
+func newLiveFix(f Fix, via string) *liveFix {
+	return &liveFix{Fix: f, via: via, offered: time.Now().UnixNano()}
+}
+
+// message is the fix as its customers receive it.
+func (l *liveFix) message() []byte {
+	l.once.Do(func() {
+		l.msg, _ = json.Marshal(locationMsg{Type: "location", RiderID: l.RiderID, Lat: l.Lat, Lng: l.Lng, Heading: l.Heading,
+			SpeedKmh: l.SpeedKmh, Seq: l.Seq, TS: l.TS}) // cannot fail: numbers are finite, checked at ingest
+	})
+	return l.msg
 }
 
 // watcher is one customer connection as the hub sees it: the order it
@@ -69,12 +117,13 @@ type watcher struct {
 	closed   bool
 	riderID  string
 	riderAt  time.Time
-	status   string // the order's latest status; its fixes only while followsRider
-	lastSeq  int64  // highest seq handed to this watcher for riderID
-	fix      Fix
-	hasFix   bool
+	status   string   // the order's latest status; its fixes only while followsRider
+	lastSeq  int64    // highest seq handed to this watcher for riderID
+	fix      *liveFix // the newest unsent fix, if any
 	statuses []statusMsg
 	statusAt time.Time
+	near     *nearMsg // "your rider is near", not yet written
+	nearSeen bool     // it was handed over: once is enough
 	dest     *Destination
 	overflow bool
 }
@@ -91,9 +140,14 @@ func (w *watcher) setStart(start func()) {
 	w.kickLocked()
 }
 
+// pendingLocked reports whether something waits to be written.
+func (w *watcher) pendingLocked() bool {
+	return w.fix != nil || len(w.statuses) > 0 || w.near != nil || w.overflow
+}
+
 // kickLocked starts the writer when something is pending and none runs.
 func (w *watcher) kickLocked() {
-	if w.start == nil || w.writing || w.closed || (!w.hasFix && len(w.statuses) == 0 && !w.overflow) {
+	if w.start == nil || w.writing || w.closed || !w.pendingLocked() {
 		return
 	}
 	w.writing = true
@@ -103,14 +157,14 @@ func (w *watcher) kickLocked() {
 // offerFix keeps f if it is newer than anything this watcher was given,
 // replacing an older unsent fix; it reports whether f was stale and whether
 // it replaced an unsent one (coalesced).
-func (w *watcher) offerFix(f Fix) (stale, coalesced bool) {
+func (w *watcher) offerFix(f *liveFix) (stale, coalesced bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !followsRider(w.status) || f.RiderID != w.riderID || f.Seq <= w.lastSeq {
 		return true, false
 	}
-	coalesced = w.hasFix
-	w.lastSeq, w.fix, w.hasFix = f.Seq, f, true
+	coalesced = w.fix != nil
+	w.lastSeq, w.fix = f.Seq, f
 	w.kickLocked()
 	return false, coalesced
 }
@@ -131,12 +185,16 @@ func (w *watcher) apply(u orderUpdate) string {
 	}
 	if u.RiderID != "" && u.RiderID != w.riderID && (u.RiderAt.IsZero() || u.RiderAt.After(w.riderAt)) {
 		// Another rider's seq says nothing about this one's.
-		w.riderID, w.riderAt, w.lastSeq, w.hasFix = u.RiderID, u.RiderAt, 0, false
+		w.riderID, w.riderAt, w.lastSeq, w.fix = u.RiderID, u.RiderAt, 0, nil
+	}
+	if u.Near != nil && !w.nearSeen {
+		w.nearSeen, w.near = true, u.Near
+		w.kickLocked()
 	}
 	if u.Status != "" && u.StatusAt.After(w.statusAt) {
 		w.statusAt, w.status = u.StatusAt, u.Status
 		if !followsRider(w.status) {
-			w.hasFix = false
+			w.fix = nil
 		}
 		if len(w.statuses) >= maxPendingStatuses {
 			w.overflow = true
@@ -153,16 +211,25 @@ func (w *watcher) apply(u orderUpdate) string {
 
 // take returns what is pending and clears it; ok is false when nothing is,
 // and the writer must then stop (the next offer starts it again).
-func (w *watcher) take() (fix Fix, hasFix bool, statuses []statusMsg, overflow, ok bool) {
+func (w *watcher) take() (p pending, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed || (!w.hasFix && len(w.statuses) == 0 && !w.overflow) {
+	if w.closed || !w.pendingLocked() {
 		w.writing = false
-		return Fix{}, false, nil, false, false
+		return pending{}, false
 	}
-	fix, hasFix, statuses, overflow = w.fix, w.hasFix, w.statuses, w.overflow
-	w.fix, w.hasFix, w.statuses = Fix{}, false, nil
-	return fix, hasFix, statuses, overflow, true
+	p = pending{fix: w.fix, statuses: w.statuses, near: w.near, overflow: w.overflow}
+	w.fix, w.statuses, w.near = nil, nil, nil
+	return p, true
+}
+
+// pending is what a watcher's writer takes to write: statuses first, then
+// "your rider is near", then the newest fix.
+type pending struct {
+	fix      *liveFix
+	statuses []statusMsg
+	near     *nearMsg
+	overflow bool
 }
 
 // close stops the writer from being started again.
@@ -175,6 +242,7 @@ func (w *watcher) close() {
 // HubStats counts what the hub did with fixes.
 type HubStats struct {
 	In        atomic.Int64 // fixes from the relay
+	Local     atomic.Int64 // fixes from this instance's ingest that found a watcher here
 	Stale     atomic.Int64 // dropped: not newer than one already seen or sent
 	Coalesced atomic.Int64 // replaced an unsent older fix
 	Unwatched atomic.Int64 // arrived for a rider no one here watches (any more)
@@ -194,8 +262,7 @@ func riderKey(riderID string) string { return "rider." + riderID }
 
 // riderWatch is a rider someone on this instance watches.
 type riderWatch struct {
-	latest   Fix
-	has      bool
+	latest   *liveFix // nil until a fix arrives
 	watchers []*watcher
 }
 
@@ -289,7 +356,7 @@ func (h *Hub) follow(w *watcher, rider string) {
 		h.binder.Bind(riderKey(rider))
 	}
 	rw.watchers = append(rw.watchers, w)
-	if rw.has {
+	if rw.latest != nil {
 		w.offerFix(rw.latest)
 	}
 }
@@ -298,31 +365,48 @@ func (h *Hub) follow(w *watcher, rider string) {
 func (h *Hub) Latest(rider string) (Fix, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if rw := h.riders[rider]; rw != nil && rw.has {
-		return rw.latest, true
+	if rw := h.riders[rider]; rw != nil && rw.latest != nil {
+		return rw.latest.Fix, true
 	}
 	return Fix{}, false
 }
 
-// Fix hands a fix to every watcher of its rider. A fix not newer than the
-// newest seen is dropped: the broker may deliver fixes out of order, and two
-// ingest instances may publish a rider's fixes.
+// Fix hands a fix from the relay to every watcher of its rider.
 func (h *Hub) Fix(f Fix) {
 	h.Stats.In.Add(1)
+	if !h.offer(f, viaBroker) {
+		h.Stats.Unwatched.Add(1)
+	}
+}
+
+// Local hands a fix this instance's ingest took to the rider's watchers
+// here, if there are any, without a trip through the broker.
+func (h *Hub) Local(f Fix) {
+	if h.offer(f, viaLocal) {
+		h.Stats.Local.Add(1)
+	}
+}
+
+// offer hands f to every watcher of its rider and reports whether the rider
+// has any. A fix not newer than the newest seen is dropped: the broker may
+// deliver fixes out of order, two ingest instances may publish a rider's
+// fixes, and a fix handed over here by the local ingest may come back from
+// the broker.
+func (h *Hub) offer(f Fix, via string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	rw := h.riders[f.RiderID]
 	switch {
 	case rw == nil:
-		h.Stats.Unwatched.Add(1)
-		return
-	case rw.has && f.Seq <= rw.latest.Seq:
+		return false
+	case rw.latest != nil && f.Seq <= rw.latest.Seq:
 		h.Stats.Stale.Add(1)
-		return
+		return true
 	}
-	rw.latest, rw.has = f, true
+	lf := newLiveFix(f, via)
+	rw.latest = lf
 	for _, w := range rw.watchers {
-		stale, coalesced := w.offerFix(f)
+		stale, coalesced := w.offerFix(lf)
 		switch {
 		case stale:
 			h.Stats.Stale.Add(1)
@@ -330,6 +414,7 @@ func (h *Hub) Fix(f Fix) {
 			h.Stats.Coalesced.Add(1)
 		}
 	}
+	return true
 }
 
 // Counts returns how many customers, orders and riders are watched here.

@@ -42,11 +42,11 @@ func mustWatch(tb testing.TB, h *Hub, order, rider string) *watcher {
 // pendingSeq returns the seq of the fix waiting for w (0 for none) and
 // clears what is pending.
 func pendingSeq(w *watcher) int64 {
-	fix, has, _, _, _ := w.take()
-	if !has {
+	p, _ := w.take()
+	if p.fix == nil {
 		return 0
 	}
-	return fix.Seq
+	return p.fix.Seq
 }
 
 func TestHubBindsWhileWatched(t *testing.T) {
@@ -105,7 +105,7 @@ func TestHubNewWatcherGetsLatestAtOnce(t *testing.T) {
 		t.Fatalf("Latest = %+v %v", f, ok)
 	}
 	// What the table says is older than what the hub saw: never sent.
-	if stale, _ := w.offerFix(Fix{RiderID: "r1", Seq: 8}); !stale {
+	if stale, _ := w.offerFix(newLiveFix(Fix{RiderID: "r1", Seq: 8}, "")); !stale {
 		t.Fatal("an older stored position was offered after a newer one")
 	}
 }
@@ -122,9 +122,9 @@ func TestHubReassignment(t *testing.T) {
 	// The new rider's seq starts afresh; the old rider's fixes no longer come.
 	h.Fix(Fix{RiderID: "r1", Seq: 101})
 	h.Fix(Fix{RiderID: "r2", Seq: 1})
-	fix, has, _, _, _ := w.take()
-	if !has || fix.RiderID != "r2" || fix.Seq != 1 {
-		t.Fatalf("pending %+v, want r2's seq 1", fix)
+	p, _ := w.take()
+	if p.fix == nil || p.fix.RiderID != "r2" || p.fix.Seq != 1 {
+		t.Fatalf("pending %+v, want r2's seq 1", p.fix)
 	}
 	want := []string{"+rider.r1", "-rider.r1", "+rider.r2"}
 	if !slices.Equal(b.calls, want) {
@@ -147,7 +147,8 @@ func TestHubStatuses(t *testing.T) {
 	h.Update(orderUpdate{OrderID: "o1", Status: "paid", StatusAt: t0.Add(time.Second)})     // again
 	h.Update(orderUpdate{OrderID: "o1", Status: "accepted", StatusAt: t0.Add(time.Minute)}) // newer
 	h.Fix(Fix{RiderID: "r1", Seq: 4})
-	fix, hasFix, statuses, _, _ := w.take()
+	p, _ := w.take()
+	fix, hasFix, statuses := p.fix, p.fix != nil, p.statuses
 	var got []string
 	for _, s := range statuses {
 		got = append(got, s.Status)
@@ -170,8 +171,8 @@ func TestHubStatuses(t *testing.T) {
 	// Delivered: the customer stops following the rider.
 	h.Update(orderUpdate{OrderID: "o1", Status: "delivered", StatusAt: t0.Add(time.Hour)})
 	h.Fix(Fix{RiderID: "r1", Seq: 6})
-	if fix, has, _, _, _ := w.take(); has {
-		t.Fatalf("fix %+v sent after delivery", fix)
+	if p, _ := w.take(); p.fix != nil {
+		t.Fatalf("fix %+v sent after delivery", p.fix)
 	}
 	if want := []string{"+rider.r1", "-rider.r1"}; !slices.Equal(b.calls, want) {
 		t.Fatalf("binder calls %v, want %v", b.calls, want)
@@ -194,7 +195,7 @@ func TestWatcherWriterRunsOnlyWhileBusy(t *testing.T) {
 	if got := pendingSeq(w); got != 2 {
 		t.Fatalf("coalesced seq %d, want 2", got)
 	}
-	if _, _, _, _, ok := w.take(); ok {
+	if _, ok := w.take(); ok {
 		t.Fatal("take reported work with nothing pending")
 	}
 	h.Fix(Fix{RiderID: "r1", Seq: 3}) // the writer had stopped: a new one starts
@@ -210,8 +211,8 @@ func TestWatcherOverflow(t *testing.T) {
 	for i := range maxPendingStatuses + 1 {
 		w.apply(orderUpdate{OrderID: "o1", Status: "paid", StatusAt: t0.Add(time.Duration(i) * time.Second)})
 	}
-	if _, _, st, overflow, _ := w.take(); !overflow || len(st) != maxPendingStatuses {
-		t.Fatalf("statuses %d overflow %v", len(st), overflow)
+	if p, _ := w.take(); !p.overflow || len(p.statuses) != maxPendingStatuses {
+		t.Fatalf("statuses %d overflow %v", len(p.statuses), p.overflow)
 	}
 }
 
@@ -220,7 +221,7 @@ type recordingSink struct{ fixes []Fix }
 func (s *recordingSink) Fix(f Fix) { s.fixes = append(s.fixes, f) }
 
 func TestRelayHandle(t *testing.T) {
-	r := NewRelay(nil, zaptest.NewLogger(t))
+	r := NewRelay(nil, NewInterest("self"), zaptest.NewLogger(t))
 	sink := &recordingSink{}
 	tests := []struct {
 		name, key, body string

@@ -15,7 +15,6 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
@@ -33,15 +32,6 @@ const (
 	// badFrameEvery is abuse and closes the socket (1008).
 	badFrameBurst = 10
 	badFrameEvery = 6 * time.Second
-	// publishWorkers publish fixes, each on its own channel; a rider always
-	// goes through the same one, so its fixes stay in order.
-	publishWorkers = 4
-	// publishQueue bounds the fixes waiting for a worker; past it fixes are
-	// refused (503 or an error frame) rather than piling up in memory.
-	publishQueue = 4096
-	publishBatch = 256
-	// takeWait is how long a fix may wait for room in a full queue.
-	takeWait = time.Second
 )
 
 // Errors a rider sees when a fix cannot be taken.
@@ -52,169 +42,110 @@ var (
 
 // IngestStats counts what the ingest did with fixes.
 type IngestStats struct {
-	Accepted  atomic.Int64 // taken for publishing
-	Published atomic.Int64
+	Accepted  atomic.Int64 // taken: handed to local watchers, the publisher, the history
+	Published atomic.Int64 // sent to the locations exchange
+	Coalesced atomic.Int64 // replaced by a newer fix of the rider before it was published
 	Refused   atomic.Int64 // feed down or overloaded
 	Failed    atomic.Int64 // lost in a failed publish
 	Invalid   atomic.Int64 // rejected by the decoder
 	Limited   atomic.Int64 // over a rider's rate
 }
 
-// Ingest takes riders' fixes and publishes them to the locations exchange;
-// it never writes to a customer directly.
+// Ingest takes riders' fixes. A fix goes to the customers watching its
+// rider on this instance directly (the hub), and to the locations exchange
+// only when a customer on another instance watches the rider (interest):
+// of a city's riders, the few being watched at a time are what anyone can
+// receive, so the broker carries those and nothing else. Ingest never
+// writes to a customer's socket itself and never waits: what is not
+// published yet is the newest fix of each rider (publisher).
 type Ingest struct {
-	conn      *broker.Conn
-	positions *PositionWriter
-	limits    *RiderLimits
-	log       *zap.Logger
-	Stats     IngestStats
-
-	seed   maphash.Seed
-	queues [publishWorkers]chan Fix
-	warn   rate.Sometimes // a broker outage would otherwise log every batch
+	conn       *broker.Conn
+	hub        *Hub
+	interest   *Interest
+	out        *publisher
+	deliveries *Deliveries
+	limits     *RiderLimits
+	log        *zap.Logger
+	Stats      IngestStats
 }
 
-// NewIngest returns an ingest publishing on conn; Run must be running.
-func NewIngest(conn *broker.Conn, positions *PositionWriter, limits *RiderLimits, log *zap.Logger) *Ingest {
-	in := &Ingest{conn: conn, positions: positions, limits: limits, log: log.With(zap.String("component", "ingest")), seed: maphash.MakeSeed(),
-		warn: rate.Sometimes{Interval: 10 * time.Second}}
-	for i := range in.queues {
-		in.queues[i] = make(chan Fix, publishQueue/publishWorkers)
-	}
+// NewIngest returns an ingest handing fixes to hub and deliveries (the
+// history), and publishing on conn those interest says another instance
+// wants; Run must be running.
+func NewIngest(conn *broker.Conn, hub *Hub, interest *Interest, deliveries *Deliveries, limits *RiderLimits, log *zap.Logger) *Ingest {
+	in := &Ingest{conn: conn, hub: hub, interest: interest, deliveries: deliveries, limits: limits,
+		log: log.With(zap.String("component", "ingest"))}
+	in.out = newPublisher(conn, &in.Stats, in.log)
 	return in
 }
 
-// take queues f for publishing. When the broker is down the fix is refused
-// at once; when the workers are behind, take waits up to takeWait (the
-// rider's stream slows down: backpressure) and then refuses it, so fixes
-// never pile up in memory.
-func (in *Ingest) take(ctx context.Context, f Fix) error {
+// take takes f, read from its rider at rx. While the broker is down the
+// fix is refused at once (the rider's app sends the next one): the
+// customers on other instances could not get it, and a rider told nothing
+// would believe they are seen.
+func (in *Ingest) take(f Fix, rx time.Time) error {
 	if !in.conn.Ready() {
 		in.Stats.Refused.Add(1)
 		return errFeedDown
 	}
-	q := in.queues[maphash.String(in.seed, f.RiderID)%publishWorkers]
-	select {
-	case q <- f:
-		in.Stats.Accepted.Add(1)
-		return nil
-	default:
+	f.RX = rx.UnixNano()
+	if in.interest.Remote(f.RiderID) && !in.out.offer(f) {
+		in.Stats.Refused.Add(1)
+		return errFeedBusy
 	}
-	t := time.NewTimer(takeWait)
-	defer t.Stop()
-	select {
-	case q <- f:
-		in.Stats.Accepted.Add(1)
-		return nil
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	in.Stats.Refused.Add(1)
-	return errFeedBusy
-}
-
-// Run publishes queued fixes until ctx is done.
-func (in *Ingest) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	for _, q := range in.queues {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			in.work(ctx, q)
-		}()
-	}
-	wg.Wait()
+	in.Stats.Accepted.Add(1)
+	in.hub.Local(f)
+	in.deliveries.Observe(f, rx)
 	return nil
 }
 
-// work publishes fixes from q in batches: transient, without confirms (a
-// fix lost in a reset is superseded by the next one within a second).
-func (in *Ingest) work(ctx context.Context, q <-chan Fix) {
-	pub := broker.NewTransientPublisher(in.conn, in.log)
-	defer pub.Close()
-	batch := make([]Fix, 0, publishBatch)
-	msgs := make([]broker.Message, 0, publishBatch)
-	for {
-		batch, msgs = batch[:0], msgs[:0]
-		select {
-		case <-ctx.Done():
-			return
-		case f := <-q:
-			batch = append(batch, f)
-		}
-	fill:
-		for len(batch) < publishBatch {
-			select {
-			case f := <-q:
-				batch = append(batch, f)
-			default:
-				break fill
-			}
-		}
-		for _, f := range batch {
-			body, err := json.Marshal(f)
-			if err != nil {
-				continue
-			}
-			msgs = append(msgs, broker.Message{Exchange: broker.ExchangeLocations, RoutingKey: riderKey(f.RiderID), Body: body,
-				Transient: true, Timestamp: f.TS})
-		}
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		acked, err := pub.PublishBatch(pctx, msgs)
-		cancel()
-		for i, ok := range acked {
-			if ok {
-				in.positions.Note(batch[i])
-			}
-		}
-		lost := countFalse(acked)
-		in.Stats.Published.Add(int64(len(msgs)) - lost)
-		if err != nil {
-			in.Stats.Failed.Add(lost)
-			in.warn.Do(func() { in.log.Warn("fixes not published", zap.Int64("lost", lost), zap.Error(err)) })
-		}
-	}
-}
-
-func countFalse(bs []bool) int64 {
-	var n int64
-	for _, b := range bs {
-		if !b {
-			n++
-		}
-	}
-	return n
+// Run publishes until ctx is done.
+func (in *Ingest) Run(ctx context.Context) error {
+	in.out.run(ctx)
+	return nil
 }
 
 // RiderLimits holds each rider's rate limiter, shared by the rider's socket
-// and POSTs so neither way round the limit works.
+// and POSTs so neither way round the limit works. The riders are spread
+// over shards, each with its own lock, since every fix of the city asks.
 type RiderLimits struct {
 	perSecond rate.Limit
 	burst     int
+	seed      maphash.Seed
+	shards    [limitShards]limitShard
+}
 
+const limitShards = 64
+
+type limitShard struct {
 	mu     sync.Mutex
 	riders map[string]*rate.Limiter
 }
 
 // NewRiderLimits allows each rider perSecond fixes, with bursts of burst.
 func NewRiderLimits(perSecond float64, burst int) *RiderLimits {
-	return &RiderLimits{perSecond: rate.Limit(perSecond), burst: burst, riders: map[string]*rate.Limiter{}}
+	l := &RiderLimits{perSecond: rate.Limit(perSecond), burst: burst, seed: maphash.MakeSeed()}
+	for i := range l.shards {
+		l.shards[i].riders = map[string]*rate.Limiter{}
+	}
+	return l
 }
 
-// Allow reports whether rider may send a fix now.
-func (l *RiderLimits) Allow(rider string) bool {
-	l.mu.Lock()
-	lim := l.riders[rider]
+// Allow reports whether rider may send a fix at now.
+func (l *RiderLimits) Allow(rider string, now time.Time) bool {
+	sh := &l.shards[maphash.String(l.seed, rider)%limitShards]
+	sh.mu.Lock()
+	lim := sh.riders[rider]
 	if lim == nil {
 		lim = rate.NewLimiter(l.perSecond, l.burst)
-		l.riders[rider] = lim
+		sh.riders[rider] = lim
 	}
-	l.mu.Unlock()
-	return lim.Allow()
+	sh.mu.Unlock()
+	return lim.AllowN(now, 1)
 }
 
 // Run forgets riders whose bucket has refilled (they would start afresh
-// anyway), so the map holds only the riders active lately.
+// anyway), so the maps hold only the riders active lately.
 func (l *RiderLimits) Run(ctx context.Context) error {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
@@ -223,13 +154,16 @@ func (l *RiderLimits) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			l.mu.Lock()
-			for r, lim := range l.riders {
-				if lim.Tokens() >= float64(l.burst) {
-					delete(l.riders, r)
+			for i := range l.shards {
+				sh := &l.shards[i]
+				sh.mu.Lock()
+				for r, lim := range sh.riders {
+					if lim.Tokens() >= float64(l.burst) {
+						delete(sh.riders, r)
+					}
 				}
+				sh.mu.Unlock()
 			}
-			l.mu.Unlock()
 		}
 	}
 }
@@ -256,7 +190,7 @@ func handleRiderLocation(log *zap.Logger, in *Ingest) http.Handler {
 			httpx.Error(w, r, log, err)
 			return
 		}
-		if !in.limits.Allow(rider) {
+		if !in.limits.Allow(rider, time.Now()) {
 			in.Stats.Limited.Add(1)
 			p := httpx.NewProblem(http.StatusTooManyRequests, fmt.Sprintf("at most %g fixes a second", float64(in.limits.perSecond)))
 			p.RetryAfter = 1
@@ -268,14 +202,15 @@ func handleRiderLocation(log *zap.Logger, in *Ingest) http.Handler {
 			httpx.Error(w, r, log, err)
 			return
 		}
-		f, err := decodeFix(body, time.Now())
+		now := time.Now()
+		f, err := decodeFix(body, now)
 		if err != nil {
 			in.Stats.Invalid.Add(1)
 			httpx.Error(w, r, log, err)
 			return
 		}
 		f.RiderID = rider
-		if err := in.take(r.Context(), f); err != nil {
+		if err := in.take(f, now); err != nil {
 			p := httpx.NewProblem(http.StatusServiceUnavailable, err.Error())
 			p.RetryAfter = 1
 			httpx.WriteProblem(w, p)
@@ -312,6 +247,10 @@ type errorFrame struct {
 // streaming fixes, one JSON fix per text message. A fix that cannot be taken
 // gets an error frame and the stream goes on; repeated abuse closes the
 // socket (1008), an oversized message too (1009).
+//
+// The handler returns once the socket is up and leaves it to a goroutine
+// of its own: net/http's stack, grown by the handshake, would otherwise
+// stay with each of a city's riders (16 KiB each).
 func handleRiderSocket(log *zap.Logger, in *Ingest, sockets *Sockets) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rider, err := riderOf(r)
@@ -326,51 +265,106 @@ func handleRiderSocket(log *zap.Logger, in *Ingest, sockets *Sockets) http.Handl
 			httpx.WriteProblem(w, p)
 			return
 		}
-		defer release()
-		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+		// Small buffers, as for a customer: a rider sends fixes of a
+		// couple of hundred bytes and reads only error frames.
+		c, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+		if err != nil {
+			release()
+			return
+		}
+		forget := sockets.Track(c)
+		go func() {
+			defer release()
+			defer forget()
+			defer c.CloseNow()
+			in.readRider(c, rider)
+		}()
+	})
+}
+
+// readRider takes a rider's fixes from c until the socket ends.
+func (in *Ingest) readRider(c *websocket.Conn, rider string) {
+	c.SetReadLimit(maxFixBytes) // over it the library closes with 1009
+	// The idle timer is re-armed when it fires, not at every fix: a city's
+	// fixes would otherwise reset a timer 20,000 times a second.
+	var lastRead atomic.Int64
+	lastRead.Store(time.Now().UnixNano())
+	var idle *time.Timer
+	idle = time.AfterFunc(riderIdle, func() {
+		if quiet := time.Since(time.Unix(0, lastRead.Load())); quiet < riderIdle {
+			idle.Reset(riderIdle - quiet)
+			return
+		}
+		_ = c.Close(websocket.StatusGoingAway, "idle")
+	})
+	defer idle.Stop()
+	abuse := rate.NewLimiter(rate.Every(badFrameEvery), badFrameBurst)
+	buf := make([]byte, maxFixBytes+2) // one per socket: reading a fix allocates nothing
+	for {
+		typ, data, err := readMessage(c, buf)
+		if errors.Is(err, websocket.ErrMessageTooBig) {
+			// The library has sent its 1009. Finish the handshake, which
+			// reads what is left of the message: a socket closed with
+			// unread data is reset, and the rider might never see why.
+			_ = c.Close(websocket.StatusMessageTooBig, "a fix is at most 1 KiB")
+			return
+		}
+		if err != nil {
+			return // closed or gone
+		}
+		now := time.Now()
+		lastRead.Store(now.UnixNano())
+		frame, abusive := in.takeFrame(rider, typ, data, now)
+		if frame == nil {
+			continue
+		}
+		if abusive && !abuse.Allow() {
+			_ = c.Close(websocket.StatusPolicyViolation, "too many bad frames")
+			return
+		}
+		msg, _ := json.Marshal(frame)
+		wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = c.Write(wctx, websocket.MessageText, msg)
+		cancel()
 		if err != nil {
 			return
 		}
-		defer c.CloseNow()
-		defer sockets.Track(c)()
-		c.SetReadLimit(maxFixBytes) // over it the library closes with 1009
-		idle := time.AfterFunc(riderIdle, func() { _ = c.Close(websocket.StatusGoingAway, "idle") })
-		defer idle.Stop()
-		abuse := rate.NewLimiter(rate.Every(badFrameEvery), badFrameBurst)
-		ctx := r.Context()
-		for {
-			typ, data, err := c.Read(ctx)
-			if err != nil {
-				return // closed, oversized (1009 sent by the library), or gone
-			}
-			idle.Reset(riderIdle)
-			frame, abusive := in.takeFrame(ctx, rider, typ, data)
-			if frame == nil {
-				continue
-			}
-			if abusive && !abuse.Allow() {
-				_ = c.Close(websocket.StatusPolicyViolation, "too many bad frames")
-				return
-			}
-			msg, _ := json.Marshal(frame)
-			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err = c.Write(wctx, websocket.MessageText, msg)
-			cancel()
-			if err != nil {
-				return
-			}
+	}
+}
+
+// readMessage reads the next data message of c into buf, which must be
+// longer than c's read limit plus one (the library reads one byte past its
+// limit before it refuses a message, and must be the one to refuse it: it
+// then sends the 1009). A background context: the library then sets up no
+// cancellation per read, and a closed socket ends the read.
+func readMessage(c *websocket.Conn, buf []byte) (websocket.MessageType, []byte, error) {
+	typ, r, err := c.Reader(context.Background())
+	if err != nil {
+		return 0, nil, err
+	}
+	n := 0
+	for {
+		m, err := r.Read(buf[n:])
+		n += m
+		switch {
+		case errors.Is(err, io.EOF):
+			return typ, buf[:n], nil
+		case err != nil:
+			return 0, nil, err
+		case n == len(buf):
+			return 0, nil, errors.New("message over the read limit") // the library's limit stops it first
 		}
-	})
+	}
 }
 
 // takeFrame handles one message from a rider's socket. It returns the error
 // frame to answer with, if any, and whether the frame was the rider's fault.
-func (in *Ingest) takeFrame(ctx context.Context, rider string, typ websocket.MessageType, data []byte) (*errorFrame, bool) {
+func (in *Ingest) takeFrame(rider string, typ websocket.MessageType, data []byte, now time.Time) (*errorFrame, bool) {
 	if typ != websocket.MessageText {
 		in.Stats.Invalid.Add(1)
 		return &errorFrame{Type: "error", Status: http.StatusBadRequest, Error: "a fix is a JSON text message"}, true
 	}
-	f, err := decodeFix(data, time.Now())
+	f, err := decodeFix(data, now)
 	if err != nil {
 		in.Stats.Invalid.Add(1)
 		var p *httpx.Problem
@@ -379,92 +373,14 @@ func (in *Ingest) takeFrame(ctx context.Context, rider string, typ websocket.Mes
 		}
 		return &errorFrame{Type: "error", Status: http.StatusBadRequest, Error: err.Error()}, true
 	}
-	if !in.limits.Allow(rider) {
+	if !in.limits.Allow(rider, now) {
 		in.Stats.Limited.Add(1)
 		return &errorFrame{Type: "error", Status: http.StatusTooManyRequests,
 			Error: fmt.Sprintf("at most %g fixes a second; fix %d dropped", float64(in.limits.perSecond), f.Seq)}, true
 	}
 	f.RiderID = rider
-	if err := in.take(ctx, f); err != nil {
+	if err := in.take(f, now); err != nil {
 		return &errorFrame{Type: "error", Status: http.StatusServiceUnavailable, Error: fmt.Sprintf("%v (fix %d)", err, f.Seq)}, false
 	}
 	return nil, false
-}
-
-// PositionWriter keeps each rider's latest fix in PostgreSQL, so a customer
-// connecting to an instance that never saw the rider still gets the rider's
-// position at once. It writes at most once per interval, one statement for
-// all riders, and never lets a fix replace a newer one.
-type PositionWriter struct {
-	db  *pgxpool.Pool
-	log *zap.Logger
-
-	mu      sync.Mutex
-	pending map[string]Fix
-}
-
-// NewPositionWriter returns a writer to db.
-func NewPositionWriter(db *pgxpool.Pool, log *zap.Logger) *PositionWriter {
-	return &PositionWriter{db: db, log: log, pending: map[string]Fix{}}
-}
-
-// Note records f as its rider's latest fix, to be written at the next flush.
-func (p *PositionWriter) Note(f Fix) {
-	p.mu.Lock()
-	if prev, ok := p.pending[f.RiderID]; !ok || f.Seq > prev.Seq {
-		p.pending[f.RiderID] = f
-	}
-	p.mu.Unlock()
-}
-
-// Run flushes every interval until ctx is done, and once more after.
-func (p *PositionWriter) Run(ctx context.Context, interval time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := p.flush(fctx); err != nil {
-				p.log.Warn("write rider positions", zap.Error(err))
-			}
-			return nil
-		case <-t.C:
-			if err := p.flush(ctx); err != nil {
-				p.log.Warn("write rider positions", zap.Error(err))
-			}
-		}
-	}
-}
-
-func (p *PositionWriter) flush(ctx context.Context) error {
-	p.mu.Lock()
-	batch := p.pending
-	if len(batch) == 0 {
-		p.mu.Unlock()
-		return nil
-	}
-	p.pending = make(map[string]Fix, len(batch))
-	p.mu.Unlock()
-	n := len(batch)
-	riders, seq, ts := make([]string, 0, n), make([]int64, 0, n), make([]time.Time, 0, n)
-	lat, lng, heading, speed := make([]float64, 0, n), make([]float64, 0, n), make([]float64, 0, n), make([]float64, 0, n)
-	for _, f := range batch {
-		riders, lat, lng, heading = append(riders, f.RiderID), append(lat, f.Lat), append(lng, f.Lng), append(heading, f.Heading)
-		speed, seq, ts = append(speed, f.SpeedKmh), append(seq, f.Seq), append(ts, f.TS)
-	}
-	_, err := p.db.Exec(ctx, `INSERT INTO rider_positions (rider_id, lat, lng, heading, speed_kmh, seq, ts)
-		SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[], $5::float8[], $6::bigint[], $7::timestamptz[])
-		ON CONFLICT (rider_id) DO UPDATE SET lat = excluded.lat, lng = excluded.lng, heading = excluded.heading,
-			speed_kmh = excluded.speed_kmh, seq = excluded.seq, ts = excluded.ts, updated_at = now()
-		WHERE rider_positions.seq < excluded.seq`, riders, lat, lng, heading, speed, seq, ts)
-	if err != nil {
-		// Put them back unless newer ones arrived meanwhile.
-		for _, f := range batch {
-			p.Note(f)
-		}
-		return fmt.Errorf("upsert rider positions: %w", err)
-	}
-	return nil
 }

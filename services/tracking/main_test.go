@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -113,6 +115,23 @@ func (cu *customer) nextOf(typ string, within time.Duration) message {
 			return m
 		}
 	}
+}
+
+// get sends a GET with a bearer token and returns the status and body.
+func get(t *testing.T, url, tok string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	return resp.StatusCode, buf.Bytes()
 }
 
 func fixJSON(seq int64, lat float64) string {
@@ -281,9 +300,38 @@ func TestTracking(t *testing.T) {
 	// A customer connecting to the other instance, which never saw this
 	// rider, gets the stored position at once, and nothing older.
 	testenv.Eventually(t, 5*time.Second, "position stored", func() bool {
-		f, ok, _ := loadPosition(context.Background(), db, rider)
+		f, ok, _ := loadPosition(context.Background(), db, orderID, rider)
 		return ok && f.Seq == seq
 	})
+	t.Run("Path", func(t *testing.T) {
+		testenv.Eventually(t, 5*time.Second, "four fixes stored", func() bool {
+			var n int
+			_ = db.QueryRow(context.Background(), "SELECT count(*) FROM rider_fixes WHERE order_id = $1", orderID).Scan(&n)
+			return n == 4
+		})
+		code, body := get(t, two+"/v1/orders/"+orderID+"/path", trackTok)
+		var p Path
+		if code != http.StatusOK || json.Unmarshal(body, &p) != nil {
+			t.Fatalf("path: %d %s", code, body)
+		}
+		var seqs []int64
+		for _, pt := range p.Points {
+			seqs = append(seqs, pt.Seq)
+		}
+		if !slices.Equal(seqs, []int64{1, 2, 3, 4}) || p.Fixes != 4 || p.Points[0].RiderID != rider {
+			t.Fatalf("path %+v, want seq 1 to 4 of %s in order", p, rider)
+		}
+		if code, body := get(t, two+"/v1/orders/"+orderID+"/path?max=2", trackTok); code != http.StatusOK || !strings.Contains(string(body), `"thinned":true`) {
+			t.Fatalf("path of 2 points: %d %s", code, body)
+		}
+		other, _ := signer.Tracking(uuid.NewString(), time.Hour)
+		for name, tok := range map[string]string{"none": "", "another order's": other, "the rider's": riderTok} {
+			if code, _ := get(t, two+"/v1/orders/"+orderID+"/path", tok); code != http.StatusUnauthorized {
+				t.Errorf("path with %s token: %d, want 401", name, code)
+			}
+		}
+	})
+
 	b := mustDialCustomer(t, two, orderID, trackTok)
 	if m := b.next(5 * time.Second); m.Type != "status" || m.Status != events.StatusPickedUp {
 		t.Fatalf("first message %+v, want the status", m)
@@ -508,8 +556,19 @@ func TestStatsAndPage(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || buf.Len() == 0 {
 			t.Fatalf("GET %s = %d (%d bytes)", path, resp.StatusCode, buf.Len())
 		}
-		if strings.HasPrefix(path, "/track/") && strings.Contains(buf.String(), "https://") {
-			t.Fatalf("%s refers to another site", path)
+		// The page loads its script and style from here, and images (map
+		// tiles) only from the tile server it was configured with.
+		if strings.Contains(path, "?token") {
+			for _, ref := range regexp.MustCompile(`(?:src|href)="([^"]*)"`).FindAllStringSubmatch(buf.String(), -1) {
+				if !strings.HasPrefix(ref[1], "/track/assets/") {
+					t.Errorf("the page loads %s", ref[1])
+				}
+			}
+			csp := resp.Header.Get("Content-Security-Policy")
+			if !strings.Contains(csp, "script-src 'self';") || !strings.Contains(csp, "img-src 'self' data: https://*.tiles.example.org;") ||
+				!strings.Contains(buf.String(), `data-tiles="https://{s}.tiles.example.org/{z}/{x}/{y}.png"`) {
+				t.Errorf("CSP %q, page %s", csp, buf.String())
+			}
 		}
 	}
 	resp, err := http.Get(base + "/track/not-an-order")

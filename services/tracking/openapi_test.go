@@ -17,6 +17,6 @@ import (
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	base := &service.Base{Log: zap.NewNop()}
 	r := base.Router()
-	addRoutes(r, zap.NewNop(), nil, nil, nil, nil, nil, auth.NewGuard(token.NewSigner([]byte("x"))), base.Admin)
+	addRoutes(r, zap.NewNop(), nil, nil, nil, nil, nil, nil, auth.NewGuard(token.NewSigner([]byte("x"))), base.Admin, nil, pageConfig{})
 	apidoc.MustMatch(t, r, openAPI)
 }

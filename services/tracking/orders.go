@@ -26,7 +26,7 @@ type querier interface {
 
 // loadOrder reads what a customer's page shows of an order from the orders
 // database: its status (with when it was reached, from its history), its
-// rider and where it goes. The rider's time is the order's last change, no
+// rider, where it goes, and whether its rider was near. The rider's time is the order's last change, no
 // earlier than the assignment: a late event of an older assignment then
 // cannot replace it.
 func loadOrder(ctx context.Context, db querier, orderID string) (orderUpdate, error) {
@@ -34,9 +34,13 @@ func loadOrder(ctx context.Context, db querier, orderID string) (orderUpdate, er
 	var statusAt *time.Time
 	var updatedAt time.Time
 	var addr events.Address
-	err := db.QueryRow(ctx, `SELECT o.status, coalesce(o.rider_id, ''), o.updated_at, h.at, o.delivery_address
+	var nearRider *string
+	var nearM *float64
+	var nearAt *time.Time
+	err := db.QueryRow(ctx, `SELECT o.status, coalesce(o.rider_id, ''), o.updated_at, h.at, o.delivery_address, a.rider_id, a.distance_m, a.at
 		FROM orders o LEFT JOIN order_status_history h ON h.order_id = o.id AND h.status = o.status
-		WHERE o.id = $1`, orderID).Scan(&u.Status, &u.RiderID, &updatedAt, &statusAt, &addr)
+		LEFT JOIN tracking_alerts a ON a.order_id = o.id AND a.kind = $2
+		WHERE o.id = $1`, orderID, events.OrderRiderNear).Scan(&u.Status, &u.RiderID, &updatedAt, &statusAt, &addr, &nearRider, &nearM, &nearAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return u, errUnknownOrder
 	}
@@ -50,23 +54,27 @@ func loadOrder(ctx context.Context, db querier, orderID string) (orderUpdate, er
 	if u.RiderID != "" {
 		u.RiderAt = updatedAt.UTC()
 	}
-	if validLatLng(addr.Lat, addr.Lng) && (addr.Lat != 0 || addr.Lng != 0) {
-		u.Destination = &Destination{Lat: addr.Lat, Lng: addr.Lng, Line1: addr.Line1}
+	u.Destination = destinationOf(addr)
+	if nearRider != nil {
+		u.Near = &nearMsg{Type: "rider_near", OrderID: orderID, RiderID: *nearRider, DistanceM: round1(*nearM), At: nearAt.UTC()}
 	}
 	return u, nil
 }
 
-// loadPosition returns a rider's latest stored fix.
-func loadPosition(ctx context.Context, db querier, rider string) (Fix, bool, error) {
+// loadPosition returns the latest fix of rider stored for orderID: the
+// rider's position when the customer connects, read from the history.
+func loadPosition(ctx context.Context, db querier, orderID, rider string) (Fix, bool, error) {
 	f := Fix{RiderID: rider}
-	err := db.QueryRow(ctx, "SELECT lat, lng, heading, speed_kmh, seq, ts FROM rider_positions WHERE rider_id = $1", rider).
-		Scan(&f.Lat, &f.Lng, &f.Heading, &f.SpeedKmh, &f.Seq, &f.TS)
+	var heading, speed float32
+	err := db.QueryRow(ctx, `SELECT lat, lng, heading, speed_kmh, seq, ts FROM rider_fixes
+		WHERE order_id = $1 AND rider_id = $2 ORDER BY seq DESC LIMIT 1`, orderID, rider).
+		Scan(&f.Lat, &f.Lng, &heading, &speed, &f.Seq, &f.TS)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return f, false, nil
 	}
 	if err != nil {
 		return f, false, fmt.Errorf("load position: %w", err)
 	}
-	f.TS = f.TS.UTC()
+	f.Heading, f.SpeedKmh, f.TS = float64(heading), float64(speed), f.TS.UTC()
 	return f, true, nil
 }

@@ -37,16 +37,24 @@ type Sink interface {
 // Relay feeds this instance's hub riders' fixes from RabbitMQ. It owns one
 // exclusive, auto-delete classic queue on the locations exchange, bound to
 // "rider.<id>" only while some customer connected here watches that rider,
-// so N instances do not each receive the whole city. After a broker reset it declares a new queue and binds every key
-// again; the customers' sockets never notice beyond a gap in fixes.
+// so N instances do not each receive the whole city. It announces those
+// riders to the other instances ("watch.<instance>", the moment it has
+// bound one, and all of them every announceEvery), whose ingests then
+// publish only what some instance watches, and hears their announcements
+// on the same queue (Interest). After a broker reset it declares a new
+// queue and binds every key again; the customers' sockets never notice
+// beyond a gap in fixes.
 type Relay struct {
-	conn *broker.Conn
-	log  *zap.Logger
+	conn     *broker.Conn
+	interest *Interest
+	announce *broker.Publisher
+	log      *zap.Logger
 
 	mu      sync.Mutex
 	want    map[string]struct{} // keys some customer here needs
 	dirty   map[string]struct{} // keys whose binding may have to change
 	changed chan struct{}       // capacity 1: dirty is not empty
+	hello   chan struct{}       // capacity 1: another instance asked for our riders
 
 	// Sessions counts the queue sessions started (1 + broker resets).
 	Sessions  atomic.Int64
@@ -55,12 +63,20 @@ type Relay struct {
 	warn      rate.Sometimes
 }
 
-// NewRelay returns a relay on conn.
-func NewRelay(conn *broker.Conn, log *zap.Logger) *Relay {
-	return &Relay{conn: conn, log: log.With(zap.String("component", "relay")),
-		want: map[string]struct{}{}, dirty: map[string]struct{}{}, changed: make(chan struct{}, 1),
+// NewRelay returns a relay on conn that tells interest what the other
+// instances announce.
+func NewRelay(conn *broker.Conn, interest *Interest, log *zap.Logger) *Relay {
+	log = log.With(zap.String("component", "relay"))
+	return &Relay{conn: conn, interest: interest, log: log,
+		want: map[string]struct{}{}, dirty: map[string]struct{}{}, changed: make(chan struct{}, 1), hello: make(chan struct{}, 1),
 		warn: rate.Sometimes{Interval: 10 * time.Second}}
 }
+
+// watchKey is the routing key of an instance's announcements; watchKeys
+// binds them all.
+func watchKey(instance string) string { return "watch." + instance }
+
+const watchKeys = "watch.*"
 
 // Bind asks for key's messages. It does not block: the binding is made by
 // the session's binder goroutine.
@@ -90,6 +106,8 @@ func (r *Relay) Bound() int64 { return r.bound.Load() }
 // Run relays into sink until ctx is done, starting a new session after each
 // loss of the channel (a broker restart, a connection reset).
 func (r *Relay) Run(ctx context.Context, sink Sink) error {
+	r.announce = broker.NewTransientPublisher(r.conn, r.log)
+	defer r.announce.Close()
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		start := time.Now()
 		err := r.session(ctx, sink)
@@ -127,10 +145,15 @@ func (r *Relay) session(ctx context.Context, sink Sink) error {
 	if err := ch.Qos(relayPrefetch, 0, false); err != nil {
 		return fmt.Errorf("qos: %w", err)
 	}
+	if err := ch.QueueBind(q.Name, watchKeys, broker.ExchangeLocations, false, nil); err != nil {
+		return fmt.Errorf("bind %s: %w", watchKeys, err)
+	}
 	deliveries, err := ch.Consume(q.Name, "", false, true, false, false, nil)
 	if err != nil {
 		return fmt.Errorf("consume relay queue: %w", err)
 	}
+	r.interest.Up()
+	defer r.interest.Down()
 	r.Sessions.Add(1)
 	r.log.Info("relaying", zap.String("queue", q.Name))
 
@@ -174,9 +197,9 @@ func (r *Relay) session(ctx context.Context, sink Sink) error {
 	}
 }
 
-// binder keeps the queue's bindings equal to the keys wanted. It is the
-// only goroutine making calls that wait for an answer on ch (a channel
-// answers one call at a time).
+// binder keeps the queue's bindings equal to the keys wanted, and
+// announces the riders bound. It is the only goroutine making calls that
+// wait for an answer on ch (a channel answers one call at a time).
 func (r *Relay) binder(ctx context.Context, ch *amqp.Channel, queue string) error {
 	r.mu.Lock()
 	for k := range r.want {
@@ -185,11 +208,15 @@ func (r *Relay) binder(ctx context.Context, ch *amqp.Channel, queue string) erro
 	r.mu.Unlock()
 	bound := map[string]struct{}{}
 	defer r.bound.Store(0)
+	tick := time.NewTicker(announceEvery)
+	defer tick.Stop()
+	full, hello := true, true // a new queue: say hello with everything bound
 	for {
 		r.mu.Lock()
 		dirty := r.dirty
 		r.dirty = map[string]struct{}{}
 		r.mu.Unlock()
+		var added []string
 		for k := range dirty {
 			r.mu.Lock()
 			_, want := r.want[k]
@@ -201,6 +228,7 @@ func (r *Relay) binder(ctx context.Context, ch *amqp.Channel, queue string) erro
 					return fmt.Errorf("bind %s: %w", k, err)
 				}
 				bound[k] = struct{}{}
+				added = append(added, strings.TrimPrefix(k, "rider."))
 			case !want && has:
 				if err := ch.QueueUnbind(queue, k, broker.ExchangeLocations, nil); err != nil {
 					return fmt.Errorf("unbind %s: %w", k, err)
@@ -209,11 +237,45 @@ func (r *Relay) binder(ctx context.Context, ch *amqp.Channel, queue string) erro
 			}
 		}
 		r.bound.Store(int64(len(bound)))
+		// Announced once bound, so what the others publish for us from
+		// then on reaches the queue.
+		switch {
+		case full:
+			riders := make([]string, 0, len(bound))
+			for k := range bound {
+				riders = append(riders, strings.TrimPrefix(k, "rider."))
+			}
+			r.say(ctx, announcement{Full: true, Hello: hello, Riders: riders})
+		case len(added) > 0:
+			r.say(ctx, announcement{Riders: added})
+		}
+		full, hello = false, false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-r.changed:
+		case <-tick.C:
+			full = true
+		case <-r.hello:
+			full = true
 		}
+	}
+}
+
+// say publishes an announcement of this instance's. One that is lost is
+// repeated by the next full one, within announceEvery.
+func (r *Relay) say(ctx context.Context, a announcement) {
+	a.Instance = r.interest.self
+	body, err := json.Marshal(a)
+	if err != nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	acked, err := r.announce.PublishBatch(pctx, []broker.Message{{Exchange: broker.ExchangeLocations, RoutingKey: watchKey(a.Instance),
+		Body: body, Transient: true}})
+	if err != nil || !acked[0] {
+		r.warn.Do(func() { r.log.Warn("announcement not published", zap.Error(err)) })
 	}
 }
 
@@ -228,6 +290,19 @@ func (r *Relay) handle(d amqp.Delivery, sink Sink) {
 			return
 		}
 		sink.Fix(f)
+	case strings.HasPrefix(d.RoutingKey, "watch."):
+		var a announcement
+		if err := json.Unmarshal(d.Body, &a); err != nil || watchKey(a.Instance) != d.RoutingKey {
+			r.malformed(d, err)
+			return
+		}
+		r.interest.apply(a, time.Now())
+		if a.Hello && a.Instance != r.interest.self {
+			select {
+			case r.hello <- struct{}{}:
+			default:
+			}
+		}
 	default:
 		r.malformed(d, nil)
 	}

@@ -21,31 +21,38 @@ import (
 	"github.com/dabba/dabba/shared/token"
 )
 
-// demoRoutes are deliveries around Mumbai, each from a kitchen to a door
+// demoRoutes are deliveries around Mumbai: the rider rides from start to
+// the kitchen (from), waits there for the food, then rides to the door (to)
 // by way of one turn, so the riders do not fly in straight lines.
-var demoRoutes = []struct{ from, turn, to [2]float64 }{
-	{[2]float64{19.0176, 72.8562}, [2]float64{19.0260, 72.8530}, [2]float64{19.0330, 72.8400}},
-	{[2]float64{19.0600, 72.8350}, [2]float64{19.0590, 72.8500}, [2]float64{19.0450, 72.8550}},
-	{[2]float64{18.9400, 72.8350}, [2]float64{18.9520, 72.8340}, [2]float64{18.9600, 72.8200}},
-	{[2]float64{19.1000, 72.8700}, [2]float64{19.0900, 72.8720}, [2]float64{19.0850, 72.8850}},
+var demoRoutes = []struct{ start, from, turn, to [2]float64 }{
+	{[2]float64{19.0080, 72.8600}, [2]float64{19.0176, 72.8562}, [2]float64{19.0260, 72.8530}, [2]float64{19.0330, 72.8400}},
+	{[2]float64{19.0680, 72.8290}, [2]float64{19.0600, 72.8350}, [2]float64{19.0590, 72.8500}, [2]float64{19.0450, 72.8550}},
+	{[2]float64{18.9330, 72.8420}, [2]float64{18.9400, 72.8350}, [2]float64{18.9520, 72.8340}, [2]float64{18.9600, 72.8200}},
+	{[2]float64{19.1090, 72.8640}, [2]float64{19.1000, 72.8700}, [2]float64{19.0900, 72.8720}, [2]float64{19.0850, 72.8850}},
 }
 
 // simulate is "tracking simulate", behind make demo: against a running
-// stack it places a few orders on the orders API, assigns each a rider,
-// prints the tracking pages to open, and drives the riders from the kitchen
-// to the door over the rider WebSocket, one fix every DEMO_INTERVAL,
-// moving the orders along as each party would: the restaurant accepts, the
-// rider picks up and delivers. Each call carries the token of the role that
-// makes it (customer, ops, restaurant, rider), minted here.
+// stack it records where the demo's kitchen is (on the restaurant
+// service), places a few orders on the orders API, assigns each a rider,
+// prints the tracking pages to open, and drives the riders over the rider
+// WebSocket, one fix every DEMO_INTERVAL: to the kitchen (the first rider's
+// route starts from where the kitchen is recorded: its feed hears the rider
+// arriving), a wait for the food, then to the door (the customer hears the
+// rider is near), moving the orders along as each party would: the
+// restaurant accepts, the rider picks up and delivers. Each call carries
+// the token of the role that makes it (customer, ops, restaurant, rider),
+// minted here.
 //
 // Environment: ORDERS_URL (http://127.0.0.1:8080), TRACKING_URL
-// (http://127.0.0.1:8081), DEMO_RIDERS (3, at most 4), DEMO_STEPS (180),
-// DEMO_INTERVAL (500ms), and TOKEN_SECRET, which must be the stack's
-// (unset: make run's development secret).
+// (http://127.0.0.1:8081), RESTAURANT_URL (http://127.0.0.1:8083),
+// DEMO_RIDERS (3, at most 4), DEMO_STEPS (180), DEMO_INTERVAL (500ms), and
+// TOKEN_SECRET, which must be the stack's (unset: make run's development
+// secret).
 func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer, log *zap.Logger) error {
 	env := config.Env(getenv)
 	ordersURL := strings.TrimRight(env.String("ORDERS_URL", "http://127.0.0.1:8080"), "/")
 	trackingURL := strings.TrimRight(env.String("TRACKING_URL", "http://127.0.0.1:8081"), "/")
+	restaurantURL := strings.TrimRight(env.String("RESTAURANT_URL", "http://127.0.0.1:8083"), "/")
 	riders, err := env.Int("DEMO_RIDERS", 3)
 	if err != nil {
 		return err
@@ -74,6 +81,11 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 	kitchen, err := tokens.mint(token.AudienceRestaurant, demoRestaurant)
 	if err != nil {
 		return err
+	}
+	// The kitchen is where the first route starts its delivery from.
+	if err := call(ctx, client, http.MethodPut, restaurantURL+"/v1/restaurants/"+demoRestaurant, "", kitchen,
+		fmt.Sprintf(`{"name":"Demo kitchen","lat":%f,"lng":%f}`, demoRoutes[0].from[0], demoRoutes[0].from[1]), nil); err != nil {
+		return fmt.Errorf("record the kitchen (is make run running?): %w", err)
 	}
 
 	type delivery struct {
@@ -105,7 +117,8 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "order %s, rider %s: %s/track/%s?token=%s\n", o.ID[:8], rider, trackingURL, o.ID, o.TrackingToken)
+		fmt.Fprintf(stdout, "order %s, rider %s: %s/track/%s?token=%s\n  its kitchen's feed (rider arriving): %s/v1/restaurants/%s/orders\n",
+			o.ID[:8], rider, trackingURL, o.ID, o.TrackingToken, restaurantURL, demoRestaurant)
 		ds = append(ds, delivery{orderID: o.ID, rider: rider, riderTok: riderTok, route: i})
 	}
 	fmt.Fprintf(stdout, "driving %d riders, %d fixes each, one every %v; open a page above to watch\n", len(ds), steps, interval)
@@ -122,7 +135,7 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 			waitPaid(ctx, client, ordersURL, d.orderID, ops)
 			move("accepted", kitchen)
 			if err := drive(ctx, trackingURL, d.rider, d.riderTok, d.route, steps, interval, func(step int) {
-				if step == steps/5 {
+				if step == legs(steps).pickup {
 					move("picked_up", d.riderTok) // a moment at the kitchen, then off
 				}
 			}, log); err != nil {
@@ -163,9 +176,18 @@ func waitPaid(ctx context.Context, client *http.Client, ordersURL, orderID, tok 
 	}
 }
 
-// drive streams a rider's fixes along route over the rider WebSocket. The
-// first fifth of the steps the rider waits at the kitchen; then it rides
-// to the turn and on to the door, with a little GPS noise.
+// demoLegs are the steps at which a demo rider reaches the kitchen and
+// leaves it with the food: a quarter of the way to the kitchen, a tenth
+// waiting there, the rest to the door.
+type demoLegs struct{ kitchen, pickup int }
+
+func legs(steps int) demoLegs {
+	return demoLegs{kitchen: steps / 4, pickup: steps/4 + steps/10}
+}
+
+// drive streams a rider's fixes along route over the rider WebSocket: to
+// the kitchen, a wait there, then to the turn and on to the door, with a
+// little GPS noise.
 func drive(ctx context.Context, trackingURL, rider, tok string, route, steps int, interval time.Duration, at func(step int), log *zap.Logger) error {
 	ws := strings.Replace(trackingURL, "http", "ws", 1) + "/v1/riders/" + rider + "/ws"
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -186,25 +208,26 @@ func drive(ctx context.Context, trackingURL, rider, tok string, route, steps int
 		}
 	}()
 	rt := demoRoutes[route]
-	wait := steps / 5
-	ride := steps - wait
-	prev := rt.from
+	l := legs(steps)
+	ride := steps - l.pickup
+	prev := rt.start
 	for step := 1; step <= steps; step++ {
 		at(step)
-		pos := rt.from
-		speed := 0.0
-		if step > wait {
-			f := float64(step-wait) / float64(ride)
-			if f < 0.5 {
-				pos = lerp(rt.from, rt.turn, f*2)
-			} else {
-				pos = lerp(rt.turn, rt.to, (f-0.5)*2)
-			}
-			if step < steps {
-				pos[0] += (rand.Float64() - 0.5) * 0.00008
-				pos[1] += (rand.Float64() - 0.5) * 0.00008
-			}
-			speed = 18 + rand.Float64()*10
+		var pos [2]float64
+		speed := 18 + rand.Float64()*10
+		switch f := float64(step-l.pickup) / float64(ride); {
+		case step <= l.kitchen:
+			pos = lerp(rt.start, rt.from, float64(step)/float64(l.kitchen))
+		case step <= l.pickup:
+			pos, speed = rt.from, 0
+		case f < 0.5:
+			pos = lerp(rt.from, rt.turn, f*2)
+		default:
+			pos = lerp(rt.turn, rt.to, (f-0.5)*2)
+		}
+		if speed > 0 && step < steps {
+			pos[0] += (rand.Float64() - 0.5) * 0.00008
+			pos[1] += (rand.Float64() - 0.5) * 0.00008
 		}
 		heading := math.Mod(math.Atan2((pos[1]-prev[1])*math.Cos(pos[0]*math.Pi/180), pos[0]-prev[0])*180/math.Pi+360, 360)
 		prev = pos

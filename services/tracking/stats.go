@@ -10,7 +10,7 @@ import (
 // handleStats handles "GET /stats": this instance's counters, for the
 // benchmark and for operators. With ?gc=1 it collects garbage first, so
 // heap figures show live memory (to measure what an idle socket costs).
-func handleStats(hub *Hub, relay *Relay, in *Ingest, sockets *Sockets) http.Handler {
+func handleStats(hub *Hub, relay *Relay, in *Ingest, sockets *Sockets, hist *History) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("gc") == "1" {
 			runtime.GC()
@@ -18,6 +18,8 @@ func handleStats(hub *Hub, relay *Relay, in *Ingest, sockets *Sockets) http.Hand
 		var mem runtime.MemStats
 		runtime.ReadMemStats(&mem)
 		customers, orders, riders := hub.Counts()
+		peers, watchedElsewhere := relay.interest.Peers()
+		riders, deliveries := in.deliveries.Counts()
 		httpx.Encode(w, http.StatusOK, map[string]any{
 			"sockets_open":   sockets.Open(),
 			"customers":      customers,
@@ -28,14 +30,31 @@ func handleStats(hub *Hub, relay *Relay, in *Ingest, sockets *Sockets) http.Hand
 				"sessions":  relay.Sessions.Load(),
 				"malformed": relay.Malformed.Load(),
 			},
+			"interest": map[string]any{
+				"live":           relay.interest.Live(),
+				"instances":      peers,
+				"riders_watched": watchedElsewhere,
+			},
 			"fixes_out": map[string]int64{
 				"received":  hub.Stats.In.Load(),
+				"local":     hub.Stats.Local.Load(),
 				"sent":      hub.Stats.Sent.Load(),
 				"stale":     hub.Stats.Stale.Load(),
 				"coalesced": hub.Stats.Coalesced.Load(),
 				"unwatched": hub.Stats.Unwatched.Load(),
 			},
 			"customers_dropped": hub.Stats.Dropped.Load(),
+			"deliveries": map[string]int{
+				"riders": riders,
+				"orders": deliveries,
+			},
+			"history": map[string]int64{
+				"written": hist.Stats.Written.Load(),
+				"shed":    hist.Stats.Shed.Load(),
+				"batches": hist.Stats.Batches.Load(),
+				"failed":  hist.Stats.Failed.Load(),
+				"backlog": int64(hist.Backlog()),
+			},
 			"go": map[string]uint64{
 				"goroutines":  uint64(runtime.NumGoroutine()),
 				"heap_alloc":  mem.HeapAlloc,
@@ -45,6 +64,7 @@ func handleStats(hub *Hub, relay *Relay, in *Ingest, sockets *Sockets) http.Hand
 			"fixes_in": map[string]int64{
 				"accepted":  in.Stats.Accepted.Load(),
 				"published": in.Stats.Published.Load(),
+				"coalesced": in.Stats.Coalesced.Load(),
 				"refused":   in.Stats.Refused.Load(),
 				"failed":    in.Stats.Failed.Load(),
 				"invalid":   in.Stats.Invalid.Load(),

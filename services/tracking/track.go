@@ -40,7 +40,7 @@ const (
 // handler returns once the socket is set up: what remains is one goroutine
 // reading control frames, 512-byte buffers and a ping timer; a writer
 // goroutine exists only while something is being sent.
-func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, sockets *Sockets) http.Handler {
+func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, sockets *Sockets, times *fixTimes) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := uuid.Parse(chi.URLParam(r, "id"))
 		if err != nil {
@@ -69,7 +69,7 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, sockets *Sockets) 
 		var fix Fix
 		var hasFix bool
 		if err == nil && o.RiderID != "" && followsRider(o.Status) {
-			fix, hasFix, err = latestFix(ctx, db, hub, o.RiderID)
+			fix, hasFix, err = latestFix(ctx, db, hub, orderID, o.RiderID)
 		}
 		cancel()
 		if err != nil && !errors.Is(err, errUnknownOrder) {
@@ -91,11 +91,11 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, sockets *Sockets) 
 			return
 		}
 		c.SetReadLimit(socketBufferSize) // a customer sends nothing but control frames
-		cc := &customerConn{c: c, w: wt, log: log, stats: &hub.Stats}
+		cc := &customerConn{c: c, w: wt, log: log, stats: &hub.Stats, times: times}
 		forget := sockets.Track(c)
 		hub.Apply(wt, o)
 		if hasFix {
-			wt.offerFix(fix)
+			wt.offerFix(newLiveFix(fix, "")) // no path: not timed
 		}
 		wt.setStart(cc.flush)
 		cc.ping = time.AfterFunc(pingEvery/2+rand.N(pingEvery/2), cc.sendPing)
@@ -118,10 +118,10 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, sockets *Sockets) 
 
 // latestFix is the newer of what this instance saw and what is stored: an
 // instance that watches the rider already knows; one that does not reads
-// the position the ingest stores (at most once a second).
-func latestFix(ctx context.Context, db *pgxpool.Pool, hub *Hub, rider string) (Fix, bool, error) {
+// the history (written within a second or so of a fix).
+func latestFix(ctx context.Context, db *pgxpool.Pool, hub *Hub, orderID, rider string) (Fix, bool, error) {
 	mem, inMem := hub.Latest(rider)
-	stored, inDB, err := loadPosition(ctx, db, rider)
+	stored, inDB, err := loadPosition(ctx, db, orderID, rider)
 	switch {
 	case err != nil:
 		return Fix{}, false, err
@@ -137,6 +137,7 @@ type customerConn struct {
 	w     *watcher
 	log   *zap.Logger
 	stats *HubStats
+	times *fixTimes
 	ping  *time.Timer
 }
 
@@ -145,24 +146,37 @@ type customerConn struct {
 func (cc *customerConn) flush() {
 	since := time.Now()
 	for {
-		fix, hasFix, statuses, overflow, ok := cc.w.take()
+		p, ok := cc.w.take()
 		if !ok {
 			return
 		}
-		if overflow {
+		if p.overflow {
 			cc.tooSlow("status updates piled up")
 			return
 		}
-		for _, m := range statuses {
-			if !cc.send(m) {
+		msgs := make([]any, 0, len(p.statuses)+1)
+		for _, m := range p.statuses {
+			msgs = append(msgs, m)
+		}
+		if p.near != nil {
+			msgs = append(msgs, p.near)
+		}
+		for _, m := range msgs {
+			msg, err := json.Marshal(m)
+			if err != nil {
+				cc.log.Error("encode message", zap.Error(err))
+				return
+			}
+			if !cc.write(msg) {
 				return
 			}
 		}
-		if hasFix {
-			if !cc.send(locationMsg{Type: "location", Fix: fix}) {
+		if fix := p.fix; fix != nil {
+			if !cc.write(fix.message()) {
 				return
 			}
 			cc.stats.Sent.Add(1)
+			cc.times.written(fix, time.Now())
 		}
 		if time.Since(since) > slowLimit {
 			cc.tooSlow("cannot keep up with the rider's fixes")
@@ -171,12 +185,8 @@ func (cc *customerConn) flush() {
 	}
 }
 
-func (cc *customerConn) send(v any) bool {
-	msg, err := json.Marshal(v)
-	if err != nil {
-		cc.log.Error("encode message", zap.Error(err))
-		return false
-	}
+// write writes one message, closing a stalled socket.
+func (cc *customerConn) write(msg []byte) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
 	if err := cc.c.Write(ctx, websocket.MessageText, msg); err != nil {

@@ -98,8 +98,8 @@ func (q WorkQueue) retry() []time.Duration {
 // 100 ms for analytics).
 var WorkQueues = []WorkQueue{
 	{Name: QueuePayment, Bindings: []string{events.OrderPlaced, events.OrderCancelled}, Workers: 1, Prefetch: 128, Batch: 64, Wait: batchWait},
-	{Name: QueueRestaurant, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderCancelled, events.OrderRefunded}, Workers: 1, Prefetch: 512, Batch: 256, Wait: sideWait},
-	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered, events.OrderCancelled, events.OrderRefunded}, Workers: 1, Prefetch: 128, Batch: 64, Wait: sideWait},
+	{Name: QueueRestaurant, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderCancelled, events.OrderRefunded, events.OrderRiderArriving}, Workers: 1, Prefetch: 512, Batch: 256, Wait: sideWait},
+	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered, events.OrderCancelled, events.OrderRefunded, events.OrderRiderNear}, Workers: 1, Prefetch: 128, Batch: 64, Wait: sideWait},
 	{Name: QueueAnalytics, Bindings: []string{"order.#"}, Workers: 1, Prefetch: 2000, Batch: 1000, Wait: 100 * time.Millisecond},
 }
 

@@ -28,6 +28,12 @@ const (
 	// charged: the payment service refunded it. It is no status: a
 	// refunded order stays cancelled.
 	OrderRefunded = "order.refunded"
+	// OrderRiderNear: the order's rider, carrying it, first came within
+	// tracking's TRACKING_NEAR_METERS of the delivery address.
+	OrderRiderNear = "order.rider_near"
+	// OrderRiderArriving: the order's rider first came within the same
+	// distance of the restaurant, before picking the order up.
+	OrderRiderArriving = "order.rider_arriving"
 )
 
 // RoutingKeys lists every routing key published to the "orders" exchange; a
@@ -36,6 +42,7 @@ var RoutingKeys = []string{
 	OrderPlaced, OrderPaid, OrderPaymentFailed, OrderAccepted,
 	OrderPickedUp, OrderDelivered, OrderCancelled, OrderRiderAssigned,
 	OrderRefunded,
+	OrderRiderNear, OrderRiderArriving,
 }
 
 // Order statuses, in the order an order normally lives through them.
@@ -136,6 +143,26 @@ type Refunded struct {
 // RiderAssigned is the payload of order.rider_assigned.
 type RiderAssigned struct {
 	RiderID string `json:"rider_id"`
+}
+
+// RiderNear is the payload of order.rider_near, published once per order.
+// It repeats the order's e-mail and restaurant, so their consumers need
+// nothing but the event.
+type RiderNear struct {
+	RiderID      string  `json:"rider_id"`
+	DistanceM    float64 `json:"distance_m"` // from the delivery address, at the fix that came near
+	Lat          float64 `json:"lat"`        // that fix
+	Lng          float64 `json:"lng"`
+	Email        string  `json:"email,omitempty"`
+	RestaurantID string  `json:"restaurant_id,omitempty"`
+}
+
+// RiderArriving is the payload of order.rider_arriving, published once per
+// order.
+type RiderArriving struct {
+	RiderID      string  `json:"rider_id"`
+	RestaurantID string  `json:"restaurant_id"`
+	DistanceM    float64 `json:"distance_m"` // from the restaurant, at the fix that came near
 }
 
 // ErrMalformed marks an event that can never be processed, however often it

@@ -41,6 +41,7 @@ const (
 	TrackingFixesIn        = "dabba_tracking_fixes_in_total"
 	TrackingFixesOut       = "dabba_tracking_fixes_out_total"
 	TrackingFixesDropped   = "dabba_tracking_fixes_dropped_total"
+	TrackingFixSeconds     = "dabba_tracking_fix_seconds"
 )
 
 // latencyBuckets span 1 ms to about 4 s, where a request's or a handler's
@@ -358,6 +359,22 @@ type Tracking struct {
 	FixesOut    func() int64 // written to customers
 	Stale       func() int64 // dropped: not newer than one already seen
 	Coalesced   func() int64 // dropped: replaced by a newer fix before it was sent
+}
+
+// fixBuckets span 0.2 ms to about 2 s in steps of 1.5: fine enough to
+// tell where a fix's 100 ms budget goes.
+var fixBuckets = prometheus.ExponentialBuckets(0.0002, 1.5, 24)
+
+// TrackingFixTimes returns the histogram of where a rider's fix spends its
+// time on its way to a customer, by path ("local", "broker") and stage
+// (see services/tracking/times.go); nil on a nil Set.
+func (s *Set) TrackingFixTimes() *prometheus.HistogramVec {
+	if s == nil {
+		return nil
+	}
+	return factory{s.Registry}.histogramVec(TrackingFixSeconds,
+		"Time a rider's fix spent in each stage on its way to a customer's socket, by path (local: ingested here; broker: from another instance).",
+		fixBuckets, "path", "stage")
 }
 
 // WatchTracking exposes the tracking service's counters.
