@@ -187,7 +187,10 @@ func (w *watcher) apply(u orderUpdate) string {
 		// Another rider's seq says nothing about this one's.
 		w.riderID, w.riderAt, w.lastSeq, w.fix = u.RiderID, u.RiderAt, 0, nil
 	}
-	if u.Near != nil && !w.nearSeen {
+	// "Your rider is near" only while the rider is on the way: the alert
+	// is raised as the rider's fixes come and reaches here through the
+	// outbox, so it may come after the order was delivered or cancelled.
+	if u.Near != nil && !w.nearSeen && !finished(w.status) {
 		w.nearSeen, w.near = true, u.Near
 		w.kickLocked()
 	}
@@ -195,6 +198,9 @@ func (w *watcher) apply(u orderUpdate) string {
 		w.statusAt, w.status = u.StatusAt, u.Status
 		if !followsRider(w.status) {
 			w.fix = nil
+		}
+		if finished(w.status) {
+			w.near = nil
 		}
 		if len(w.statuses) >= maxPendingStatuses {
 			w.overflow = true

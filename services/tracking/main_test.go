@@ -304,10 +304,12 @@ func TestTracking(t *testing.T) {
 		return ok && f.Seq == seq
 	})
 	t.Run("Path", func(t *testing.T) {
-		testenv.Eventually(t, 5*time.Second, "four fixes stored", func() bool {
-			var n int
+		// Every fix of the rider on this delivery, the one before the
+		// pick-up too.
+		testenv.Eventually(t, 5*time.Second, "every fix stored", func() bool {
+			var n int64
 			_ = db.QueryRow(context.Background(), "SELECT count(*) FROM rider_fixes WHERE order_id = $1", orderID).Scan(&n)
-			return n == 4
+			return n == seq
 		})
 		code, body := get(t, two+"/v1/orders/"+orderID+"/path", trackTok)
 		var p Path
@@ -318,16 +320,23 @@ func TestTracking(t *testing.T) {
 		for _, pt := range p.Points {
 			seqs = append(seqs, pt.Seq)
 		}
-		if !slices.Equal(seqs, []int64{1, 2, 3, 4}) || p.Fixes != 4 || p.Points[0].RiderID != rider {
-			t.Fatalf("path %+v, want seq 1 to 4 of %s in order", p, rider)
+		var want []int64
+		for i := int64(1); i <= seq; i++ {
+			want = append(want, i)
+		}
+		if !slices.Equal(seqs, want) || p.Fixes != int(seq) || p.Points[0].RiderID != rider {
+			t.Fatalf("path %+v, want seq 1 to %d of %s in order", p, seq, rider)
 		}
 		if code, body := get(t, two+"/v1/orders/"+orderID+"/path?max=2", trackTok); code != http.StatusOK || !strings.Contains(string(body), `"thinned":true`) {
 			t.Fatalf("path of 2 points: %d %s", code, body)
 		}
 		other, _ := signer.Tracking(uuid.NewString(), time.Hour)
-		for name, tok := range map[string]string{"none": "", "another order's": other, "the rider's": riderTok} {
-			if code, _ := get(t, two+"/v1/orders/"+orderID+"/path", tok); code != http.StatusUnauthorized {
-				t.Errorf("path with %s token: %d, want 401", name, code)
+		for _, tt := range []struct {
+			name, tok string
+			want      int
+		}{{"no", "", http.StatusUnauthorized}, {"another order's", other, http.StatusForbidden}, {"the rider's", riderTok, http.StatusForbidden}} {
+			if code, _ := get(t, two+"/v1/orders/"+orderID+"/path", tt.tok); code != tt.want {
+				t.Errorf("path with %s token: %d, want %d", tt.name, code, tt.want)
 			}
 		}
 	})
@@ -526,7 +535,8 @@ func TestRiderLocationProblems(t *testing.T) {
 }
 
 func TestStatsAndPage(t *testing.T) {
-	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": secret, "ADMIN_TOKEN": "tracking-admin"})
+	base := testenv.MustRun(t, run, map[string]string{"TOKEN_SECRET": secret, "ADMIN_TOKEN": "tracking-admin",
+		"TRACKING_TILE_URL": "https://{s}.tiles.example.org/{z}/{x}/{y}.png"})
 	get := func(path, tok string) *http.Response {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
