@@ -183,6 +183,8 @@ func accessTable() []route {
 		}, allowed: map[string]int{"rider": 101}, deny: 403},
 		{op: "GET /v1/orders/{id}/track", service: tr, socket: true, call: order("/track", ""),
 			allowed: map[string]int{"track": 101}, deny: 403},
+		{op: "GET /v1/orders/{id}/path", service: tr, call: order("/path", ""),
+			allowed: map[string]int{"customer": 200, "ops": 200, "track": 200}, deny: 403},
 		public(tr, "GET /track/{order_id}", "/track/"+uuid.NewString()),
 		public(tr, "GET /track/assets/{asset}", "/track/assets/track.js"),
 		{op: "GET /stats", service: tr, call: fixed("/stats", ""), allowed: map[string]int{"admin": 200}, deny: 401},

@@ -80,11 +80,19 @@ func TestTrackingPath(t *testing.T) {
 		other := placeOrder(t, newKey(), orderJSON("c-path-"+uuid.NewString(), "r-path", 700))
 		expired, _ := token.NewSigner([]byte(e2eSecret)).Tracking(o.ID, -time.Minute)
 		forged, _ := token.NewSigner([]byte("not the secret")).Tracking(o.ID, time.Hour)
-		for name, tok := range map[string]string{"no": "", "another order's": other.TrackingToken, "the rider's": r.Token,
-			"an expired": expired, "a forged": forged} {
-			code, h, _ := do(t, http.MethodGet, tracking+"/v1/orders/"+o.ID+"/path", map[string]string{"Authorization": "Bearer " + tok}, "")
-			if code != http.StatusUnauthorized || !strings.HasPrefix(h.Get("Content-Type"), "application/problem+json") {
-				t.Errorf("%s token: %d %s, want a 401 problem", name, code, h.Get("Content-Type"))
+		for _, tt := range []struct {
+			name, tok string
+			want      int
+		}{
+			{"no", "", http.StatusUnauthorized},
+			{"an expired", expired, http.StatusUnauthorized},
+			{"a forged", forged, http.StatusUnauthorized},
+			{"another order's", other.TrackingToken, http.StatusForbidden},
+			{"the rider's", r.Token, http.StatusForbidden},
+		} {
+			code, h, _ := do(t, http.MethodGet, tracking+"/v1/orders/"+o.ID+"/path", map[string]string{"Authorization": "Bearer " + tt.tok}, "")
+			if code != tt.want || !strings.HasPrefix(h.Get("Content-Type"), "application/problem+json") {
+				t.Errorf("%s token: %d %s, want a %d problem", tt.name, code, h.Get("Content-Type"), tt.want)
 			}
 		}
 	})
@@ -162,8 +170,7 @@ func TestTrackingRiderNearOnce(t *testing.T) {
 	restaurant := "r-near-" + uuid.NewString()[:8]
 	// The kitchen is 2.2 km south of the door (19.02, 72.84).
 	if code, _, b := do(t, http.MethodPut, base(ports.Restaurant)+"/v1/restaurants/"+restaurant,
-		map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + e2eAdminToken},
-		`{"name":"Near Kitchen","lat":19.00,"lng":72.84}`); code != http.StatusOK {
+		bearer(opsToken(t)), `{"name":"Near Kitchen","lat":19.00,"lng":72.84}`); code != http.StatusOK {
 		t.Fatalf("restaurant record: %d %s", code, b)
 	}
 	o := placeOrder(t, newKey(), orderJSON("c-near-"+uuid.NewString(), restaurant, 900))
@@ -171,7 +178,7 @@ func TestTrackingRiderNearOnce(t *testing.T) {
 	r := &rider{ID: "rider-" + uuid.NewString()[:8]}
 	r.Token, _ = token.NewSigner([]byte(e2eSecret)).Rider(r.ID, time.Hour)
 	if code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+o.ID+"/rider",
-		map[string]string{"Content-Type": "application/json"}, `{"rider_id":"`+r.ID+`"}`); code != http.StatusOK {
+		bearer(opsToken(t)), `{"rider_id":"`+r.ID+`"}`); code != http.StatusOK {
 		t.Fatalf("assign rider = %d %s", code, b)
 	}
 	at := func(baseURL string, lat float64) int {
@@ -183,7 +190,7 @@ func TestTrackingRiderNearOnce(t *testing.T) {
 	}
 	move := func(status string) {
 		if code, _, b := do(t, http.MethodPost, base(ports.Orders)+"/v1/orders/"+o.ID+"/status",
-			map[string]string{"Content-Type": "application/json"}, `{"status":"`+status+`"}`); code != http.StatusOK {
+			bearer(opsToken(t)), `{"status":"`+status+`"}`); code != http.StatusOK {
 			t.Fatalf("move to %s = %d %s", status, code, b)
 		}
 	}
@@ -194,7 +201,7 @@ func TestTrackingRiderNearOnce(t *testing.T) {
 	at(tracking, 19.01)
 	eventually(t, 20*time.Second, "rider arriving in the restaurant's feed", func() error {
 		at(tracking, 19.001)
-		code, _, b := do(t, http.MethodGet, base(ports.Restaurant)+"/v1/restaurants/"+restaurant+"/orders", nil, "")
+		code, _, b := do(t, http.MethodGet, base(ports.Restaurant)+"/v1/restaurants/"+restaurant+"/orders", bearer(opsToken(t)), "")
 		if code != http.StatusOK || !strings.Contains(string(b), `"event":"order.rider_arriving"`) {
 			return fmt.Errorf("feed %d %s", code, b)
 		}
