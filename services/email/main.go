@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
+	"github.com/dabba/dabba/shared/consumer"
 	"github.com/dabba/dabba/shared/service"
 )
 
@@ -27,6 +28,10 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	defer base.Close()
 	log := base.Log
 
+	inbox, err := base.Env.Duration("INBOX_RETENTION", consumer.DefaultInboxRetention)
+	if err != nil {
+		return err
+	}
 	perMinute, err := base.Env.Int("EMAIL_RATE_PER_MINUTE", 25)
 	if err != nil {
 		return err
@@ -53,7 +58,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8084"), base.Router(), log, nil)
 	})
 	g.Go(func() error {
-		return newConsumer(log, base.DB, limiter, sender, renderer).Run(ctx, base.Broker)
+		return newConsumer(log, base.DB, limiter, sender, renderer).InboxRetention(inbox).Run(ctx, base.Broker)
 	})
 	return g.Wait()
 }

@@ -51,6 +51,13 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	if limits.InFlight, err = base.Env.Int("ORDERS_MAX_IN_FLIGHT", 64); err != nil {
 		return err
 	}
+	// How long the outbox keeps a row every reader has passed: the relay's
+	// and projections' positions keep what they have not, whatever this
+	// says; past it an operator can still read an event in the outbox.
+	outboxRetention, err := base.Env.Duration("OUTBOX_RETENTION", time.Hour)
+	if err != nil {
+		return err
+	}
 	r := base.Router()
 	addRoutes(r, log, store, signer, auth.NewGuard(signer), limits, base.AdminToken, base.Broker)
 	// The relay runs here, so the outbox's backlog is watched here.
@@ -62,16 +69,21 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	})
 	g.Go(func() error { return relay.Run(ctx) })
 	g.Go(func() error { return paymentOutcomes().Run(ctx, base.DB, log) })
-	g.Go(func() error { sweep(ctx, store, log); return nil })
+	g.Go(func() error { sweep(ctx, store, outboxRetention, log); return nil })
 	return g.Wait()
 }
 
-// sweep removes expired idempotency keys and old sent outbox rows hourly.
-func sweep(ctx context.Context, store *Store, log *zap.Logger) {
-	t := time.NewTicker(time.Hour)
+// sweepEvery is how often expired idempotency keys and old outbox rows are
+// swept: often enough that each sweep is a few small batches.
+const sweepEvery = time.Minute
+
+// sweep removes expired idempotency keys and outbox rows older than
+// outboxRetention that every reader has passed.
+func sweep(ctx context.Context, store *Store, outboxRetention time.Duration, log *zap.Logger) {
+	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
 	for {
-		if err := store.Sweep(ctx); err != nil && ctx.Err() == nil {
+		if err := store.Sweep(ctx, outboxRetention); err != nil && ctx.Err() == nil {
 			log.Warn("sweep", zap.Error(err))
 		}
 		select {

@@ -183,11 +183,15 @@ func (s *Store) AssignRider(ctx context.Context, id, riderID string, at time.Tim
 	return s.Get(ctx, id)
 }
 
-// Sweep deletes idempotency records past their expiry and outbox rows sent
-// more than a day ago (outbox.Sweep).
-func (s *Store) Sweep(ctx context.Context) error {
-	if _, err := s.db.Exec(ctx, "DELETE FROM idempotency_keys WHERE expires_at <= now()"); err != nil {
+// Sweep deletes idempotency records past their expiry and the outbox's rows
+// older than outboxRetention that every reader has passed (outbox.Sweep),
+// in batches.
+func (s *Store) Sweep(ctx context.Context, outboxRetention time.Duration) error {
+	_, err := postgres.Sweep(ctx, s.db, `DELETE FROM idempotency_keys WHERE (customer_id, key) IN (
+		SELECT customer_id, key FROM idempotency_keys WHERE expires_at <= now() LIMIT $1)`)
+	if err != nil {
 		return fmt.Errorf("sweep idempotency keys: %w", err)
 	}
-	return outbox.Sweep(ctx, s.db, 24*time.Hour)
+	_, err = outbox.Sweep(ctx, s.db, outboxRetention)
+	return err
 }

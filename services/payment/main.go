@@ -15,6 +15,7 @@ import (
 
 	"github.com/dabba/dabba/services/payment/gateway"
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/consumer"
 	"github.com/dabba/dabba/shared/outbox"
 	"github.com/dabba/dabba/shared/service"
 )
@@ -39,19 +40,23 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	transport := &http.Transport{MaxIdleConns: q.Workers * q.Batch, MaxIdleConnsPerHost: q.Workers * q.Batch, IdleConnTimeout: time.Minute}
 	gw := gateway.NewClient(base.Env.String("PAYMENT_GATEWAY_URL", "http://127.0.0.1:8090"), &http.Client{Timeout: 10 * time.Second, Transport: transport})
 	// The consumer writes order.paid and order.payment_failed to the
-	// outbox: this service's own relay publishes them as soon as it is
-	// woken. Relays elsewhere (orders) would only find them at their next
-	// poll.
+	// outbox. One relay publishes the outbox at a time: when it is this
+	// service's, it is woken at once; otherwise the other's polls find
+	// them within 10 ms. Either takes over when the other stops.
 	pub := broker.NewPublisher(base.Broker, log)
 	defer pub.Close()
 	relay := outbox.NewRelay(base.DB, pub, log)
+	inbox, err := base.Env.Duration("INBOX_RETENTION", consumer.DefaultInboxRetention)
+	if err != nil {
+		return err
+	}
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return service.Serve(ctx, base.Env.String("HTTP_ADDR", ":8082"), base.Router(), log, nil)
 	})
 	g.Go(func() error {
-		return newConsumer(log, base.DB, gw, relay.Wake).Run(ctx, base.Broker)
+		return newConsumer(log, base.DB, gw, relay.Wake).InboxRetention(inbox).Run(ctx, base.Broker)
 	})
 	g.Go(func() error { return relay.Run(ctx) })
 	return g.Wait()

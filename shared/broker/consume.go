@@ -26,6 +26,11 @@ const (
 	HeaderReason     = "x-dabba-reason"      // why it was dead-lettered
 	HeaderQueue      = "x-dabba-queue"       // the work queue it came from
 	HeaderDeadAt     = "x-dabba-dead-at"     // when it was dead-lettered
+	// A replay (shared/dlq) adds these to the copy it sends back, so an
+	// operator, and a consumer, can tell a replayed message from a fresh
+	// one.
+	HeaderReplays    = "x-dabba-replays"     // how often the message was replayed
+	HeaderReplayedAt = "x-dabba-replayed-at" // when it was last replayed
 )
 
 // Reasons a consumer dead-letters a message (HeaderReason).

@@ -123,7 +123,13 @@ type Consumer struct {
 	routes map[string]Route
 	// keyed: the effects are their own inbox (EffectsKeyedByEvent).
 	keyed bool
+	// retention is how long the inbox keeps a record (InboxRetention).
+	retention time.Duration
 }
+
+// DefaultInboxRetention is how long a consumer's inbox keeps the record of
+// a processed message unless told otherwise (INBOX_RETENTION).
+const DefaultInboxRetention = 7 * 24 * time.Hour
 
 // New returns the consumer of the work queue named queue (a row of
 // broker.WorkQueues, whose settings it takes), applying its effects in db.
@@ -134,7 +140,7 @@ func New(queue string, db *pgxpool.Pool, log *zap.Logger, routes ...Route) *Cons
 	if !ok {
 		panic("consumer: no work queue " + queue)
 	}
-	c := &Consumer{queue: q, cfg: q.Config(), db: db, log: log, routes: map[string]Route{}}
+	c := &Consumer{queue: q, cfg: q.Config(), db: db, log: log, routes: map[string]Route{}, retention: DefaultInboxRetention}
 	for _, r := range routes {
 		if _, dup := c.routes[r.typ]; dup {
 			panic("consumer: " + r.typ + " routed twice")
@@ -184,9 +190,40 @@ func (c *Consumer) Timeout(d time.Duration) *Consumer {
 	return c
 }
 
-// Run consumes c's queue on conn until ctx is done.
+// InboxRetention sets how long c's inbox keeps the record of a processed
+// message (DefaultInboxRetention unless set); older records are swept.
+// Every copy of an event reaches a consumer within seconds of the first (a
+// relay publishing again, a redelivery, the retry ladder's 30 s), or after
+// an outage, within its length; one later than the retention can no longer
+// be told from one processed before, so c dead-letters an event older than
+// that, unless an operator replayed it (a replay is a message that failed,
+// never processed).
+func (c *Consumer) InboxRetention(d time.Duration) *Consumer {
+	c.retention = d
+	return c
+}
+
+// Run consumes c's queue on conn until ctx is done, and sweeps its inbox.
 func (c *Consumer) Run(ctx context.Context, conn *broker.Conn) error {
+	if !c.keyed {
+		go c.sweepInbox(ctx)
+	}
 	return broker.Consume(ctx, conn, c.cfg, c.Handle, c.log)
+}
+
+// sweepInbox deletes c's inbox records past the retention, every so often.
+func (c *Consumer) sweepInbox(ctx context.Context) {
+	every := min(c.retention/100, 10*time.Minute)
+	for {
+		if _, err := postgres.SweepInbox(ctx, c.db, c.queue.Name, c.retention); err != nil && ctx.Err() == nil {
+			c.log.Warn("sweep the inbox; will try again", zap.String("queue", c.queue.Name), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
 }
 
 // Handle handles one batch of deliveries: it is c's broker.BatchHandler,
@@ -248,6 +285,10 @@ func (c *Consumer) decode(d broker.Delivery) (*item, error) {
 	r, ok := c.routes[env.Type]
 	if !ok {
 		return nil, broker.Permanent(fmt.Errorf("%s does not handle %s", c.queue.Name, env.Type))
+	}
+	if age := time.Since(env.OccurredAt); !c.keyed && age > c.retention && d.Headers[broker.HeaderReplays] == nil {
+		return nil, broker.Permanent(fmt.Errorf("event of %s ago, older than the inbox keeps records (%s): whether it was processed cannot be told; replay it if it was not",
+			age.Round(time.Second), c.retention))
 	}
 	data, err := r.decode(env)
 	if err != nil {

@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/dabba/dabba/shared/broker"
@@ -152,5 +154,41 @@ func TestOutsideWorkHoldsNoTransactionID(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestEventOlderThanTheInbox: an event older than the inbox keeps records
+// is dead-lettered, unless an operator replayed it; a consumer whose
+// effects are their own inbox takes it.
+func TestEventOlderThanTheInbox(t *testing.T) {
+	db := testenv.MustOwnSchema(t)
+	ctx := context.Background()
+	var handled []string
+	route := On(events.OrderPlaced, func(ctx context.Context, tx pgx.Tx, batch []Event[events.Placed]) error {
+		for _, e := range batch {
+			handled = append(handled, e.ID)
+		}
+		return nil
+	})
+	old := func() broker.Delivery {
+		e, err := events.New(events.NewID(), events.OrderPlaced, uuid.NewString(), time.Now().Add(-8*24*time.Hour), events.Placed{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := json.Marshal(e)
+		return broker.Delivery{Queue: broker.QueueEmail, MessageID: e.ID, RoutingKey: e.Type, Type: e.Type, CorrelationID: e.OrderID, Body: body, Attempt: 1}
+	}
+	c := New(broker.QueueEmail, db, zaptest.NewLogger(t), route).InboxRetention(7 * 24 * time.Hour)
+	if err := c.Handle(ctx, []broker.Delivery{old()}); !broker.IsPermanent(err) || len(handled) != 0 {
+		t.Fatalf("an 8-day-old event: %v, handled %v; want it dead-lettered", err, handled)
+	}
+	replayed := old()
+	replayed.Headers = amqp.Table{broker.HeaderReplays: int32(1)}
+	if err := c.Handle(ctx, []broker.Delivery{replayed}); err != nil || len(handled) != 1 {
+		t.Fatalf("a replayed 8-day-old event: %v, handled %v; want it handled", err, handled)
+	}
+	keyed := New(broker.QueueRestaurant, db, zaptest.NewLogger(t), route).EffectsKeyedByEvent()
+	if err := keyed.Handle(ctx, []broker.Delivery{old()}); err != nil || len(handled) != 2 {
+		t.Fatalf("an old event to a consumer keyed by event: %v, handled %v; want it handled", err, handled)
 	}
 }

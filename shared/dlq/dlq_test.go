@@ -176,7 +176,7 @@ func TestReplay(t *testing.T) {
 			select {
 			case d := <-got:
 				if d.Attempt != 1 || d.RoutingKey != key || (d.MessageID != want[1] && d.MessageID != want[4]) ||
-					d.Headers[broker.HeaderReason] != nil || d.Headers[dlq.HeaderReplays] != int32(1) {
+					d.Headers[broker.HeaderReason] != nil || d.Headers[broker.HeaderReplays] != int32(1) {
 					t.Errorf("replayed delivery %+v", d)
 				}
 			case <-time.After(10 * time.Second):

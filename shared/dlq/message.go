@@ -23,14 +23,6 @@ import (
 	"github.com/dabba/dabba/shared/broker"
 )
 
-// Headers a replay adds to the copy it sends back to the work queue, so an
-// operator can tell a replayed message from a fresh one (the consumer
-// cannot: it handles both alike).
-const (
-	HeaderReplays    = "x-dabba-replays"     // how often the message was replayed
-	HeaderReplayedAt = "x-dabba-replayed-at" // when it was last replayed
-)
-
 // ErrUnknownQueue is returned for a queue that is not a work queue of the
 // topology (and so has no dead-letter queue).
 var ErrUnknownQueue = errors.New("unknown queue")
@@ -108,7 +100,7 @@ func parse(origin string, d amqp.Delivery, now time.Time) Message {
 	h := d.Headers
 	m := Message{
 		ID: d.MessageId, OrderID: d.CorrelationId, Type: d.Type, OriginQueue: origin, ContentType: d.ContentType,
-		Error: str(h, broker.HeaderError), Attempts: num(h, broker.HeaderAttempt), Replays: num(h, HeaderReplays),
+		Error: str(h, broker.HeaderError), Attempts: num(h, broker.HeaderAttempt), Replays: num(h, broker.HeaderReplays),
 		Deaths: deaths(h), Body: bodyText(d.Body),
 	}
 	m.Reason = str(h, broker.HeaderReason)
@@ -219,8 +211,8 @@ func replayCopy(d amqp.Delivery, m Message, now time.Time) amqp.Publishing {
 		}
 	}
 	h[broker.HeaderRoutingKey] = m.RoutingKey
-	h[HeaderReplays] = int32(m.Replays + 1)
-	h[HeaderReplayedAt] = now.UTC().Format(time.RFC3339Nano)
+	h[broker.HeaderReplays] = int32(m.Replays + 1)
+	h[broker.HeaderReplayedAt] = now.UTC().Format(time.RFC3339Nano)
 	return amqp.Publishing{
 		Headers: h, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding, DeliveryMode: amqp.Persistent,
 		Priority: d.Priority, CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo, MessageId: d.MessageId,

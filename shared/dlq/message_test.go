@@ -39,8 +39,8 @@ func TestParse(t *testing.T) {
 			name: "RetriedThenExhausted",
 			give: amqp.Delivery{MessageId: "m3", Body: []byte{0xff},
 				Headers: amqp.Table{broker.HeaderReason: broker.ReasonExhausted, broker.HeaderRoutingKey: "order.paid", broker.HeaderAttempt: int32(4),
-					HeaderReplays: int32(2),
-					"x-death":     []any{amqp.Table{"queue": "email.retry.30s", "reason": "expired", "count": int64(1), "routing-keys": []any{"email.retry.30s"}}}}},
+					broker.HeaderReplays: int32(2),
+					"x-death":            []any{amqp.Table{"queue": "email.retry.30s", "reason": "expired", "count": int64(1), "routing-keys": []any{"email.retry.30s"}}}}},
 			want: Message{ID: "m3", Reason: "retries-exhausted", OriginQueue: "email", RoutingKey: "order.paid", Attempts: 4, Replays: 2, Body: "base64:/w==",
 				Deaths: []Death{{Queue: "email.retry.30s", Reason: "expired", Count: 1, RoutingKeys: []string{"email.retry.30s"}}}},
 		},
@@ -103,7 +103,7 @@ func TestReplayCopy(t *testing.T) {
 		Timestamp: now.Add(-time.Hour), UserId: "someone",
 		Headers: amqp.Table{"traceparent": "00-abc-def-01", broker.HeaderAttempt: int32(4), broker.HeaderError: "boom",
 			broker.HeaderReason: broker.ReasonExhausted, broker.HeaderQueue: "email", broker.HeaderDeadAt: "x",
-			broker.HeaderRoutingKey: "order.paid", "x-death": []any{}, "x-delivery-count": int64(3), HeaderReplays: int32(1)}}
+			broker.HeaderRoutingKey: "order.paid", "x-death": []any{}, "x-delivery-count": int64(3), broker.HeaderReplays: int32(1)}}
 	m := parse("email", d, now)
 	p := replayCopy(d, m, now)
 	if p.MessageId != "m1" || p.CorrelationId != "o1" || p.Type != "order.paid" || string(p.Body) != "{}" ||
@@ -115,7 +115,7 @@ func TestReplayCopy(t *testing.T) {
 			t.Errorf("header %s kept", gone)
 		}
 	}
-	if p.Headers["traceparent"] != "00-abc-def-01" || p.Headers[broker.HeaderRoutingKey] != "order.paid" || p.Headers[HeaderReplays] != int32(2) {
+	if p.Headers["traceparent"] != "00-abc-def-01" || p.Headers[broker.HeaderRoutingKey] != "order.paid" || p.Headers[broker.HeaderReplays] != int32(2) {
 		t.Errorf("headers %v", p.Headers)
 	}
 }

@@ -282,12 +282,15 @@ func savePosition(ctx context.Context, db Querier, name string, pos Position) er
 
 // Sweep deletes the rows written more than olderThan ago that every reader
 // (the relay, each Projection) has passed: a reader that stopped for a
-// while finds what it has not read yet still there.
-func Sweep(ctx context.Context, db *pgxpool.Pool, olderThan time.Duration) error {
-	_, err := db.Exec(ctx, `DELETE FROM outbox o WHERE created_at < now() - $1 * interval '1 millisecond'
-		AND NOT EXISTS (SELECT 1 FROM outbox_readers r WHERE (r.tx, r.id) < (o.tx, o.id))`, olderThan.Milliseconds())
+// while finds what it has not read yet still there. The old rows are found
+// through outbox_age_idx, and go in batches.
+func Sweep(ctx context.Context, db *pgxpool.Pool, olderThan time.Duration) (int64, error) {
+	n, err := postgres.Sweep(ctx, db, `DELETE FROM outbox WHERE id = ANY(ARRAY(
+		SELECT o.id FROM outbox o, (SELECT tx, id FROM outbox_readers ORDER BY tx, id LIMIT 1) r
+		WHERE o.created_at < now() - $2 * interval '1 millisecond' AND (o.tx, o.id) <= (r.tx, r.id) LIMIT $1))`,
+		olderThan.Milliseconds())
 	if err != nil {
-		return fmt.Errorf("sweep outbox: %w", err)
+		return n, fmt.Errorf("sweep outbox: %w", err)
 	}
-	return nil
+	return n, nil
 }

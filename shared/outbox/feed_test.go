@@ -249,7 +249,7 @@ func TestProjectionResumes(t *testing.T) {
 	if _, err := db.Exec(ctx, "DELETE FROM outbox_readers WHERE name = 'relay'"); err != nil {
 		t.Fatal(err)
 	}
-	if err := Sweep(ctx, db, 24*time.Hour); err != nil {
+	if _, err := Sweep(ctx, db, 24*time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	var left int

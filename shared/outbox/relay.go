@@ -150,9 +150,10 @@ type Relay struct {
 // relayName is the relay's position in outbox_readers.
 const relayName = "relay"
 
-// RelayLock is the key of the relay's advisory lock ("outbox r"): the
-// publishing relay's session holds it (pg_locks shows which).
-const RelayLock = 0x6f7574626f782072
+// RelayLockKey is the SQL for the key of the relay's advisory lock: one per
+// schema, since each schema has an outbox of its own. The publishing relay's
+// session holds it (pg_locks shows which).
+const RelayLockKey = "hashtextextended('dabba outbox relay ' || current_schema(), 0)"
 
 // NewRelay returns a relay publishing through pub (a *broker.Publisher).
 func NewRelay(db *pgxpool.Pool, pub Publisher, log *zap.Logger) *Relay {
@@ -211,7 +212,7 @@ func (r *Relay) lead(ctx context.Context) (led bool, err error) {
 		}
 		conn.Release()
 	}()
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", int64(RelayLock)).Scan(&led); err != nil || !led {
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock("+RelayLockKey+")").Scan(&led); err != nil || !led {
 		return false, err
 	}
 	// The session only reads and stores the relay's position. A position

@@ -301,6 +301,41 @@ func RecordProcessed(ctx context.Context, tx pgx.Tx, consumer string, ids []stri
 	return nil
 }
 
+// SweepBatch is how many rows a sweep deletes in one statement.
+const SweepBatch = 5000
+
+// Sweep runs del, a DELETE of at most SweepBatch rows, again and again until
+// one deletes fewer, and returns how many rows went. A sweep of a large
+// backlog is then many short transactions, each holding few row locks,
+// never one long one that blocks the hot path or bloats the WAL at once.
+// del's statement receives SweepBatch as its first parameter.
+func Sweep(ctx context.Context, db *pgxpool.Pool, del string, args ...any) (int64, error) {
+	var total int64
+	for {
+		tag, err := db.Exec(ctx, del, append([]any{SweepBatch}, args...)...)
+		if err != nil {
+			return total, err
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < SweepBatch {
+			return total, nil
+		}
+	}
+}
+
+// SweepInbox deletes the inbox records of consumer older than olderThan.
+// A message processed longer ago is no longer recognised if it comes
+// again; consumers refuse messages that old (shared/consumer).
+func SweepInbox(ctx context.Context, db *pgxpool.Pool, consumer string, olderThan time.Duration) (int64, error) {
+	n, err := Sweep(ctx, db, `DELETE FROM processed_messages WHERE ctid = ANY(ARRAY(
+		SELECT ctid FROM processed_messages WHERE processed_at < now() - $3 * interval '1 millisecond' AND consumer = $2 LIMIT $1))`,
+		consumer, olderThan.Milliseconds())
+	if err != nil {
+		return n, fmt.Errorf("sweep inbox of %s: %w", consumer, err)
+	}
+	return n, nil
+}
+
 // IsUnavailable reports whether err means the database could not be reached
 // (as opposed to a query it rejected), so an API can answer 503.
 func IsUnavailable(err error) bool {

@@ -165,3 +165,31 @@ func TestValues(t *testing.T) {
 		}
 	}
 }
+
+// TestSweepInbox deletes a consumer's records older than the retention,
+// more than one batch of them, and keeps the newer ones and other
+// consumers'.
+func TestSweepInbox(t *testing.T) {
+	pool := MustPool(t)
+	ctx := context.Background()
+	me, other := "sweep-"+uuid.NewString()[:8], "sweep-"+uuid.NewString()[:8]
+	_, err := pool.Exec(ctx, `INSERT INTO processed_messages (consumer, message_id, processed_at)
+		SELECT c, gen_random_uuid()::text, now() - CASE WHEN g <= $3 THEN interval '8 days' ELSE interval '1 day' END
+		FROM unnest(ARRAY[$1, $2]) c, generate_series(1, $3 + 10) g`, me, other, SweepBatch+100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := SweepInbox(ctx, pool, me, 7*24*time.Hour)
+	if err != nil || n != SweepBatch+100 {
+		t.Fatalf("swept %d (%v), want %d", n, err, SweepBatch+100)
+	}
+	var mine, theirs int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FILTER (WHERE consumer = $1), count(*) FILTER (WHERE consumer = $2) FROM processed_messages WHERE consumer IN ($1, $2)",
+		me, other).Scan(&mine, &theirs); err != nil {
+		t.Fatal(err)
+	}
+	if mine != 10 || theirs != SweepBatch+110 {
+		t.Fatalf("left %d of mine and %d of the other's, want 10 and %d", mine, theirs, SweepBatch+110)
+	}
+	_, _ = pool.Exec(ctx, "DELETE FROM processed_messages WHERE consumer IN ($1, $2)", me, other)
+}
