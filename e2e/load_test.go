@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,7 +37,7 @@ func needFaults(t *testing.T) {
 // orderLoad places orders at a steady rate until stopped, the way a client
 // app should: each order has its own Idempotency-Key and is sent again with
 // the same key after a network error, a 409 (the first attempt still in
-// flight) or a 503 (after its Retry-After), until it is accepted. So every
+// flight), a 503 or a 429 (after its Retry-After), until it is accepted. So every
 // order the client meant to place must end up accepted exactly once, and
 // the ledger can hold the system to that.
 //
@@ -212,7 +213,7 @@ func (l *orderLoad) waitStatus(tok, id, status string) bool {
 }
 
 // call sends a request with the customer's token until it gets an answer
-// no retry changes: again after a network error or a 503 (after its
+// no retry changes: again after a network error, a 503 or a 429 (after its
 // Retry-After), and after a 409 when inFlight409 (the Idempotency-Key's
 // first request still in flight). ok is false, and the test failed, if
 // none came within 3 minutes.
@@ -238,13 +239,16 @@ func (l *orderLoad) call(method, path, tok, key, body string, inFlight409 bool) 
 		switch {
 		case resp.StatusCode == http.StatusConflict && inFlight409:
 			l.retry("409 in flight", 200*time.Millisecond)
-		case resp.StatusCode == http.StatusServiceUnavailable:
+		case resp.StatusCode == http.StatusServiceUnavailable, resp.StatusCode == http.StatusTooManyRequests:
 			secs, err := strconv.Atoi(resp.Header.Get("Retry-After"))
 			if err != nil || secs <= 0 {
-				l.fail(fmt.Sprintf("%s %s: 503 without a Retry-After: %q", method, path, resp.Header.Get("Retry-After")))
+				l.fail(fmt.Sprintf("%s %s: %d without a Retry-After: %q", method, path, resp.StatusCode, resp.Header.Get("Retry-After")))
 				return 0, nil, false
 			}
-			l.retry("503 Retry-After", time.Duration(secs)*time.Second)
+			// A little more than asked, and not all at once: after an
+			// outage, every waiting client coming back in the same
+			// instant is a flood of its own.
+			l.retry(fmt.Sprintf("%d Retry-After", resp.StatusCode), time.Duration(secs)*time.Second+rand.N(time.Second))
 		default:
 			return resp.StatusCode, b, true
 		}
