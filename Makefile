@@ -45,6 +45,12 @@ bench: deps
 bench-quick: deps
 	$(GO) run ./e2e/bench -quick -out $${TMPDIR:-/tmp}/dabba-bench-quick.json
 
+## soak: the stack at SOAK_RATE orders/s for SOAK (100/s, 30m), sampled every minute (RSS, goroutines, tables, queues, connections); fails if anything but the effect tables keeps growing; not in CI
+SOAK      ?= 30m
+SOAK_RATE ?= 100
+soak: deps
+	$(GO) run ./e2e/bench -only soak -soak $(SOAK) -soak-rate $(SOAK_RATE) -out $${TMPDIR:-/tmp}/dabba-soak.json
+
 ## deps: install (Debian), start and set up PostgreSQL and RabbitMQ; quick when all is in place
 deps:
 	@.ci/services.sh

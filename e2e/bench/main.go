@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -53,18 +54,20 @@ type sizes struct {
 	FixEvery     time.Duration
 	Customers    int // customers watching a sample of the riders
 	LocationsFor time.Duration
-	IdleSockets  int // idle customer sockets for the memory figure
+	IdleSockets  int           // idle customer sockets for the memory figure
+	Soak         time.Duration // how long make soak holds its rate
+	SoakRate     int           // orders a second during the soak
 }
 
 var (
 	full = sizes{Ceiling: 10 * time.Second, Concurrency: 16, Probe: 10 * time.Second,
 		Rates: []int{50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000}, Hold: 60 * time.Second, Low: 20 * time.Second, Settle: 2 * time.Second,
 		Burst: 100_000, BurstOver: time.Minute, Riders: 10_000, FixEvery: 500 * time.Millisecond, Customers: 200,
-		LocationsFor: 30 * time.Second, IdleSockets: 10_000}
+		LocationsFor: 30 * time.Second, IdleSockets: 10_000, Soak: 30 * time.Minute, SoakRate: 100}
 	quick = sizes{Ceiling: 2 * time.Second, Concurrency: 16, Probe: 2 * time.Second,
 		Rates: []int{50, 100}, Hold: 3 * time.Second, Low: 2 * time.Second, Settle: time.Second,
 		Burst: 500, BurstOver: 2 * time.Second, Riders: 200, FixEvery: 500 * time.Millisecond, Customers: 20,
-		LocationsFor: 3 * time.Second, IdleSockets: 500}
+		LocationsFor: 3 * time.Second, IdleSockets: 500, Soak: 4 * time.Minute, SoakRate: 20}
 )
 
 // benchPorts keep the bench clear of make run and of the e2e suite.
@@ -98,7 +101,11 @@ var steps = []string{
 	"orders",
 	"burst",
 	"locations",
+	"soak", // only when asked for (make soak): half an hour
 }
+
+// onlyWhenAsked are the steps a run without -only leaves out.
+var onlyWhenAsked = []string{"soak"}
 
 // partialOut is where a run of some steps, or of other rates or hold,
 // writes by default, so a developer's probe never replaces the figures of
@@ -120,6 +127,8 @@ func main() {
 	burst := flag.Int("burst", 0, "orders in the burst (default 100000 over a minute, quick 500), sent at the same rate")
 	rates := flag.String("rates", "", "order rates to search instead of the default list, comma-separated (e.g. 300,500,700)")
 	hold := flag.Duration("hold", 0, "how long the best rate is held (default 60s, quick 3s)")
+	soak := flag.Duration("soak", 0, "how long the soak step holds its rate (default 30m, quick 4m)")
+	soakRate := flag.Int("soak-rate", 0, "orders a second during the soak (default 100, quick 20)")
 	only := flag.String("only", "", "run only these steps, comma-separated, of "+strings.Join(steps, ",")+" (the ceilings run whenever orders or burst do)")
 	flag.Parse()
 	sz := full
@@ -140,6 +149,12 @@ func main() {
 			os.Exit(2)
 		}
 		sz.Rates = rs
+	}
+	if *soak > 0 {
+		sz.Soak = *soak
+	}
+	if *soakRate > 0 {
+		sz.SoakRate = *soakRate
 	}
 	if *hold > 0 {
 		sz.Hold = *hold
@@ -183,7 +198,7 @@ func parseSteps(s string) (map[string]bool, error) {
 	out := map[string]bool{}
 	if s == "" {
 		for _, st := range steps {
-			out[st] = true
+			out[st] = !slices.Contains(onlyWhenAsked, st)
 		}
 		return out, nil
 	}
@@ -235,7 +250,11 @@ func run(ctx context.Context, sz sizes, opt options) error {
 		return err
 	}
 	defer logs.Close()
-	s, err := stack.Start(ctx, svcs, bin, stack.Environ(benchEnv), logs)
+	stackEnv := maps.Clone(benchEnv)
+	if opt.steps["soak"] {
+		maps.Copy(stackEnv, soakEnv)
+	}
+	s, err := stack.Start(ctx, svcs, bin, stack.Environ(stackEnv), logs)
 	if err != nil {
 		return fmt.Errorf("start the stack: %w (logs in %s)", err, logs.Name())
 	}
@@ -248,7 +267,7 @@ func run(ctx context.Context, sz sizes, opt options) error {
 	r := &Results{Date: time.Now().UTC(), Cores: runtime.NumCPU(), Quick: opt.quick, Go: runtime.Version(), Versions: versions(ctx, db)}
 	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r, pprof: opt.pprof}
 	fns := map[string]func(context.Context) error{
-		"ceilings": b.ceilings, "memory": b.memory, "orders": b.orders, "burst": b.burst, "locations": b.locations,
+		"ceilings": b.ceilings, "memory": b.memory, "orders": b.orders, "burst": b.burst, "locations": b.locations, "soak": b.soak,
 	}
 	for _, st := range steps {
 		if !opt.steps[st] {
@@ -272,6 +291,9 @@ func run(ctx context.Context, sz sizes, opt options) error {
 	fmt.Println("bench: results in", opt.out)
 	if len(r.Lost) > 0 {
 		return fmt.Errorf("orders lost: %v", r.Lost)
+	}
+	if len(r.Soak.Growing) > 0 {
+		return fmt.Errorf("soak: still growing: %s", strings.Join(r.Soak.Growing, "; "))
 	}
 	return nil
 }

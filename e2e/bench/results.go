@@ -76,6 +76,8 @@ type Results struct {
 		BytesPerIdleSocket float64          `json:"bytes_per_idle_socket"`
 	} `json:"memory"`
 
+	Soak SoakResults `json:"soak"`
+
 	Lost []string `json:"lost,omitempty"`
 }
 
@@ -183,6 +185,9 @@ func (r *Results) print(w io.Writer) {
 	}
 	if ran("locations") {
 		r.Locations.print(tw, c.RabbitTransientPerS)
+	}
+	if ran("soak") {
+		r.Soak.print(tw)
 	}
 	m := r.Memory
 	if ran("memory") {

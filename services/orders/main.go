@@ -36,6 +36,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 	defer pub.Close()
 	relay := outbox.NewRelay(base.DB, pub, log)
 	store := NewStore(base.DB, relay.Wake)
+	if store.KeyTTL, err = base.Env.Duration("IDEMPOTENCY_KEY_TTL", DefaultKeyTTL); err != nil {
+		return err
+	}
 	secret, err := token.SecretFromEnv(getenv, log)
 	if err != nil {
 		return err

@@ -246,7 +246,7 @@ func (s *Store) commitGroup(ctx context.Context, group []*placeCall) error {
 		}); err != nil {
 			return fmt.Errorf("look up menu items: %w", err)
 		}
-		var w groupWrites
+		w := groupWrites{expires: time.Now().Add(s.KeyTTL)}
 		first := make(map[string]bool, len(group))
 		for n, c := range group {
 			lines := menu[:len(c.lines)]
@@ -274,6 +274,7 @@ type groupWrites struct {
 	n                     int // orders
 	orders, history, keys []any
 	outbox                outbox.Rows
+	expires               time.Time // the idempotency records'
 }
 
 // add prices c's order from what the menu says of its lines, renders its
@@ -299,7 +300,7 @@ func (w *groupWrites) add(c *placeCall, menu []menuItem) error {
 	w.n++
 	w.orders = append(w.orders, o.ID, o.CustomerID, o.RestaurantID, o.Email, items, addr, o.TotalCents, o.Status, o.CreatedAt)
 	w.history = append(w.history, o.ID, o.Status, o.CreatedAt)
-	w.keys = append(w.keys, c.req.CustomerID, c.key, c.req.fingerprint(), body, c.res.Location)
+	w.keys = append(w.keys, c.req.CustomerID, c.key, c.req.fingerprint(), body, c.res.Location, w.expires)
 	return nil
 }
 
@@ -308,10 +309,8 @@ func (w *groupWrites) add(c *placeCall, menu []menuItem) error {
 const (
 	orderRow, orderWidth     = "($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)", 9
 	historyRow, historyWidth = "($1, $2, $3)", 3
-	keyWidth                 = 5
+	keyRow, keyWidth         = "($1, $2, $3, 201, $4, $5, $6)", 6
 )
-
-var keyRow = fmt.Sprintf("($1, $2, $3, 201, $4, $5, now() + interval '%s')", idempotencyTTL)
 
 // queue queues the group's inserts on b; nothing when no order is new.
 func (w *groupWrites) queue(b *pgx.Batch) {

@@ -34,8 +34,9 @@ func (e *IllegalMoveError) Error() string {
 	return fmt.Sprintf("an order cannot go from %s to %s", e.From, e.To)
 }
 
-// idempotencyTTL is how long an Idempotency-Key is remembered.
-const idempotencyTTL = 24 * time.Hour
+// DefaultKeyTTL is how long an Idempotency-Key is remembered unless the
+// store is told otherwise (IDEMPOTENCY_KEY_TTL).
+const DefaultKeyTTL = 24 * time.Hour
 
 // Store keeps orders, their history, idempotency records and outbox events.
 type Store struct {
@@ -45,6 +46,9 @@ type Store struct {
 	wake func()
 	// placing is the group commit of Place (place.go).
 	placing placeQueue
+	// KeyTTL is how long an Idempotency-Key's record is kept; set it
+	// before the store is used.
+	KeyTTL time.Duration
 }
 
 // NewStore returns a store on db that calls wake (which may be nil) after
@@ -53,7 +57,7 @@ func NewStore(db *pgxpool.Pool, wake func()) *Store {
 	if wake == nil {
 		wake = func() {}
 	}
-	return &Store{db: db, wake: wake, placing: newPlaceQueue()}
+	return &Store{db: db, wake: wake, placing: newPlaceQueue(), KeyTTL: DefaultKeyTTL}
 }
 
 // lockKey names the advisory lock of a customer's Idempotency-Key; the
