@@ -13,7 +13,7 @@ set -euo pipefail
 # per-key ordering for the location feed, and metrics.
 RABBITMQ_PLUGINS=(rabbitmq_management rabbitmq_consistent_hash_exchange rabbitmq_prometheus)
 PLUGINS_FILE=${RABBITMQ_ENABLED_PLUGINS_FILE:-/etc/rabbitmq/enabled_plugins}
-PG_WAIT=60     # seconds for PostgreSQL to accept connections
+PG_WAIT=600    # seconds for PostgreSQL to accept connections (crash recovery replays up to max_wal_size)
 RABBIT_WAIT=120 # seconds for RabbitMQ to boot (a first boot is slow)
 
 say() { echo "services: $*"; }
@@ -56,11 +56,17 @@ pg_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
 if ! pg_up; then
   version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1)
   [ -n "$version" ] || die "no PostgreSQL cluster in /etc/postgresql"
-  say "starting PostgreSQL $version"
-  if with_systemd; then
-    as_root systemctl start "postgresql@$version-main"
+  # A machine that has just booted may have the server starting already
+  # (it refuses connections until its recovery is over): then only wait.
+  if as_root pg_ctlcluster "$version" main status >/dev/null 2>&1; then
+    say "waiting for PostgreSQL $version to accept connections"
   else
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    say "starting PostgreSQL $version"
+    if with_systemd; then
+      as_root systemctl start "postgresql@$version-main"
+    else
+      as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    fi
   fi
   wait_for "$PG_WAIT" PostgreSQL pg_up
 fi
@@ -134,7 +140,10 @@ missing_plugins() {
 }
 mapfile -t plugins < <(missing_plugins)
 if ! rabbit_up >/dev/null 2>&1; then
-  if as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+  if pgrep -u rabbitmq -f 'beam.*rabbit' >/dev/null && ! as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    # A node that is booting (a machine that has just started): only wait.
+    say "waiting for RabbitMQ to boot"
+  elif as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
     # The node runs but its app was stopped (rabbitmqctl stop_app, as the
     # fault tests do): start the app only.
     say "starting the RabbitMQ app"
