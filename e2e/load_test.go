@@ -54,6 +54,9 @@ type orderLoad struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 	n     atomic.Int64 // orders started
+	// patience is how long a request is sent again before the test gives
+	// up on it: longer than any outage the suite makes.
+	patience time.Duration
 
 	mu       sync.Mutex
 	byKey    map[string]string    // Idempotency-Key → the order id it was answered with
@@ -104,7 +107,7 @@ func startLoad(t testing.TB, tag string, perSecond int, mixed bool) *orderLoad {
 		mustMenu(t, orderJSON("c-"+tag, "r-"+tag, price))
 	}
 	l := &orderLoad{t: t, tag: tag, mixed: mixed, stop: make(chan struct{}), byKey: map[string]string{}, cases: map[string]orderCase{},
-		retries: map[string]int{}}
+		retries: map[string]int{}, patience: 2*time.Minute + outageLength(t)}
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
@@ -216,9 +219,9 @@ func (l *orderLoad) waitStatus(tok, id, status string) bool {
 // no retry changes: again after a network error, a 503 or a 429 (after its
 // Retry-After), and after a 409 when inFlight409 (the Idempotency-Key's
 // first request still in flight). ok is false, and the test failed, if
-// none came within 3 minutes.
+// none came within its patience.
 func (l *orderLoad) call(method, path, tok, key, body string, inFlight409 bool) (code int, answer []byte, ok bool) {
-	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); {
+	for deadline := time.Now().Add(l.patience); time.Now().Before(deadline); {
 		req, _ := http.NewRequest(method, base(ports.Orders)+path, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer "+tok)
@@ -253,7 +256,7 @@ func (l *orderLoad) call(method, path, tok, key, body string, inFlight409 bool) 
 			return resp.StatusCode, b, true
 		}
 	}
-	l.fail(fmt.Sprintf("%s %s: no answer within 3 minutes", method, path))
+	l.fail(fmt.Sprintf("%s %s: no answer within %v", method, path, l.patience))
 	return 0, nil, false
 }
 
