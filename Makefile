@@ -35,7 +35,7 @@ test: deps vet
 
 ## test-faults: the slow fault cases that stop and start the broker
 test-faults: deps
-	$(if $(FAULT_PKGS),DABBA_FAULTS=1 $(GO) test -count=1 -p 1 -timeout 30m -run '$(FAULT_RUN)' $(FAULT_PKGS),@echo "test-faults: no fault tests")
+	$(if $(FAULT_PKGS),DABBA_FAULTS=1 $(GO) test -count=1 -p 1 -timeout 60m -run '$(FAULT_RUN)' $(FAULT_PKGS),@echo "test-faults: no fault tests")
 
 ## bench: ceilings, order rate, burst, locations and memory at full size (~15 min); table on stdout, JSON in e2e/bench/results.json
 bench: deps
