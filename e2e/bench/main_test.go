@@ -13,7 +13,8 @@ func TestParseSteps(t *testing.T) {
 		want    []string
 		wantErr bool
 	}{
-		{give: "", want: steps},
+		{give: "", want: []string{"ceilings", "memory", "orders", "burst", "locations"}}, // not the soak
+		{give: "soak", want: []string{"soak"}},
 		{give: "locations", want: []string{"locations"}},
 		{give: "orders", want: []string{"ceilings", "orders"}},
 		{give: "burst, memory", want: []string{"ceilings", "memory", "burst"}},
