@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
 	"github.com/dabba/dabba/shared/token"
 )
@@ -56,7 +57,7 @@ func TestOrderReachesEveryConsumer(t *testing.T) {
 	_ = json.Unmarshal(b, &mails)
 	found := 0
 	for _, m := range mails {
-		if strings.Contains(m.Subject, o.ID[:8]) {
+		if strings.Contains(m.Subject, events.ShortID(o.ID)) {
 			found++
 		}
 	}

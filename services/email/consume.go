@@ -76,7 +76,7 @@ func mailer[T any](limiter *rate.Limiter, sender Sender, r *Renderer, to func(T)
 		var mails []Mail
 		var mailed []consumer.Event[T]
 		for _, e := range batch {
-			data := mailData{OrderID: e.OrderID, Short: e.OrderID[:8]}
+			data := mailData{OrderID: e.OrderID, Short: events.ShortID(e.OrderID)}
 			set(&data, e.Data)
 			m, err := compose(r, e.Type, data, e.ID, to(e.Data))
 			if err != nil {

@@ -117,7 +117,7 @@ func TestHandleOrderEmail(t *testing.T) {
 			t.Fatalf("%d mails sent, want 1", len(got))
 		}
 		m := got[0]
-		if len(m.To) != 1 || m.To[0] != "eater@example.com" || !strings.Contains(m.Subject, orderID[:8]) ||
+		if len(m.To) != 1 || m.To[0] != "eater@example.com" || !strings.Contains(m.Subject, events.ShortID(orderID)) ||
 			!strings.Contains(m.Body, "3 x Masala dosa  INR 13.50") || !strings.Contains(m.Body, "Total: INR 13.50") {
 			t.Fatalf("mail = %+v", m)
 		}
@@ -179,7 +179,7 @@ func TestHandleOrderEmail(t *testing.T) {
 				}
 				got := mailsFor(sink, tt.give.MessageID)
 				if len(got) != 1 || got[0].To[0] != "first@example.com" || !strings.Contains(got[0].Subject, tt.wantSubj) ||
-					!strings.Contains(got[0].Subject, orderID[:8]) || !strings.Contains(got[0].Body, tt.wantBody) {
+					!strings.Contains(got[0].Subject, events.ShortID(orderID)) || !strings.Contains(got[0].Body, tt.wantBody) {
 					t.Fatalf("mails = %+v", got)
 				}
 			})

@@ -20,7 +20,7 @@ var templateFS embed.FS
 // filled.
 type mailData struct {
 	OrderID  string
-	Short    string // the order id's first 8 characters, as customers see it
+	Short    string // the order id as customers see it (events.ShortID)
 	Placed   events.Placed
 	Paid     events.Paid
 	Failed   events.PaymentFailed

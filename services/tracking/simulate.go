@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dabba/dabba/shared/config"
+	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/token"
 )
 
@@ -118,7 +119,7 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 			return err
 		}
 		fmt.Fprintf(stdout, "order %s, rider %s: %s/track/%s?token=%s\n  its kitchen's feed (rider arriving): %s/v1/restaurants/%s/orders\n",
-			o.ID[:8], rider, trackingURL, o.ID, o.TrackingToken, restaurantURL, demoRestaurant)
+			events.ShortID(o.ID), rider, trackingURL, o.ID, o.TrackingToken, restaurantURL, demoRestaurant)
 		ds = append(ds, delivery{orderID: o.ID, rider: rider, riderTok: riderTok, route: i})
 	}
 	fmt.Fprintf(stdout, "driving %d riders, %d fixes each, one every %v; open a page above to watch\n", len(ds), steps, interval)
@@ -142,7 +143,7 @@ func simulate(ctx context.Context, getenv func(string) string, stdout io.Writer,
 				return err
 			}
 			move("delivered", d.riderTok)
-			fmt.Fprintf(stdout, "order %s delivered\n", d.orderID[:8])
+			fmt.Fprintf(stdout, "order %s delivered\n", events.ShortID(d.orderID))
 			return nil
 		})
 	}

@@ -212,6 +212,12 @@ func DecodeData(e Envelope, v any) error {
 // unguessable: 74 bits are random.
 func NewID() string { return uuid.Must(uuid.NewV7()).String() }
 
+// ShortID is how an id is shown to people (an e-mail's subject, the
+// tracking page): its last 8 characters. The first 8 of a time-ordered id
+// are the time, the same for every order placed within a minute or so; the
+// last are random.
+func ShortID(id string) string { return id[max(0, len(id)-8):] }
+
 // New builds an envelope around data; id must be unique (NewID). The time
 // keeps PostgreSQL's precision (microseconds), so an event's time equals
 // the time its writer stored with the change it announces, and a reader

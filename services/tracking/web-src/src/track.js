@@ -36,7 +36,7 @@ import L from "leaflet";
     fitted: false,
   };
 
-  $("order-id").textContent = orderID.slice(0, 8);
+  $("order-id").textContent = orderID.slice(-8);
 
   // --- the map -------------------------------------------------------------
   const mapEl = $("map");
