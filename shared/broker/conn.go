@@ -339,11 +339,16 @@ func (c *Conn) Close() error {
 
 // Release closes a channel the caller is done with. A channel closed while
 // the connection is recovering makes the library's recovery fail on it for
-// ever (it reopens every registered channel and gives up on one that is
-// closing), and a channel's "lost" notification can come a moment before
-// the connection counts as recovering. So Release lets a grace period pass,
-// then waits until the connection and the channel are both open again (or
-// the connection is gone for good) before it closes ch.
+// ever (amqp091-go v1.16's Close of a channel that is already down marks it
+// closing but leaves it registered, and recovery then gives up on it and
+// starts over, every time), and a channel's "lost" notification can come a
+// moment before the connection counts as recovering. So Release lets a
+// grace period pass, then waits until the connection has recovered (the
+// library reopens every registered channel before it says so), or is gone
+// for good, however long the broker stays away, before it closes ch. (It
+// once gave up after 10 minutes: a broker away longer left every service
+// unable to reconnect.) On an open connection closing is safe at once,
+// even for a channel the broker closed alone.
 func (c *Conn) Release(ch *amqp.Channel) {
 	c.mu.Lock()
 	conn := c.conn
@@ -354,13 +359,12 @@ func (c *Conn) Release(ch *amqp.Channel) {
 	}
 	go func() {
 		time.Sleep(releaseGrace)
-		deadline := time.Now().Add(10 * time.Minute)
-		for (conn.IsClosed() || ch.IsClosed()) && !c.closed.Load() && time.Now().Before(deadline) {
+		for !c.closed.Load() {
 			c.mu.Lock()
 			replaced := c.conn != conn
 			c.mu.Unlock()
-			if replaced {
-				break // that connection is gone, and its channels with it
+			if replaced || (!conn.IsClosed() && c.open.Load()) {
+				break // recovered, or gone with its channels
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
