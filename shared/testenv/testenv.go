@@ -50,6 +50,14 @@ func MustDB(tb testing.TB) *pgxpool.Pool {
 // sees nothing of theirs.
 func MustOwnSchema(tb testing.TB) *pgxpool.Pool {
 	tb.Helper()
+	db, _ := MustOwnSchemaURL(tb)
+	return db
+}
+
+// MustOwnSchemaURL is MustOwnSchema that also returns the schema's
+// DATABASE_URL, for a service the test runs on it (MustRun).
+func MustOwnSchemaURL(tb testing.TB) (*pgxpool.Pool, string) {
+	tb.Helper()
 	shared := MustDB(tb)
 	schema := "test_" + strings.ReplaceAll(uuid.NewString()[:13], "-", "")
 	ctx := context.Background()
@@ -78,7 +86,7 @@ func MustOwnSchema(tb testing.TB) *pgxpool.Pool {
 	if err := postgres.Migrate(ctx, db); err != nil {
 		tb.Fatal(err)
 	}
-	return db
+	return db, dbURL
 }
 
 // MustBroker dials the test broker, declares the topology and closes the
