@@ -235,9 +235,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *zap.Logger, err err
 		err = httpx.NewProblem(http.StatusConflict, illegal.Error())
 	case postgres.IsUnavailable(err):
 		log.Warn("database unavailable", zap.String("path", r.URL.Path), zap.Error(err))
-		p := httpx.NewProblem(http.StatusServiceUnavailable, "the order store is unavailable; retry shortly")
-		p.RetryAfter = 2
-		err = p
+		err = httpx.Unavailable("the order store")
 	}
 	httpx.Error(w, r, log, err)
 }

@@ -85,9 +85,7 @@ func handleFeed(log *zap.Logger, db *pgxpool.Pool) http.Handler {
 // and 500 for anything else.
 func feedError(w http.ResponseWriter, r *http.Request, log *zap.Logger, err error) {
 	if postgres.IsUnavailable(err) {
-		p := httpx.NewProblem(http.StatusServiceUnavailable, "database unavailable")
-		p.RetryAfter = 1
-		httpx.WriteProblem(w, p)
+		httpx.WriteProblem(w, httpx.Unavailable("the feed"))
 		return
 	}
 	httpx.Error(w, r, log, fmt.Errorf("read feed: %w", err))

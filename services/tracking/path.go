@@ -93,9 +93,7 @@ func handlePath(log *zap.Logger, db *pgxpool.Pool) http.Handler {
 		points, err := loadPath(ctx, db, orderID)
 		if err != nil {
 			if postgres.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
-				p := httpx.NewProblem(http.StatusServiceUnavailable, "the path is unavailable; retry shortly")
-				p.RetryAfter = 2
-				httpx.WriteProblem(w, p)
+				httpx.WriteProblem(w, httpx.Unavailable("the path"))
 				return
 			}
 			httpx.Error(w, r, log, err)

@@ -76,9 +76,7 @@ func handleTrack(log *zap.Logger, db *pgxpool.Pool, hub *Hub, sockets *Sockets, 
 			hub.Remove(wt)
 			release()
 			if postgres.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
-				p := httpx.NewProblem(http.StatusServiceUnavailable, "tracking is unavailable; retry shortly")
-				p.RetryAfter = 2
-				httpx.WriteProblem(w, p)
+				httpx.WriteProblem(w, httpx.Unavailable("tracking"))
 				return
 			}
 			httpx.Error(w, r, log, err)

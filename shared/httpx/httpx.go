@@ -40,6 +40,15 @@ func NewProblem(status int, detail string) *Problem {
 	return &Problem{Title: http.StatusText(status), Status: status, Detail: detail}
 }
 
+// Unavailable returns the 503 a handler answers while a dependency it
+// needs (the database) cannot be reached: what is unavailable, and a
+// Retry-After of 2 s so that clients come back rather than give up.
+func Unavailable(what string) *Problem {
+	p := NewProblem(http.StatusServiceUnavailable, what+" is unavailable; retry shortly")
+	p.RetryAfter = 2
+	return p
+}
+
 // FieldProblem returns a 400 problem naming the field at fault.
 func FieldProblem(field, detail string) *Problem {
 	p := NewProblem(http.StatusBadRequest, detail)
