@@ -37,6 +37,10 @@ const (
 const (
 	ReasonPermanent = "permanent-error"
 	ReasonExhausted = "retries-exhausted"
+	// ReasonWaitedTooLong: an event of an ordered consumer waited longer
+	// than its hold limit for an earlier event of its order
+	// (shared/consumer).
+	ReasonWaitedTooLong = "waited-too-long"
 )
 
 // Delivery is a message as a handler sees it.

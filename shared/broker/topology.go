@@ -48,6 +48,10 @@ type WorkQueue struct {
 	// worker, messages per batch, and how long a batch waits to fill.
 	Workers, Prefetch, Batch int
 	Wait                     time.Duration
+	// Ordered: the consumer applies each order's events in the order they
+	// were written, whatever the workers, instances, retries and replays
+	// (shared/consumer).
+	Ordered bool
 }
 
 // Binds reports whether one of q's bindings on the topic exchange matches
@@ -95,11 +99,12 @@ func (q WorkQueue) retry() []time.Duration {
 // payment provider (called concurrently for a batch); e-mail's is cut down
 // further by the provider's rate limit (services/email); the consumers
 // nobody's payment waits on let a batch fill for longer (sideWait, and
-// 100 ms for analytics).
+// 100 ms for analytics). Analytics alone is not Ordered: its rows carry
+// each event's time, so the order they arrive in does not matter.
 var WorkQueues = []WorkQueue{
-	{Name: QueuePayment, Bindings: []string{events.OrderPlaced, events.OrderCancelled}, Workers: 1, Prefetch: 128, Batch: 64, Wait: batchWait},
-	{Name: QueueRestaurant, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderCancelled, events.OrderRefunded, events.OrderRiderArriving}, Workers: 1, Prefetch: 512, Batch: 256, Wait: sideWait},
-	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered, events.OrderCancelled, events.OrderRefunded, events.OrderRiderNear}, Workers: 1, Prefetch: 128, Batch: 64, Wait: sideWait},
+	{Name: QueuePayment, Bindings: []string{events.OrderPlaced, events.OrderCancelled}, Workers: 1, Prefetch: 128, Batch: 64, Wait: batchWait, Ordered: true},
+	{Name: QueueRestaurant, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderCancelled, events.OrderRefunded, events.OrderRiderArriving}, Workers: 1, Prefetch: 512, Batch: 256, Wait: sideWait, Ordered: true},
+	{Name: QueueEmail, Bindings: []string{events.OrderPlaced, events.OrderPaid, events.OrderPaymentFailed, events.OrderDelivered, events.OrderCancelled, events.OrderRefunded, events.OrderRiderNear}, Workers: 1, Prefetch: 128, Batch: 64, Wait: sideWait, Ordered: true},
 	{Name: QueueAnalytics, Bindings: []string{"order.#"}, Workers: 1, Prefetch: 2000, Batch: 1000, Wait: 100 * time.Millisecond},
 }
 

@@ -66,6 +66,9 @@ type item struct {
 	data  any
 	d     broker.Delivery
 	err   error // set through Event.Fail
+	// seq is the event's number among its order's events (0: unordered)
+	// and after the number of the event it waits for (order.go).
+	seq, after int
 }
 
 // Route is what a consumer does with one event type.
@@ -125,6 +128,12 @@ type Consumer struct {
 	keyed bool
 	// retention is how long the inbox keeps a record (InboxRetention).
 	retention time.Duration
+	// pub publishes held events again once they may go (order.go); nil
+	// until Run.
+	pub *broker.Publisher
+	// holdLimit is how long an event waits for its predecessor
+	// (HoldLimit).
+	holdLimit time.Duration
 }
 
 // DefaultInboxRetention is how long a consumer's inbox keeps the record of
@@ -140,7 +149,8 @@ func New(queue string, db *pgxpool.Pool, log *zap.Logger, routes ...Route) *Cons
 	if !ok {
 		panic("consumer: no work queue " + queue)
 	}
-	c := &Consumer{queue: q, cfg: q.Config(), db: db, log: log, routes: map[string]Route{}, retention: DefaultInboxRetention}
+	c := &Consumer{queue: q, cfg: q.Config(), db: db, log: log, routes: map[string]Route{}, retention: DefaultInboxRetention,
+		holdLimit: DefaultHoldLimit}
 	for _, r := range routes {
 		if _, dup := c.routes[r.typ]; dup {
 			panic("consumer: " + r.typ + " routed twice")
@@ -207,6 +217,11 @@ func (c *Consumer) InboxRetention(d time.Duration) *Consumer {
 func (c *Consumer) Run(ctx context.Context, conn *broker.Conn) error {
 	if !c.keyed {
 		go c.sweepInbox(ctx)
+	}
+	if c.queue.Ordered {
+		c.pub = broker.NewPublisher(conn, c.log)
+		defer c.pub.Close()
+		go c.tendHeld(ctx)
 	}
 	return broker.Consume(ctx, conn, c.cfg, c.Handle, c.log)
 }
@@ -294,27 +309,30 @@ func (c *Consumer) decode(d broker.Delivery) (*item, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &item{env: env, data: data, d: d}, nil
+	it := &item{env: env, data: data, d: d}
+	if c.queue.Ordered {
+		it.seq, it.after = c.sequence(d)
+	}
+	return it, nil
 }
 
-// apply claims the batch's inbox entries, hands the events not processed
-// before to their routes, a type at a time in the order each type first
-// arrived (an order's order.placed before its order.paid, when both are in
-// one batch), then records in the inbox those whose effects were written.
-// Nothing is written before the routes run, so a route's outside work (a
-// charge, an e-mail) happens before the transaction gets a transaction id
-// (postgres.ClaimUnprocessed says why that matters).
+// apply claims the batch's inbox entries (and, for an ordered consumer,
+// locks its orders and reads where each is), hands the events not
+// processed before to their routes, then records in the inbox those whose
+// effects were written. Routes run a type at a time, in the order each type
+// first arrived; an ordered consumer runs them in rounds, each taking the
+// events whose predecessor is applied, so an order's order.placed goes
+// before its order.paid in one batch too, and holds the events whose
+// predecessor is not (order.go). Nothing is written before the routes run,
+// so a route's outside work (a charge, an e-mail) happens before the
+// transaction gets a transaction id (postgres.ClaimUnprocessed says why
+// that matters).
 func (c *Consumer) apply(ctx context.Context, tx pgx.Tx, items []*item) error {
-	ids := make([]string, len(items))
-	for i, it := range items {
-		ids[i] = it.env.ID
-	}
-	fresh, err := c.claim(ctx, tx, ids)
+	fresh, cur, err := c.claim(ctx, tx, items)
 	if err != nil {
 		return err
 	}
-	var order []string
-	groups := map[string][]*item{}
+	var pending []*item
 	for _, it := range items {
 		if !fresh[it.env.ID] {
 			if ce := c.log.Check(zap.InfoLevel, "duplicate event skipped"); ce != nil {
@@ -322,39 +340,147 @@ func (c *Consumer) apply(ctx context.Context, tx pgx.Tx, items []*item) error {
 			}
 			continue
 		}
+		pending = append(pending, it)
+	}
+	var done []string
+	for len(pending) > 0 {
+		ready, waiting := cur.split(pending)
+		if len(ready) == 0 {
+			break
+		}
+		if err := c.handle(ctx, tx, ready); err != nil {
+			return err
+		}
+		for _, it := range ready {
+			if it.err == nil {
+				done = append(done, it.env.ID)
+				cur.applied(it)
+			}
+		}
+		pending = waiting
+	}
+	return c.record(ctx, tx, done, cur, pending)
+}
+
+// handle hands items to their routes, a type at a time, in the order each
+// type first arrived.
+func (c *Consumer) handle(ctx context.Context, tx pgx.Tx, items []*item) error {
+	var order []string
+	groups := map[string][]*item{}
+	for _, it := range items {
 		if _, ok := groups[it.env.Type]; !ok {
 			order = append(order, it.env.Type)
 		}
 		groups[it.env.Type] = append(groups[it.env.Type], it)
 	}
-	var done []string
 	for _, typ := range order {
 		if err := c.routes[typ].handle(ctx, tx, groups[typ]); err != nil {
 			return err
 		}
-		for _, it := range groups[typ] {
-			if it.err == nil {
-				done = append(done, it.env.ID)
-			}
-		}
 	}
-	if c.keyed {
-		return nil
-	}
-	return postgres.RecordProcessed(ctx, tx, c.queue.Name, done)
+	return nil
 }
 
-// claim claims ids in the inbox and returns those new to c; with keyed
-// effects every id counts as new, since the effect's key decides.
-func (c *Consumer) claim(ctx context.Context, tx pgx.Tx, ids []string) (map[string]bool, error) {
+// claim locks and reads, in one round trip, what deciding on items needs:
+// which are new to c (with keyed effects every one counts as new, since
+// the effect's key decides) and, when they are numbered, where each of
+// their orders is. The locks make a concurrent batch with the same
+// messages wait for this one: an ordered consumer locks their orders, so
+// that it also never applies one order's events in two batches at once.
+func (c *Consumer) claim(ctx context.Context, tx pgx.Tx, items []*item) (map[string]bool, *cursors, error) {
+	ids := make([]string, len(items))
+	for i, it := range items {
+		ids[i] = it.env.ID
+	}
+	cur := c.newCursors(items)
+	if c.keyed && cur == nil {
+		fresh := make(map[string]bool, len(ids))
+		for _, id := range ids {
+			fresh[id] = true
+		}
+		return fresh, nil, nil
+	}
+	var b pgx.Batch
+	locks := ids
+	if c.queue.Ordered {
+		locks = orderIDs(items)
+	}
+	postgres.LockKeys(&b, c.queue.Name, locks)
 	if !c.keyed {
-		return postgres.ClaimUnprocessed(ctx, tx, c.queue.Name, ids)
+		postgres.QueueUnprocessed(&b, c.queue.Name, ids)
+	}
+	if cur != nil {
+		cur.queueRead(&b)
+	}
+	res := tx.SendBatch(ctx, &b)
+	defer res.Close()
+	if _, err := res.Exec(); err != nil {
+		return nil, nil, fmt.Errorf("lock inbox entries: %w", err)
 	}
 	fresh := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		fresh[id] = true
+	if c.keyed {
+		for _, id := range ids {
+			fresh[id] = true
+		}
+	} else {
+		var err error
+		if fresh, err = postgres.ReadUnprocessed(res, len(ids)); err != nil {
+			return nil, nil, err
+		}
 	}
-	return fresh, nil
+	if cur != nil {
+		if err := cur.read(res); err != nil {
+			return nil, nil, err
+		}
+	}
+	return fresh, cur, res.Close()
+}
+
+// orderIDs returns the distinct order ids of items.
+func orderIDs(items []*item) []string {
+	seen := make(map[string]bool, len(items))
+	var ids []string
+	for _, it := range items {
+		if !seen[it.env.OrderID] {
+			seen[it.env.OrderID] = true
+			ids = append(ids, it.env.OrderID)
+		}
+	}
+	return ids
+}
+
+// record writes, in one round trip, the inbox records of done, and for an
+// ordered consumer where its orders now are and the events held back
+// (waiting); it arranges for the held events that may now go to be
+// published again once the transaction has committed.
+func (c *Consumer) record(ctx context.Context, tx pgx.Tx, done []string, cur *cursors, waiting []*item) error {
+	var b pgx.Batch
+	if !c.keyed {
+		postgres.QueueRecordProcessed(&b, c.queue.Name, done)
+	}
+	if cur != nil {
+		cur.queueWrite(&b, waiting)
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	res := tx.SendBatch(ctx, &b)
+	defer res.Close()
+	if !c.keyed && len(done) > 0 {
+		if _, err := res.Exec(); err != nil {
+			return fmt.Errorf("record processed messages: %w", err)
+		}
+	}
+	if cur != nil {
+		released, err := cur.readWrite(res, waiting)
+		if err != nil {
+			return err
+		}
+		if len(released) > 0 {
+			AfterCommit(ctx, func() { c.release(context.WithoutCancel(ctx), released) })
+		}
+	}
+	return res.Close()
 }
 
 type hooksKey struct{}

@@ -40,6 +40,11 @@ type Entry struct {
 	Event       events.Envelope
 	Payload     []byte // the event as written: the envelope's JSON
 	TraceParent string // "" when the row has none
+	// Seq numbers the order's events (1 for its first) and Prior lists the
+	// routing keys of those before this one; Seq is 0 for a row written
+	// with ordering off (migrations/012_order_sequence.sql).
+	Seq   int
+	Prior []string
 	// Err is why the row's payload is not an event (it never is, unless
 	// something other than Rows wrote it); Event is then zero.
 	Err error
@@ -52,9 +57,9 @@ type Entry struct {
 // reached. The first column is that bound; the LEFT JOIN returns it even
 // when no row qualifies.
 const readSQL = `WITH h AS (SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint AS xmin)
-	SELECT h.xmin, o.tx, o.id, o.payload, o.traceparent
+	SELECT h.xmin, o.tx, o.id, o.payload, o.traceparent, o.seq, o.prior
 	FROM h LEFT JOIN LATERAL (
-		SELECT tx, id, payload, traceparent FROM outbox
+		SELECT tx, id, payload, traceparent, seq, prior FROM outbox
 		WHERE (tx, id) > ($1, $2) AND tx < h.xmin AND (cardinality($3::text[]) = 0 OR routing_key = ANY($3))
 		ORDER BY tx, id LIMIT $4) o ON true`
 
@@ -83,13 +88,16 @@ func Read(ctx context.Context, db Querier, from Position, keys []string, limit i
 		var tx, id pgtype.Int8
 		var payload []byte
 		var tp pgtype.Text
-		if err := rows.Scan(&xmin, &tx, &id, &payload, &tp); err != nil {
+		var seq pgtype.Int4
+		var prior []string
+		if err := rows.Scan(&xmin, &tx, &id, &payload, &tp, &seq, &prior); err != nil {
 			return nil, from, fmt.Errorf("read outbox: %w", err)
 		}
 		if !id.Valid {
 			continue // nothing after from yet
 		}
-		e := Entry{Position: Position{Tx: tx.Int64, ID: id.Int64}, Payload: payload, TraceParent: tp.String}
+		e := Entry{Position: Position{Tx: tx.Int64, ID: id.Int64}, Payload: payload, TraceParent: tp.String,
+			Seq: int(seq.Int32), Prior: prior}
 		e.Event, e.Err = events.Decode(payload)
 		entries = append(entries, e)
 	}

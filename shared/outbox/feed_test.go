@@ -3,6 +3,8 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
 )
@@ -259,5 +262,62 @@ func TestProjectionResumes(t *testing.T) {
 	runUntil(8)
 	if n := count(); n != 8 {
 		t.Fatalf("applied %d in all, want 8: each once", n)
+	}
+}
+
+// TestOrderEventsNumbered: each order's events are numbered as they are
+// written, by whichever writer, and each lists the routing keys before it;
+// with ordering off (dabba.ordering) they are not numbered. The relay sends
+// both as headers.
+func TestOrderEventsNumbered(t *testing.T) {
+	db := testenv.MustOwnSchema(t)
+	ctx := context.Background()
+	order, other := uuid.NewString(), uuid.NewString()
+	write := func(key, orderID string) {
+		t.Helper()
+		var b pgx.Batch
+		var rows Rows
+		if _, err := rows.Add(ctx, key, orderID, time.Now(), map[string]string{}); err != nil {
+			t.Fatal(err)
+		}
+		rows.Queue(&b)
+		if err := db.SendBatch(ctx, &b).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(events.OrderPlaced, order)
+	write(events.OrderPlaced, other)
+	write(events.OrderPaid, order)
+	write(events.OrderCancelled, order)
+	conn, err := db.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "SET dabba.ordering = 'off'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO outbox (event_id, routing_key, order_id, payload) VALUES ($1, $2, $3, '{}')`,
+		uuid.NewString(), events.OrderRefunded, order); err != nil {
+		t.Fatal(err)
+	}
+	conn.Conn().Close(ctx)
+	conn.Release()
+	got, _, err := Read(ctx, db, Position{}, nil, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []string
+	for _, e := range got {
+		seqs = append(seqs, fmt.Sprintf("%d%v", e.Seq, e.Prior))
+		if e.Seq > 0 {
+			h := message(e).Headers
+			if h[broker.HeaderSeq] != int32(e.Seq) || h[broker.HeaderPrior] != strings.Join(e.Prior, ",") {
+				t.Errorf("headers %v for seq %d prior %v", h, e.Seq, e.Prior)
+			}
+		}
+	}
+	want := []string{"1[]", "1[]", "2[order.placed]", "3[order.placed order.paid]", "0[]"}
+	if !slices.Equal(seqs, want) {
+		t.Fatalf("numbered %v, want %v", seqs, want)
 	}
 }

@@ -332,10 +332,11 @@ func (r *Relay) publish(ctx context.Context, entries []Entry) (unconfirmed []Ent
 
 // message is the AMQP message of an outbox event.
 func message(e Entry) broker.Message {
-	var headers amqp.Table
+	headers := amqp.Table{}
 	if e.TraceParent != "" && trace.Valid(e.TraceParent) {
-		headers = amqp.Table{trace.Header: e.TraceParent}
+		headers[trace.Header] = e.TraceParent
 	}
+	broker.SetSequence(headers, e.Seq, e.Prior)
 	return broker.Message{Exchange: broker.ExchangeOrders, RoutingKey: e.Event.Type, MessageID: e.Event.ID,
 		Type: e.Event.Type, CorrelationID: e.Event.OrderID, Body: e.Payload, Headers: headers}
 }

@@ -254,9 +254,8 @@ func rollback(ctx context.Context, conn *pgx.Conn) {
 // consumer, and returns those not processed yet: the caller applies the
 // effects of these only, records them with RecordProcessed in the same
 // transaction, and commits. Each id is an advisory lock held to the end of
-// tx, taken in one order so that two batches never deadlock: a concurrent
-// transaction claiming one of the same ids waits for this one, then finds
-// it processed if this one recorded it.
+// tx (LockKeys), so a concurrent transaction claiming one of the same ids
+// waits for this one, then finds it processed if this one recorded it.
 //
 // It writes nothing, so the transaction has no transaction id while the
 // caller does its slow outside work (a charge, an e-mail) before writing:
@@ -264,41 +263,75 @@ func rollback(ctx context.Context, conn *pgx.Conn) {
 // in commit order (outbox.Read) until it ended.
 func ClaimUnprocessed(ctx context.Context, tx pgx.Tx, consumer string, ids []string) (map[string]bool, error) {
 	var b pgx.Batch
-	b.Queue(`SELECT pg_advisory_xact_lock(k) FROM (
-		SELECT DISTINCT hashtextextended($1 || ' ' || id, 0) AS k FROM unnest($2::text[]) AS id ORDER BY k) AS locks`, consumer, ids)
-	// A statement of its own, so its snapshot is taken once the locks are
-	// held and sees what their previous holders committed.
-	b.Queue(`SELECT id FROM unnest($2::text[]) AS id
-		WHERE NOT EXISTS (SELECT 1 FROM processed_messages p WHERE p.consumer = $1 AND p.message_id = id)`, consumer, ids)
+	LockKeys(&b, consumer, ids)
+	QueueUnprocessed(&b, consumer, ids)
 	res := tx.SendBatch(ctx, &b)
 	defer res.Close()
 	if _, err := res.Exec(); err != nil {
 		return nil, fmt.Errorf("lock inbox entries: %w", err)
 	}
+	fresh, err := ReadUnprocessed(res, len(ids))
+	if err != nil {
+		return nil, err
+	}
+	return fresh, res.Close()
+}
+
+// LockKeys queues on b the advisory locks of keys for consumer, held to the
+// end of the transaction and taken in one order, so that two batches never
+// deadlock. It takes no transaction id.
+func LockKeys(b *pgx.Batch, consumer string, keys []string) {
+	b.Queue(`SELECT pg_advisory_xact_lock(k) FROM (
+		SELECT DISTINCT hashtextextended($1 || ' ' || key, 0) AS k FROM unnest($2::text[]) AS key ORDER BY k) AS locks`, consumer, keys)
+}
+
+// QueueUnprocessed queues on b the read of which of ids consumer has not
+// processed; ReadUnprocessed reads its answer. Queued after the locks, as a
+// statement of its own, its snapshot is taken once they are held and sees
+// what their previous holders committed.
+func QueueUnprocessed(b *pgx.Batch, consumer string, ids []string) {
+	b.Queue(`SELECT id FROM unnest($2::text[]) AS id
+		WHERE NOT EXISTS (SELECT 1 FROM processed_messages p WHERE p.consumer = $1 AND p.message_id = id)`, consumer, ids)
+}
+
+// ReadUnprocessed reads the answer of QueueUnprocessed: the ids not
+// processed yet.
+func ReadUnprocessed(res pgx.BatchResults, n int) (map[string]bool, error) {
 	rows, err := res.Query()
 	if err != nil {
 		return nil, fmt.Errorf("read inbox: %w", err)
 	}
-	fresh := make(map[string]bool, len(ids))
+	fresh := make(map[string]bool, n)
 	var id string
 	if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { fresh[id] = true; return nil }); err != nil {
 		return nil, fmt.Errorf("read inbox: %w", err)
 	}
-	return fresh, res.Close()
+	return fresh, nil
 }
 
 // RecordProcessed records in the inbox, inside tx, that consumer has
 // processed the messages ids (claimed with ClaimUnprocessed in the same
 // transaction, whose effects tx writes), with one statement.
 func RecordProcessed(ctx context.Context, tx pgx.Tx, consumer string, ids []string) error {
-	if len(ids) == 0 {
+	var b pgx.Batch
+	QueueRecordProcessed(&b, consumer, ids)
+	if b.Len() == 0 {
 		return nil
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO processed_messages (consumer, message_id)
-		SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING`, consumer, ids); err != nil {
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 		return fmt.Errorf("record processed messages: %w", err)
 	}
 	return nil
+}
+
+// QueueRecordProcessed queues RecordProcessed's statement on b (nothing for
+// no ids).
+func QueueRecordProcessed(b *pgx.Batch, consumer string, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	b.Queue(`INSERT INTO processed_messages (consumer, message_id)
+		SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING`, consumer, ids)
 }
 
 // SweepBatch is how many rows a sweep deletes in one statement.
