@@ -188,13 +188,13 @@ func (s *Store) AssignRider(ctx context.Context, id, riderID string, at time.Tim
 }
 
 // orderSeqRetention is how long the numbering of an order's events
-// (migrations/012_order_sequence.sql) outlives its last event: longer than
+// (migrations/012_order_sequence.sql) is kept after its first: longer than
 // consumers keep their cursors (their inbox retention, a week by default),
 // so that an order numbered from 1 again finds no cursor ahead of it.
 const orderSeqRetention = 30 * 24 * time.Hour
 
 // Sweep deletes idempotency records past their expiry, the numbering of
-// orders idle past orderSeqRetention, and the outbox's rows older than
+// orders older than orderSeqRetention, and the outbox's rows older than
 // outboxRetention that every reader has passed (outbox.Sweep), in batches.
 func (s *Store) Sweep(ctx context.Context, outboxRetention time.Duration) error {
 	_, err := postgres.Sweep(ctx, s.db, `DELETE FROM idempotency_keys WHERE (customer_id, key) IN (
@@ -203,7 +203,7 @@ func (s *Store) Sweep(ctx context.Context, outboxRetention time.Duration) error 
 		return fmt.Errorf("sweep idempotency keys: %w", err)
 	}
 	_, err = postgres.Sweep(ctx, s.db, `DELETE FROM order_event_seq WHERE order_id IN (
-		SELECT order_id FROM order_event_seq WHERE updated_at < now() - $2 * interval '1 millisecond' LIMIT $1)`,
+		SELECT order_id FROM order_event_seq WHERE created_at < now() - $2 * interval '1 millisecond' LIMIT $1)`,
 		orderSeqRetention.Milliseconds())
 	if err != nil {
 		return fmt.Errorf("sweep order event numbering: %w", err)

@@ -150,7 +150,7 @@ func (cur *cursors) queueWrite(b *pgx.Batch, waiting []*item) {
 		}
 		b.Queue(`INSERT INTO order_cursors (consumer, order_id, seq)
 			SELECT $1, * FROM unnest($2::uuid[], $3::int[])
-			ON CONFLICT (consumer, order_id) DO UPDATE SET seq = greatest(order_cursors.seq, excluded.seq), updated_at = now()`,
+			ON CONFLICT (consumer, order_id) DO UPDATE SET seq = greatest(order_cursors.seq, excluded.seq)`,
 			cur.consumer, ids, seqs)
 	}
 	if n := len(waiting); n > 0 {
@@ -309,8 +309,8 @@ func (c *Consumer) moveOn(ctx context.Context, hs []held, msgs []broker.Message,
 // tendHeld, every tendEvery until ctx is done, publishes again the held
 // events whose predecessor is applied (a crash after the commit that freed
 // them left them behind), dead-letters those that waited longer than the
-// hold limit, and sweeps the cursors of orders idle for longer than the
-// inbox keeps records.
+// hold limit, and sweeps the cursors of orders older than the inbox keeps
+// records.
 func (c *Consumer) tendHeld(ctx context.Context) {
 	lastSweep := time.Time{}
 	for {
@@ -324,7 +324,7 @@ func (c *Consumer) tendHeld(ctx context.Context) {
 		}
 		if time.Since(lastSweep) > min(c.retention/100, 10*time.Minute) {
 			_, err := postgres.Sweep(ctx, c.db, `DELETE FROM order_cursors WHERE ctid = ANY(ARRAY(
-				SELECT ctid FROM order_cursors WHERE updated_at < now() - $3 * interval '1 millisecond' AND consumer = $2 LIMIT $1))`,
+				SELECT ctid FROM order_cursors WHERE created_at < now() - $3 * interval '1 millisecond' AND consumer = $2 LIMIT $1))`,
 				c.queue.Name, c.retention.Milliseconds())
 			if err != nil && ctx.Err() == nil {
 				c.log.Warn("sweep order cursors; will try again", zap.String("queue", c.queue.Name), zap.Error(err))
