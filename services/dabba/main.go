@@ -1,7 +1,7 @@
 // Command dabba is the operator's tool: it lists, shows, replays and
 // discards dead letters, prints the RabbitMQ definitions of the topology,
-// and mints bearer tokens. It reads RABBITMQ_URL and TOKEN_SECRET like the
-// services.
+// and mints bearer tokens. It reads RABBITMQ_URL, DATABASE_URL (for the
+// events waiting behind dead letters) and TOKEN_SECRET like the services.
 //
 //go:generate go run . definitions -o ../rabbitmq/definitions.json
 package main
@@ -26,7 +26,9 @@ import (
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/config"
+	"github.com/dabba/dabba/shared/consumer"
 	"github.com/dabba/dabba/shared/dlq"
+	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/token"
 )
 
@@ -37,7 +39,10 @@ Usage:
         every dead-letter queue and how many messages it holds
   dabba dlq show <queue> [-n N] [--json]
         the first N (default 20; 0 for all) dead messages of <queue>'s DLQ:
-        id, order, reason, error, routing key, attempts, age and body
+        id, order, reason, error, routing key, attempts, age and body, and
+        the later events of its order that <queue> holds back behind it
+        until it is replayed (read from DATABASE_URL; without the database,
+        the messages alone and a note on standard error)
   dabba dlq replay <queue> (--id ID [--id ID...] | --older-than DURATION | --all) [--json]
         send the chosen messages back to <queue>, and to it only, as fresh
         messages (same id and routing key); each dead copy is removed only
@@ -59,6 +64,7 @@ a Go duration (90s, 10m, 2h): how long a message has been dead.
 
 Environment:
   RABBITMQ_URL  broker URL(s), comma-separated (default amqp://guest:guest@127.0.0.1:5672/)
+  DATABASE_URL  the services' database (dabba dlq show; default postgres://postgres@127.0.0.1:5432/dabba?sslmode=disable)
   TOKEN_SECRET  the services' token secret (dabba token)
 
 Exit status: 0 done; 1 failed, or some chosen messages were not moved
@@ -107,7 +113,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if len(args) < 2 {
 			return usagef("dlq: which? list, show, replay or discard")
 		}
-		return dlqCommand(ctx, args[1], args[2:], config.Env(getenv), stdout)
+		return dlqCommand(ctx, args[1], args[2:], config.Env(getenv), stdout, stderr)
 	}
 	return usagef("unknown command %q", args[0])
 }
@@ -178,7 +184,7 @@ func parse(fs *flag.FlagSet, args []string, want int, wantWhat string) ([]string
 	return pos, nil
 }
 
-func dlqCommand(ctx context.Context, sub string, args []string, env config.Env, stdout io.Writer) error {
+func dlqCommand(ctx context.Context, sub string, args []string, env config.Env, stdout, stderr io.Writer) error {
 	fs := newFlags("dlq " + sub)
 	asJSON := fs.Bool("json", false, "print JSON")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
@@ -245,10 +251,16 @@ func dlqCommand(ctx context.Context, sub string, args []string, env config.Env, 
 		if err != nil {
 			return err
 		}
-		if *asJSON {
-			return writeJSON(stdout, page)
+		waiting, err := waitingBehind(ctx, env.DatabaseURL(), origin, page)
+		if err != nil {
+			// The dead letters are the broker's: show them anyway.
+			// On one line: pgx spreads a failed connection over several.
+			fmt.Fprintf(stderr, "dabba: the events waiting behind these messages are not shown: %s\n", strings.Join(strings.Fields(err.Error()), " "))
 		}
-		printPage(stdout, page, time.Now())
+		if *asJSON {
+			return writeJSON(stdout, dlq.WithWaiting(page, waiting))
+		}
+		printPage(stdout, dlq.WithWaiting(page, waiting), time.Now())
 		return nil
 	}
 	op := dlq.Replay
@@ -313,7 +325,7 @@ func writeJSON(w io.Writer, v any) error {
 // bodyLimit keeps one huge body from flooding a terminal (--json has all).
 const bodyLimit = 2000
 
-func printPage(w io.Writer, page dlq.Page, now time.Time) {
+func printPage(w io.Writer, page dlq.WaitingPage, now time.Time) {
 	fmt.Fprintf(w, "%s: %d messages", page.Queue, page.Total)
 	if len(page.Messages) < page.Total {
 		fmt.Fprintf(w, " (showing the first %d)", len(page.Messages))
@@ -353,7 +365,26 @@ func printPage(w io.Writer, page dlq.Page, now time.Time) {
 		}
 		row("body", body)
 		tw.Flush()
+		for _, e := range m.Waiting {
+			fmt.Fprintf(w, "  waiting behind it: %s #%d (held %s)\n", e.Type, e.Seq, max(now.Sub(e.HeldSince), 0).Round(time.Second))
+		}
 	}
+}
+
+// waitingBehind returns, by order id, the events origin's consumer holds
+// back for the orders of page's messages, from the database at dbURL. It
+// opens the database only when there is something to ask.
+func waitingBehind(ctx context.Context, dbURL, origin string, page dlq.Page) (map[string][]consumer.Waiting, error) {
+	ids := dlq.WaitingOrders(origin, page)
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	db, err := postgres.Open(ctx, dbURL)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	return consumer.WaitingFor(ctx, db, origin, ids)
 }
 
 func printResult(w io.Writer, op, origin string, res dlq.Result) {

@@ -3,15 +3,23 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/consumer"
+	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/testenv"
 	"github.com/dabba/dabba/shared/token"
 )
 
@@ -120,4 +128,122 @@ func TestTokenCommand(t *testing.T) {
 	if _, err := token.NewSigner([]byte(token.DevSecret)).Verify(strings.TrimSpace(out.String())); err != nil || !strings.Contains(errs.String(), "development secret") {
 		t.Fatalf("without TOKEN_SECRET: %v; stderr %q", err, errs.String())
 	}
+}
+
+// MustShow runs args (a dabba dlq show) until its standard output has
+// each of ids, and returns it and standard error. Whoever else looks at
+// the DLQ meanwhile holds its messages for a moment (dlq.Show takes them
+// all), so one look may miss some.
+func MustShow(tb testing.TB, args []string, getenv func(string) string, ids ...string) (stdout, stderr string) {
+	tb.Helper()
+	testenv.Eventually(tb, 20*time.Second, "dead messages "+strings.Join(ids, ", "), func() bool {
+		var out, errs bytes.Buffer
+		if err := run(context.Background(), args, getenv, &out, &errs); err != nil {
+			tb.Fatalf("run(%q) = %v", args, err)
+		}
+		stdout, stderr = out.String(), errs.String()
+		for _, id := range ids {
+			if !strings.Contains(stdout, id) {
+				return false
+			}
+		}
+		return true
+	})
+	return stdout, stderr
+}
+
+// shown returns what dabba dlq show printed of message id: its block, from
+// its "--- N. message" line to the next.
+func shown(out, id string) string {
+	_, block, ok := strings.Cut(out, ". message "+id+"\n")
+	if !ok {
+		return ""
+	}
+	block, _, _ = strings.Cut(block, "\n--- ")
+	return block
+}
+
+// TestDLQShowWaiting: dabba dlq show prints under each dead message the
+// events of its order that its queue holds back behind it, and --json has
+// them as the admin API does; without the database, it shows the messages
+// alone and says so on standard error.
+func TestDLQShowWaiting(t *testing.T) {
+	db, dbURL := testenv.MustOwnSchemaURL(t)
+	conn := testenv.MustBroker(t)
+	queue := broker.QueueRestaurant
+	order, other := uuid.NewString(), uuid.NewString()
+	dead := testenv.MustDeadLetter(t, conn, queue, order, events.OrderPlaced, 1)
+	alone := testenv.MustDeadLetter(t, conn, queue, other, events.OrderPlaced, 1)
+	paid := testenv.MustHold(t, db, queue, order, events.OrderPaid, 2, 1, 3*time.Minute+12*time.Second)
+	testenv.MustHold(t, db, queue, order, events.OrderCancelled, 3, 2, time.Minute)
+	testenv.MustHold(t, db, broker.QueueEmail, other, events.OrderPaid, 2, 1, time.Minute) // another queue's
+	env := func(db string) func(string) string {
+		return testenv.Getenv(map[string]string{"DATABASE_URL": db})
+	}
+
+	t.Run("OK", func(t *testing.T) {
+		out, errs := MustShow(t, []string{"dlq", "show", queue, "-n", "0"}, env(dbURL), dead, alone)
+		if errs != "" {
+			t.Fatalf("stderr %q", errs)
+		}
+		block := shown(out, dead)
+		want := regexp.MustCompile(`(?m)^  waiting behind it: order\.paid #2 \(held 3m1[2-9]s\)\n  waiting behind it: order\.cancelled #3 \(held 1m[0-9]+s\)\n`)
+		if !want.MatchString(block) || !strings.Contains(block, order) {
+			t.Fatalf("message %s shown as\n%s", dead, block)
+		}
+		if block := shown(out, alone); block == "" || strings.Contains(block, "waiting behind it") {
+			t.Fatalf("message %s shown as\n%s", alone, block)
+		}
+	})
+
+	t.Run("JSON", func(t *testing.T) {
+		out, errs := MustShow(t, []string{"dlq", "show", queue, "-n", "0", "--json"}, env(dbURL), dead, alone)
+		if errs != "" {
+			t.Fatalf("stderr %q", errs)
+		}
+		var page struct {
+			Queue    string `json:"queue"`
+			Total    int    `json:"total"`
+			Messages []struct {
+				ID      string             `json:"message_id"`
+				OrderID string             `json:"order_id"`
+				Reason  string             `json:"reason"`
+				Waiting []consumer.Waiting `json:"waiting"`
+			} `json:"messages"`
+		}
+		if err := json.Unmarshal([]byte(out), &page); err != nil || page.Queue != broker.DLQ(queue) || page.Total < 2 {
+			t.Fatalf("%v: %s", err, out)
+		}
+		found := 0
+		for _, m := range page.Messages {
+			switch m.ID {
+			case dead:
+				found++
+				if m.OrderID != order || m.Reason != broker.ReasonExhausted || len(m.Waiting) != 2 ||
+					m.Waiting[0].EventID != paid || m.Waiting[0].Type != events.OrderPaid || m.Waiting[0].Seq != 2 || m.Waiting[0].After != 1 ||
+					m.Waiting[1].Seq != 3 || m.Waiting[0].HeldSince.IsZero() {
+					t.Errorf("message %+v", m)
+				}
+			case alone:
+				found++
+				if m.Waiting != nil {
+					t.Errorf("message %+v", m)
+				}
+			}
+		}
+		if found != 2 || !strings.Contains(out, `"waiting": [`) {
+			t.Fatalf("found %d of 2 in %s", found, out)
+		}
+	})
+
+	t.Run("DatabaseUnreachable", func(t *testing.T) {
+		// Nothing listens on port 1.
+		out, errs := MustShow(t, []string{"dlq", "show", queue, "-n", "0"}, env("postgres://nobody@127.0.0.1:1/dabba?connect_timeout=1"), dead, alone)
+		if shown(out, dead) == "" || strings.Contains(out, "waiting behind it") {
+			t.Fatalf("shown:\n%s", out)
+		}
+		if strings.Count(errs, "\n") != 1 || !strings.Contains(errs, "waiting behind these messages are not shown") {
+			t.Fatalf("stderr %q", errs)
+		}
+	})
 }

@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/dabba/dabba/shared/consumer"
 	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/httpx"
 )
@@ -49,8 +51,11 @@ func handleDLQList(log *zap.Logger, chs dlq.Channels) http.Handler {
 }
 
 // handleDLQMessages handles "GET /v1/admin/dlq/{queue}/messages?limit=N":
-// the first N (default 100, at most 1000) dead messages and the total.
-func handleDLQMessages(log *zap.Logger, chs dlq.Channels) http.Handler {
+// the first N (default 100, at most 1000) dead messages and the total,
+// each with the later events of its order that the queue holds back behind
+// it ("waiting"). The messages are RabbitMQ's: with the database out of
+// reach they are served without "waiting", and a warning is logged.
+func handleDLQMessages(log *zap.Logger, chs dlq.Channels, db *pgxpool.Pool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin, err := dlqOrigin(r)
 		if err != nil {
@@ -71,8 +76,28 @@ func handleDLQMessages(log *zap.Logger, chs dlq.Channels) http.Handler {
 			httpx.Error(w, r, log, brokerProblem(err))
 			return
 		}
-		httpx.Encode(w, http.StatusOK, page)
+		waiting, err := waitingBehind(ctx, db, origin, page)
+		if err != nil {
+			log.Warn("dead letters shown without the events waiting behind them", zap.String("queue", page.Queue), zap.Error(err))
+		}
+		httpx.Encode(w, http.StatusOK, dlq.WithWaiting(page, waiting))
 	})
+}
+
+// waitingTimeout bounds the look-up of the events waiting behind dead
+// messages: past it, the page goes without them rather than late.
+const waitingTimeout = 5 * time.Second
+
+// waitingBehind returns, by order id, the events origin's consumer holds
+// back for the orders of page's messages, in one query.
+func waitingBehind(ctx context.Context, db *pgxpool.Pool, origin string, page dlq.Page) (map[string][]consumer.Waiting, error) {
+	ids := dlq.WaitingOrders(origin, page)
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, waitingTimeout)
+	defer cancel()
+	return consumer.WaitingFor(ctx, db, origin, ids)
 }
 
 // selectRequest is the body of the replay and discard routes: exactly one

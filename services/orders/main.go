@@ -62,7 +62,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, _ io.Write
 		return err
 	}
 	r := base.Router()
-	addRoutes(r, log, store, signer, auth.NewGuard(signer), limits, base.AdminToken, base.Broker)
+	addRoutes(r, log, store, signer, auth.NewGuard(signer), limits, base.AdminToken, base.Broker, base.DB)
 	// The relay runs here, so the outbox's backlog is watched here.
 	base.Metrics.WatchOutbox(func(ctx context.Context) (int64, time.Duration, error) { return outbox.Backlog(ctx, base.DB) })
 

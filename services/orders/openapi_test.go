@@ -19,7 +19,7 @@ import (
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	r := (&service.Base{Log: zap.NewNop()}).Router()
 	signer := token.NewSigner([]byte("x"))
-	addRoutes(r, zap.NewNop(), nil, signer, auth.NewGuard(signer), Limits{}, "", nil)
+	addRoutes(r, zap.NewNop(), nil, signer, auth.NewGuard(signer), Limits{}, "", nil, nil)
 	apidoc.MustMatch(t, r, openAPI)
 }
 

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/dabba/dabba/shared/apidoc"
@@ -37,8 +38,9 @@ const (
 
 // addRoutes lists the orders API, each route with the roles that may call
 // it (what a role may do to a particular order is access.go's), and the
-// admin API behind adminToken.
-func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, guard *auth.Guard, limits Limits, adminToken string, chs dlq.Channels) {
+// admin API behind adminToken (the dead letters are chs's; the events
+// waiting behind them, db's).
+func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, guard *auth.Guard, limits Limits, adminToken string, chs dlq.Channels, db *pgxpool.Pool) {
 	// One limit per address and one bound on requests in flight for the
 	// whole API, not one per group; a request takes an in-flight slot only
 	// once its body has arrived (ReadBody), so slow senders starve no one.
@@ -59,7 +61,7 @@ func addRoutes(r chi.Router, log *zap.Logger, store *Store, tokens TokenIssuer, 
 	r.Route("/v1/admin", func(r chi.Router) {
 		admin := func(h http.Handler) http.Handler { return auth.Admin(adminToken, h) }
 		r.Method(http.MethodGet, "/dlq", admin(handleDLQList(log, chs)))
-		r.Method(http.MethodGet, "/dlq/{queue}/messages", admin(handleDLQMessages(log, chs)))
+		r.Method(http.MethodGet, "/dlq/{queue}/messages", admin(handleDLQMessages(log, chs, db)))
 		r.Method(http.MethodPost, "/dlq/{queue}/replay", admin(handleDLQReplay(log, chs)))
 		r.Method(http.MethodPost, "/dlq/{queue}/discard", admin(handleDLQDiscard(log, chs)))
 	})
