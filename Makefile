@@ -41,7 +41,7 @@ test-faults: deps
 bench: deps
 	$(GO) run ./e2e/bench
 
-## bench-quick: the same at small sizes, in under a minute; fails only on errors (a lost order), never on speed
+## bench-quick: the same at small sizes, in a minute or so; fails only on errors (a lost order), never on speed
 bench-quick: deps
 	$(GO) run ./e2e/bench -quick -out $${TMPDIR:-/tmp}/dabba-bench-quick.json
 

@@ -17,11 +17,10 @@ CREATE TABLE order_event_seq (
     types      text[]      NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
--- The orders service sweeps the numbering of orders whose first event is
--- 30 days old (orderSeqRetention): longer than any consumer keeps
--- order_cursors, so an order numbered from 1 again finds no cursor ahead of
--- it. An update leaves created_at alone, so it stays HOT (on PostgreSQL
--- 15 a changed column under any index, BRIN too, makes it not).
+-- The orders service sweeps the numbering of orders whose first event is a
+-- week old (orderSeqRetention). An update leaves created_at alone, so it
+-- stays HOT (on PostgreSQL 15 a changed column under any index, BRIN too,
+-- makes it not).
 CREATE INDEX order_event_seq_age_idx ON order_event_seq USING brin (created_at);
 
 ALTER TABLE outbox ADD COLUMN seq int, ADD COLUMN prior text[];

@@ -21,10 +21,14 @@ import (
 type bench struct {
 	sz      sizes
 	db      *pgxpool.Pool
+	dbURL   string // the stack's DATABASE_URL
 	stack   *stack.Stack
 	amqpURL string
 	r       *Results
 	pprof   bool // profile the services during the hold
+	// restart stops the stack and starts it again, its environment
+	// overridden by env (the ordering step's DATABASE_URL).
+	restart func(ctx context.Context, env map[string]string) error
 }
 
 // ceilings measures the machine's raw capacity for what an order and a fix

@@ -657,12 +657,16 @@ func (b *bench) memory(ctx context.Context) error {
 	return nil
 }
 
-// peakRSS records each service's peak resident memory over the run.
+// peakRSS records each service's peak resident memory over the run. It
+// is read before the stack restarts as well as at the end, and keeps the
+// highest: a process's peak goes with it.
 func (b *bench) peakRSS() {
-	b.r.Memory.PeakRSSKiB = map[string]int64{}
+	if b.r.Memory.PeakRSSKiB == nil {
+		b.r.Memory.PeakRSSKiB = map[string]int64{}
+	}
 	for _, p := range b.stack.Procs {
 		if kib, err := procKiB(p.Pid(), "VmHWM"); err == nil {
-			b.r.Memory.PeakRSSKiB[p.Name] = kib
+			b.r.Memory.PeakRSSKiB[p.Name] = max(b.r.Memory.PeakRSSKiB[p.Name], kib)
 		}
 	}
 }

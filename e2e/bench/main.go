@@ -4,12 +4,14 @@
 // outbox row, RabbitMQ publishing persistent messages with confirms to four
 // quorum queues and draining them, RabbitMQ publishing transient fixes.
 // Absolute numbers drift between runs on shared machines; ratios within one
-// run do not.
+// run do not. A last step states what per-order ordering costs: CPU per
+// order at one rate with it on and with it off, in alternating windows
+// (ordering.go).
 //
 // It starts its own stack (shared/stack, ports 190xx) against the machine's
 // PostgreSQL and RabbitMQ, prints a table and writes every figure as JSON.
 // make bench runs the full sizes, make bench-quick a scaled-down run of
-// under a minute that fails only on errors (a lost order), never on speed.
+// a minute or so that fails only on errors (a lost order), never on speed.
 //
 // A developer can run part of it: -only picks steps, -rates replaces the
 // order rates searched, -hold the time the best is held (for instance
@@ -57,17 +59,26 @@ type sizes struct {
 	IdleSockets  int           // idle customer sockets for the memory figure
 	Soak         time.Duration // how long make soak holds its rate
 	SoakRate     int           // orders a second during the soak
+	// The ordering step's rate, well below the highest passing (about
+	// 500/s on this machine), and each of its windows: a warm-up, the
+	// measured hold, then the stack measured at rest.
+	OrderingRate   int
+	OrderingWarmup time.Duration
+	OrderingHold   time.Duration
+	OrderingIdle   time.Duration
 }
 
 var (
 	full = sizes{Ceiling: 10 * time.Second, Concurrency: 16, Probe: 10 * time.Second,
 		Rates: []int{50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000}, Hold: 60 * time.Second, Low: 20 * time.Second, Settle: 2 * time.Second,
 		Burst: 100_000, BurstOver: time.Minute, Riders: 10_000, FixEvery: 500 * time.Millisecond, Customers: 200,
-		LocationsFor: 30 * time.Second, IdleSockets: 10_000, Soak: 30 * time.Minute, SoakRate: 100}
+		LocationsFor: 30 * time.Second, IdleSockets: 10_000, Soak: 30 * time.Minute, SoakRate: 100,
+		OrderingRate: 200, OrderingWarmup: 5 * time.Second, OrderingHold: 30 * time.Second, OrderingIdle: 10 * time.Second}
 	quick = sizes{Ceiling: 2 * time.Second, Concurrency: 16, Probe: 2 * time.Second,
 		Rates: []int{50, 100}, Hold: 3 * time.Second, Low: 2 * time.Second, Settle: time.Second,
 		Burst: 500, BurstOver: 2 * time.Second, Riders: 200, FixEvery: 500 * time.Millisecond, Customers: 20,
-		LocationsFor: 3 * time.Second, IdleSockets: 500, Soak: 4 * time.Minute, SoakRate: 20}
+		LocationsFor: 3 * time.Second, IdleSockets: 500, Soak: 4 * time.Minute, SoakRate: 20,
+		OrderingRate: 50, OrderingWarmup: time.Second, OrderingHold: 3 * time.Second, OrderingIdle: time.Second}
 )
 
 // benchPorts keep the bench clear of make run and of the e2e suite.
@@ -101,7 +112,8 @@ var steps = []string{
 	"orders",
 	"burst",
 	"locations",
-	"soak", // only when asked for (make soak): half an hour
+	"ordering", // last of the usual steps: it restarts the stack, which then runs as before
+	"soak",     // only when asked for (make soak): half an hour
 }
 
 // onlyWhenAsked are the steps a run without -only leaves out.
@@ -258,16 +270,32 @@ func run(ctx context.Context, sz sizes, opt options) error {
 	if err != nil {
 		return fmt.Errorf("start the stack: %w (logs in %s)", err, logs.Name())
 	}
-	defer s.Stop(30 * time.Second)
+	b := &bench{sz: sz, db: db, dbURL: env.DatabaseURL(), stack: s, amqpURL: env.BrokerURLs()[0], pprof: opt.pprof}
+	// The ordering step restarts the stack: the one to stop is the last.
+	defer func() { _ = b.stack.Stop(30 * time.Second) }()
+	b.restart = func(ctx context.Context, over map[string]string) error {
+		if err := b.stack.Stop(30 * time.Second); err != nil {
+			return fmt.Errorf("stop the stack: %w (logs in %s)", err, logs.Name())
+		}
+		e := maps.Clone(stackEnv)
+		maps.Copy(e, over)
+		s, err := stack.Start(ctx, svcs, bin, stack.Environ(e), logs)
+		if err != nil {
+			return fmt.Errorf("start the stack: %w (logs in %s)", err, logs.Name())
+		}
+		b.stack = s
+		return nil
+	}
 	fmt.Printf("bench: stack up after %.1f s (logs in %s)\n", time.Since(began).Seconds(), logs.Name())
 	if err := seedMenu(ctx); err != nil {
 		return err
 	}
 
 	r := &Results{Date: time.Now().UTC(), Cores: runtime.NumCPU(), Quick: opt.quick, Go: runtime.Version(), Versions: versions(ctx, db)}
-	b := &bench{sz: sz, db: db, stack: s, amqpURL: env.BrokerURLs()[0], r: r, pprof: opt.pprof}
+	b.r = r
 	fns := map[string]func(context.Context) error{
-		"ceilings": b.ceilings, "memory": b.memory, "orders": b.orders, "burst": b.burst, "locations": b.locations, "soak": b.soak,
+		"ceilings": b.ceilings, "memory": b.memory, "orders": b.orders, "burst": b.burst, "locations": b.locations,
+		"ordering": b.ordering, "soak": b.soak,
 	}
 	for _, st := range steps {
 		if !opt.steps[st] {

@@ -13,8 +13,9 @@ func TestParseSteps(t *testing.T) {
 		want    []string
 		wantErr bool
 	}{
-		{give: "", want: []string{"ceilings", "memory", "orders", "burst", "locations"}}, // not the soak
+		{give: "", want: []string{"ceilings", "memory", "orders", "burst", "locations", "ordering"}}, // not the soak
 		{give: "soak", want: []string{"soak"}},
+		{give: "ordering", want: []string{"ordering"}}, // no ceilings: its figure is a ratio of its own windows
 		{give: "locations", want: []string{"locations"}},
 		{give: "orders", want: []string{"ceilings", "orders"}},
 		{give: "burst, memory", want: []string{"ceilings", "memory", "burst"}},
@@ -81,5 +82,43 @@ func TestCPUPerSecond(t *testing.T) {
 	got := cpuPerSecond(before, after, 4*time.Second)
 	if got["postgresql"] != 500 || got["bench (load generator)"] != 250 {
 		t.Errorf("cpuPerSecond = %v, want postgresql 500, bench 250 ms/s", got)
+	}
+}
+
+func TestModeTotals(t *testing.T) {
+	// Two windows of one mode: postgresql used 3 s for 1,000 orders in
+	// one and 0.5 s for 500 in the other, 10 s each. Together that is
+	// 3.5 s for 1,500 orders, 2.33 ms an order, not the mean of the
+	// windows' 3 and 1. At rest it used 100 ms a second; under load 175 ms
+	// a second at 75 orders a second: 1 ms an order at the margin.
+	win := func(orders int, cpu time.Duration, over time.Duration) window {
+		return window{
+			res:    loadResult{ids: make([]string, orders), latency: []time.Duration{time.Duration(orders) * time.Microsecond}, duration: over},
+			before: map[string]time.Duration{"postgresql": time.Hour},
+			after:  map[string]time.Duration{"postgresql": time.Hour + cpu},
+		}
+	}
+	rest := win(0, 100*time.Millisecond, time.Second)
+	var m modeTotals
+	m.add(win(1000, 3*time.Second, 10*time.Second), rest, []time.Duration{time.Millisecond})
+	m.add(win(500, 500*time.Millisecond, 10*time.Second), rest, []time.Duration{2 * time.Millisecond})
+	got := m.result(2)
+	if got.Windows != 2 || got.Orders != 1500 || got.Seconds != 20 {
+		t.Errorf("windows, orders, seconds = %d, %d, %.0f; want 2, 1500, 20", got.Windows, got.Orders, got.Seconds)
+	}
+	if math.Abs(got.CPUMsSum-3500.0/1500) > 1e-9 || math.Abs(got.CPUMsPerOrder["postgresql"]-3500.0/1500) > 1e-9 {
+		t.Errorf("CPU per order = %.3f ms (postgresql %.3f), want 2.333", got.CPUMsSum, got.CPUMsPerOrder["postgresql"])
+	}
+	if math.Abs(got.CoresBusy-3.5/40) > 1e-9 {
+		t.Errorf("cores busy = %.4f, want %.4f", got.CoresBusy, 3.5/40)
+	}
+	if math.Abs(got.IdleCPUMsPerS["postgresql"]-100) > 1e-9 {
+		t.Errorf("at rest %.3f ms/s, want 100", got.IdleCPUMsPerS["postgresql"])
+	}
+	if math.Abs(got.MarginalSum-1) > 1e-9 || math.Abs(got.MarginalMsPerOrder["postgresql"]-1) > 1e-9 {
+		t.Errorf("marginal = %.3f ms (postgresql %.3f), want 1", got.MarginalSum, got.MarginalMsPerOrder["postgresql"])
+	}
+	if got.Latency.N != 2 || got.PostToPaid.N != 2 || got.PostToPaid.Max != 2 {
+		t.Errorf("latencies %v, paid %v: want both windows' (2 each, paid max 2 ms)", got.Latency, got.PostToPaid)
 	}
 }

@@ -214,7 +214,8 @@ func (w window) cpuPerS() map[string]float64 { return cpuPerSecond(w.before, w.a
 // measuredLoop is openLoop with cpuTimes read on either side and the
 // backlog sampled every second. Every measured window samples alike, so
 // the sampler's own cost (a connection a second) is the same per second
-// in each and drops out of the marginal CPU.
+// in each and drops out of the marginal CPU. At rate 0 it places no order
+// and measures the stack at rest for d.
 func (b *bench) measuredLoop(ctx context.Context, tag string, rate int, d time.Duration) window {
 	var w window
 	stopSampling := make(chan struct{})
@@ -233,7 +234,16 @@ func (b *bench) measuredLoop(ctx context.Context, tag string, rate int, d time.D
 		}
 	}()
 	w.before = b.cpuTimes()
-	w.res = openLoop(ctx, tag, rate, ordersFor(rate, d))
+	if rate > 0 {
+		w.res = openLoop(ctx, tag, rate, ordersFor(rate, d))
+	} else {
+		start := time.Now()
+		select {
+		case <-ctx.Done():
+		case <-time.After(d):
+		}
+		w.res.duration = time.Since(start)
+	}
 	w.after = b.cpuTimes()
 	close(stopSampling)
 	<-sampled

@@ -70,6 +70,8 @@ type Results struct {
 
 	Locations LocationResults `json:"locations"`
 
+	Ordering OrderingResults `json:"ordering"`
+
 	Memory struct {
 		PeakRSSKiB         map[string]int64 `json:"peak_rss_kib"`
 		IdleSockets        int              `json:"idle_sockets"`
@@ -186,6 +188,9 @@ func (r *Results) print(w io.Writer) {
 	if ran("locations") {
 		r.Locations.print(tw, c.RabbitTransientPerS)
 	}
+	if ran("ordering") {
+		r.Ordering.print(tw, r.Quick)
+	}
 	if ran("soak") {
 		r.Soak.print(tw)
 	}
@@ -206,11 +211,16 @@ func (r *Results) print(w io.Writer) {
 
 // withSum prints milliseconds per order for each part after their sum.
 func withSum(m map[string]float64) string {
+	return fmt.Sprintf("total %.1f: %s", sumMs(m), sortedFigures(m, 1))
+}
+
+// sumMs is the sum of the parts' figures.
+func sumMs(m map[string]float64) float64 {
 	var sum float64
 	for _, v := range m {
 		sum += v
 	}
-	return fmt.Sprintf("total %.1f: %s", sum, sortedFigures(m, 1))
+	return sum
 }
 
 // sortedFigures prints name-value pairs, largest first.

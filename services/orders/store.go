@@ -188,10 +188,12 @@ func (s *Store) AssignRider(ctx context.Context, id, riderID string, at time.Tim
 }
 
 // orderSeqRetention is how long the numbering of an order's events
-// (migrations/012_order_sequence.sql) is kept after its first: longer than
-// consumers keep their cursors (their inbox retention, a week by default),
-// so that an order numbered from 1 again finds no cursor ahead of it.
-const orderSeqRetention = 30 * 24 * time.Hour
+// (migrations/012_order_sequence.sql) is kept after its first, as long as
+// consumers keep their cursors by default: an order's events all come
+// within hours. An order with an event later still is numbered from 1
+// again; a consumer whose cursor is ahead takes such an event at once (it
+// comes after nothing), so that weakens its order and never holds it.
+const orderSeqRetention = 7 * 24 * time.Hour
 
 // Sweep deletes idempotency records past their expiry, the numbering of
 // orders older than orderSeqRetention, and the outbox's rows older than
