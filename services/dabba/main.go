@@ -26,7 +26,6 @@ import (
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/config"
-	"github.com/dabba/dabba/shared/consumer"
 	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/token"
@@ -374,7 +373,7 @@ func printPage(w io.Writer, page dlq.WaitingPage, now time.Time) {
 // waitingBehind returns, by order id, the events origin's consumer holds
 // back for the orders of page's messages, from the database at dbURL. It
 // opens the database only when there is something to ask.
-func waitingBehind(ctx context.Context, dbURL, origin string, page dlq.Page) (map[string][]consumer.Waiting, error) {
+func waitingBehind(ctx context.Context, dbURL, origin string, page dlq.Page) (map[string][]dlq.Waiting, error) {
 	ids := dlq.WaitingOrders(origin, page)
 	if len(ids) == 0 {
 		return nil, nil
@@ -384,7 +383,7 @@ func waitingBehind(ctx context.Context, dbURL, origin string, page dlq.Page) (ma
 		return nil, err
 	}
 	defer db.Close()
-	return consumer.WaitingFor(ctx, db, origin, ids)
+	return dlq.WaitingFor(ctx, db, origin, ids)
 }
 
 func printResult(w io.Writer, op, origin string, res dlq.Result) {

@@ -17,7 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/dabba/dabba/shared/broker"
-	"github.com/dabba/dabba/shared/consumer"
+	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
 	"github.com/dabba/dabba/shared/token"
@@ -205,10 +205,10 @@ func TestDLQShowWaiting(t *testing.T) {
 			Queue    string `json:"queue"`
 			Total    int    `json:"total"`
 			Messages []struct {
-				ID      string             `json:"message_id"`
-				OrderID string             `json:"order_id"`
-				Reason  string             `json:"reason"`
-				Waiting []consumer.Waiting `json:"waiting"`
+				ID      string        `json:"message_id"`
+				OrderID string        `json:"order_id"`
+				Reason  string        `json:"reason"`
+				Waiting []dlq.Waiting `json:"waiting"`
 			} `json:"messages"`
 		}
 		if err := json.Unmarshal([]byte(out), &page); err != nil || page.Queue != broker.DLQ(queue) || page.Total < 2 {

@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
-	"github.com/dabba/dabba/shared/consumer"
 	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/httpx"
 )
@@ -90,14 +89,14 @@ const waitingTimeout = 5 * time.Second
 
 // waitingBehind returns, by order id, the events origin's consumer holds
 // back for the orders of page's messages, in one query.
-func waitingBehind(ctx context.Context, db *pgxpool.Pool, origin string, page dlq.Page) (map[string][]consumer.Waiting, error) {
+func waitingBehind(ctx context.Context, db *pgxpool.Pool, origin string, page dlq.Page) (map[string][]dlq.Waiting, error) {
 	ids := dlq.WaitingOrders(origin, page)
 	if len(ids) == 0 {
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, waitingTimeout)
 	defer cancel()
-	return consumer.WaitingFor(ctx, db, origin, ids)
+	return dlq.WaitingFor(ctx, db, origin, ids)
 }
 
 // selectRequest is the body of the replay and discard routes: exactly one

@@ -18,7 +18,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dabba/dabba/shared/broker"
-	"github.com/dabba/dabba/shared/consumer"
 	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
@@ -163,11 +162,11 @@ func TestAdminDLQWaiting(t *testing.T) {
 			return code, b
 		}, dead, alone)
 		m := msgs[dead]
-		var waiting []consumer.Waiting
+		var waiting []dlq.Waiting
 		if err := json.Unmarshal(m["waiting"], &waiting); err != nil || len(waiting) != 2 {
 			t.Fatalf("waiting = %s", m["waiting"])
 		}
-		for i, want := range []consumer.Waiting{{EventID: paid, Type: events.OrderPaid, Seq: 2, After: 1}, {EventID: cancelled, Type: events.OrderCancelled, Seq: 3, After: 2}} {
+		for i, want := range []dlq.Waiting{{EventID: paid, Type: events.OrderPaid, Seq: 2, After: 1}, {EventID: cancelled, Type: events.OrderCancelled, Seq: 3, After: 2}} {
 			got := waiting[i]
 			if held := time.Since(got.HeldSince); held < 0 || held > 10*time.Minute {
 				t.Errorf("%s held for %s", got.EventID, held)

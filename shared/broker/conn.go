@@ -82,6 +82,10 @@ func (c *Conn) Instrument(m *metrics.Set) {
 	m.WatchBroker(c.Reconnects.Load, c.Ready)
 }
 
+// QueueMetrics returns the counters of queue's consumer on c (nil without
+// Instrument): for what a consumer counts beside broker.Consume.
+func (c *Conn) QueueMetrics(queue string) *metrics.Queue { return c.metrics.Queue(queue) }
+
 // Dial returns at once and connects in the background, retrying until the
 // broker answers, so a service can start (and its HTTP API serve) while the
 // broker is down. Channel waits for the connection.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/dabba/dabba/shared/broker"
 	"github.com/dabba/dabba/shared/events"
+	"github.com/dabba/dabba/shared/metrics"
 	"github.com/dabba/dabba/shared/postgres"
 	"github.com/dabba/dabba/shared/trace"
 )
@@ -128,9 +129,10 @@ type Consumer struct {
 	keyed bool
 	// retention is how long the inbox keeps a record (InboxRetention).
 	retention time.Duration
-	// pub publishes held events again once they may go (order.go); nil
-	// until Run.
-	pub *broker.Publisher
+	// pub publishes held events again once they may go (order.go), and
+	// metrics counts them; nil until Run.
+	pub     *broker.Publisher
+	metrics *metrics.Queue
 	// holdLimit is how long an event waits for its predecessor
 	// (HoldLimit).
 	holdLimit time.Duration
@@ -219,7 +221,7 @@ func (c *Consumer) Run(ctx context.Context, conn *broker.Conn) error {
 		go c.sweepInbox(ctx)
 	}
 	if c.queue.Ordered {
-		c.pub = broker.NewPublisher(conn, c.log)
+		c.pub, c.metrics = broker.NewPublisher(conn, c.log), conn.QueueMetrics(c.queue.Name)
 		defer c.pub.Close()
 		go c.tendHeld(ctx)
 	}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
@@ -290,6 +289,9 @@ func (c *Consumer) moveOn(ctx context.Context, hs []held, msgs []broker.Message,
 	for i, h := range hs {
 		if i < len(acked) && acked[i] {
 			ids = append(ids, h.EventID)
+			if msgs[i].Exchange == broker.ExchangeDLX {
+				c.metrics.DeadLettered(broker.ReasonWaitedTooLong)
+			}
 		}
 	}
 	if err != nil || len(ids) < len(hs) {
@@ -334,7 +336,8 @@ func (c *Consumer) tendHeld(ctx context.Context) {
 	}
 }
 
-// tend releases and gives up on held events once.
+// tend releases and gives up on held events once, and counts those still
+// held.
 func (c *Consumer) tend(ctx context.Context) error {
 	rows, err := c.db.Query(ctx, heldSQL+` JOIN order_cursors c ON c.consumer = h.consumer AND c.order_id = h.order_id
 		WHERE h.consumer = $1 AND h.after <= c.seq ORDER BY h.order_id, h.seq LIMIT 500`, c.queue.Name)
@@ -356,34 +359,10 @@ func (c *Consumer) tend(ctx context.Context) error {
 		return err
 	}
 	c.giveUp(ctx, stale)
+	var n int
+	if err := c.db.QueryRow(ctx, `SELECT count(*) FROM held_events WHERE consumer = $1`, c.queue.Name).Scan(&n); err != nil {
+		return err
+	}
+	c.metrics.Held(n)
 	return nil
-}
-
-// Waiting is an event held back behind an earlier one of its order.
-type Waiting struct {
-	EventID   string    `json:"event_id"`
-	Type      string    `json:"type"`
-	Seq       int       `json:"seq"`
-	After     int       `json:"after"`
-	HeldSince time.Time `json:"held_since"`
-}
-
-// WaitingFor returns, by order id, the events of orderIDs that consumer
-// (a work queue's name) holds back, oldest first in each order: what waits
-// behind a dead-lettered event until it is replayed.
-func WaitingFor(ctx context.Context, db *pgxpool.Pool, consumer string, orderIDs []string) (map[string][]Waiting, error) {
-	rows, err := db.Query(ctx, heldSQL+` WHERE h.consumer = $1 AND h.order_id = ANY($2::uuid[]) ORDER BY h.order_id, h.seq`,
-		consumer, orderIDs)
-	if err != nil {
-		return nil, fmt.Errorf("read held events: %w", err)
-	}
-	hs, err := scanHeld(rows)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string][]Waiting{}
-	for _, h := range hs {
-		out[h.OrderID] = append(out[h.OrderID], Waiting{EventID: h.EventID, Type: h.RoutingKey, Seq: h.Seq, After: h.After, HeldSince: h.HeldAt})
-	}
-	return out, nil
 }

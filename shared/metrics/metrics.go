@@ -29,6 +29,7 @@ const (
 	MessagesRetried        = "dabba_messages_retried_total"
 	ConsumerWaiting        = "dabba_consumer_waiting"
 	ConsumerOutages        = "dabba_consumer_outages_total"
+	ConsumerHeldEvents     = "dabba_consumer_held_events"
 	MessagesDeadLettered   = "dabba_messages_dead_lettered_total"
 	HandlerDuration        = "dabba_message_handler_duration_seconds"
 	PublishConfirmDuration = "dabba_broker_publish_confirm_seconds"
@@ -61,6 +62,7 @@ type Set struct {
 	acked       *prometheus.CounterVec
 	retried     *prometheus.CounterVec
 	waiting     *prometheus.GaugeVec
+	held        *prometheus.GaugeVec
 	outages     *prometheus.CounterVec
 	dead        *prometheus.CounterVec
 	handler     *prometheus.HistogramVec
@@ -89,7 +91,10 @@ func New() *Set {
 	s.waiting = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ConsumerWaiting,
 		Help: "1 while a consumer holds its messages and takes no new work, waiting for a dependency (database, payment-provider, smtp, broker) to answer again."},
 		[]string{"queue", "dependency"})
-	reg.MustRegister(s.waiting)
+	s.held = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ConsumerHeldEvents,
+		Help: "Events an ordered consumer holds back until an earlier event of their order is applied (shared/consumer), as last counted."},
+		[]string{"queue"})
+	reg.MustRegister(s.waiting, s.held)
 	s.confirm = prometheus.NewHistogram(prometheus.HistogramOpts{Name: PublishConfirmDuration,
 		Help: "Time from a publish (the first of its batch) to the broker's confirm.", Buckets: confirmBuckets})
 	s.unconfirmed = prometheus.NewCounter(prometheus.CounterOpts{Name: PublishUnconfirmed,
@@ -185,8 +190,10 @@ type Queue struct {
 	consumed, acked, retried     prometheus.Counter
 	deadPermanent, deadExhausted prometheus.Counter
 	handler                      prometheus.Observer
+	held                         prometheus.Gauge
 	waiting                      *prometheus.GaugeVec
 	outages                      *prometheus.CounterVec
+	dead                         *prometheus.CounterVec
 	queue                        string
 }
 
@@ -209,7 +216,9 @@ func (s *Set) Queue(queue string) *Queue {
 		deadPermanent: s.dead.WithLabelValues(queue, ReasonPermanent),
 		deadExhausted: s.dead.WithLabelValues(queue, ReasonExhausted),
 		handler:       s.handler.WithLabelValues(queue),
+		held:          s.held.WithLabelValues(queue),
 		waiting:       s.waiting,
+		dead:          s.dead,
 		outages:       s.outages,
 		queue:         queue,
 	}
@@ -260,16 +269,25 @@ func (q *Queue) Retried() {
 	}
 }
 
-// DeadLettered counts a message moved to the dead-letter queue; reason is
-// ReasonPermanent or ReasonExhausted.
+// DeadLettered counts a message moved to the dead-letter queue for reason
+// (ReasonPermanent, ReasonExhausted, or an ordered consumer's
+// "waited-too-long").
 func (q *Queue) DeadLettered(reason string) {
-	if q == nil {
-		return
-	}
-	if reason == ReasonPermanent {
+	switch {
+	case q == nil:
+	case reason == ReasonPermanent:
 		q.deadPermanent.Inc()
-	} else {
+	case reason == ReasonExhausted:
 		q.deadExhausted.Inc()
+	default:
+		q.dead.WithLabelValues(q.queue, reason).Inc()
+	}
+}
+
+// Held records how many events the consumer holds back (shared/consumer).
+func (q *Queue) Held(n int) {
+	if q != nil {
+		q.held.Set(float64(n))
 	}
 }
 
