@@ -40,9 +40,14 @@ type order struct {
 // orderJSON is an order of one dish at priceCents, the price the customer
 // was shown: the restaurant's menu must list it (ensureMenu).
 func orderJSON(customer, restaurant string, priceCents int64) string {
-	return fmt.Sprintf(`{"customer_id":%q,"restaurant_id":%q,"email":"e2e@example.com",
+	return orderJSONTo(customer, restaurant, "e2e@example.com", priceCents)
+}
+
+// orderJSONTo is orderJSON with the customer's e-mail address.
+func orderJSONTo(customer, restaurant, email string, priceCents int64) string {
+	return fmt.Sprintf(`{"customer_id":%q,"restaurant_id":%q,"email":%q,
 		"items":[{"sku":%q,"quantity":1,"unit_price_cents":%d}],
-		"delivery_address":{"line1":"Dadar West","lat":19.02,"lng":72.84}}`, customer, restaurant, dish(priceCents), priceCents)
+		"delivery_address":{"line1":"Dadar West","lat":19.02,"lng":72.84}}`, customer, restaurant, email, dish(priceCents), priceCents)
 }
 
 // dish is the sku of the suite's dish at priceCents.

@@ -1,8 +1,10 @@
 // Package smtpsink is a real SMTP server that keeps what it receives in
 // memory: the fake mail provider for local runs and tests. It can be told to
 // refuse mail, temporarily (4xx) or for good (5xx), to exercise retries and
-// dead-lettering, all mail (SetRefuse) or one recipient's (an address
-// "refuse-<code>@…", refused at RCPT with that code), and it shows its
+// dead-lettering, all mail (SetRefuse) or one recipient's: an address
+// "refuse-<code>@…" is refused at RCPT with that code every time, an
+// address "refuse-first-<code>@…" only the first time it is offered, so
+// that the next attempt (a retry, a replay) goes through. It shows its
 // inbox over HTTP.
 package smtpsink
 
@@ -82,6 +84,8 @@ type Sink struct {
 	messages  []Message
 	bodyBytes int
 	stats     Stats
+	// refusedOnce holds the "refuse-first-" addresses refused already.
+	refusedOnce map[string]bool
 }
 
 // Start listens on addr ("127.0.0.1:0" picks a free port) and serves SMTP
@@ -97,7 +101,7 @@ func StartConfig(addr string, c Config) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
-	s := &Sink{ln: ln, done: make(chan struct{})}
+	s := &Sink{ln: ln, done: make(chan struct{}), refusedOnce: map[string]bool{}}
 	s.srv = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return s.newSession(), nil }))
 	s.srv.Domain = "smtpsink.dabba.local"
 	s.srv.MaxMessageBytes = 1 << 20
@@ -235,15 +239,48 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 }
 
 // Rcpt refuses a recipient "refuse-<code>@…" with that code, so that a test
-// can have one mail of many refused.
+// can have one mail of many refused, and a recipient "refuse-first-<code>@…"
+// the same way the first time it is offered only, so that a test can have
+// one mail fail and its retry, or the mails after it, go through.
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if code, ok := strings.CutPrefix(to, "refuse-"); ok && len(code) > 3 && code[3] == '@' {
-		if n, err := strconv.Atoi(code[:3]); err == nil && n >= 400 && n < 600 {
-			return &smtp.SMTPError{Code: n, Message: "recipient refused (injected failure)"}
-		}
+	if code, first, ok := injectedRefusal(to); ok && (!first || s.sink.refuseFirst(to)) {
+		return &smtp.SMTPError{Code: code, Message: "recipient refused (injected failure)"}
 	}
 	s.to = append(s.to, to)
 	return nil
+}
+
+// injectedRefusal reads the refusal an address asks for: "refuse-<code>@…"
+// always (first false), "refuse-first-<code>@…" once (first true), code
+// being 3 digits from 400 to 599. ok is false for any other address.
+func injectedRefusal(to string) (code int, first, ok bool) {
+	local, _, found := strings.Cut(to, "@")
+	if !found {
+		return 0, false, false
+	}
+	digits, first := strings.CutPrefix(local, "refuse-first-")
+	if !first {
+		if digits, ok = strings.CutPrefix(local, "refuse-"); !ok {
+			return 0, false, false
+		}
+	}
+	n, err := strconv.Atoi(digits)
+	if err != nil || len(digits) != 3 || n < 400 || n > 599 {
+		return 0, false, false
+	}
+	return n, first, true
+}
+
+// refuseFirst reports whether to is offered for the first time, and
+// remembers that it was.
+func (s *Sink) refuseFirst(to string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refusedOnce[to] {
+		return false
+	}
+	s.refusedOnce[to] = true
+	return true
 }
 
 func (s *session) Data(r io.Reader) error {
@@ -293,6 +330,10 @@ func decodeBody(m *mail.Message) (string, error) {
 //	GET /stats                            Stats
 //	PUT /admin/refuse {"code": 451}       refuse mail with code; 0 accepts again
 //	GET /healthz, /readyz
+//
+// A recipient refuses mail by its address, whatever the switch: always for
+// "refuse-<code>@…", the first time it is offered for
+// "refuse-first-<code>@…" (each such address once, for the sink's life).
 func (s *Sink) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
 // handleMessages handles "GET /messages".

@@ -3,6 +3,7 @@ package smtpsink
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -135,6 +136,92 @@ func TestSinkRefuses(t *testing.T) {
 				t.Fatalf("%d messages, stats %+v, want 1", len(s.Messages()), st)
 			}
 		})
+	}
+}
+
+func TestInjectedRefusal(t *testing.T) {
+	tests := []struct {
+		give      string
+		wantCode  int
+		wantFirst bool
+		wantOK    bool
+	}{
+		{"refuse-451@example.com", 451, false, true},
+		{"refuse-550@example.com", 550, false, true},
+		{"refuse-first-451@example.com", 451, true, true},
+		{"refuse-first-550@a.example", 550, true, true},
+		// "refuse-" must not read "first-…" as its code, nor take a code
+		// that is not 3 digits of a failure.
+		{"refuse-first-@example.com", 0, false, false},
+		{"refuse-first-45@example.com", 0, false, false},
+		{"refuse-first-4510@example.com", 0, false, false},
+		{"refuse-first-+45@example.com", 0, false, false},
+		{"refuse-first-250@example.com", 0, false, false},
+		{"refuse-250@example.com", 0, false, false},
+		{"refuse-600@example.com", 0, false, false},
+		{"refuse-firs-451@example.com", 0, false, false},
+		{"refuse-451", 0, false, false},
+		{"eater@example.com", 0, false, false},
+		{"x-refuse-451@example.com", 0, false, false},
+	}
+	for _, tt := range tests {
+		code, first, ok := injectedRefusal(tt.give)
+		if code != tt.wantCode || first != tt.wantFirst || ok != tt.wantOK {
+			t.Errorf("injectedRefusal(%q) = %d, %v, %v; want %d, %v, %v", tt.give, code, first, ok, tt.wantCode, tt.wantFirst, tt.wantOK)
+		}
+	}
+}
+
+func TestSinkRefusesRecipient(t *testing.T) {
+	t.Run("ErrAlways", func(t *testing.T) {
+		s := MustStart(t)
+		for range 2 {
+			wantRefused(t, s, "refuse-550@example.com", 550)
+		}
+		if n := len(s.Messages()); n != 0 {
+			t.Fatalf("%d messages stored", n)
+		}
+	})
+	for _, code := range []int{451, 550} {
+		t.Run(fmt.Sprintf("OKFirstOnly%d", code), func(t *testing.T) {
+			s := MustStart(t)
+			to := fmt.Sprintf("refuse-first-%d@example.com", code)
+			wantRefused(t, s, to, code)
+			for range 2 {
+				if err := send(s.Addr(), "orders@dabba.local", []string{to}, strings.NewReader(qpMail)); err != nil {
+					t.Fatalf("after the first refusal: %v", err)
+				}
+			}
+			// Each address is refused once: another one is offered for
+			// the first time.
+			wantRefused(t, s, fmt.Sprintf("refuse-first-%d@other.example", code), code)
+			if got := len(s.Messages()); got != 2 {
+				t.Fatalf("%d messages stored, want 2", got)
+			}
+			for _, m := range s.Messages() {
+				if len(m.To) != 1 || m.To[0] != to {
+					t.Fatalf("stored a mail to %v", m.To)
+				}
+			}
+		})
+	}
+	t.Run("OKNotAFailureCode", func(t *testing.T) {
+		s := MustStart(t)
+		for _, to := range []string{"refuse-first-250@example.com", "refuse-first-45@example.com"} {
+			if err := send(s.Addr(), "orders@dabba.local", []string{to}, strings.NewReader(qpMail)); err != nil {
+				t.Fatalf("%s: %v", to, err)
+			}
+		}
+	})
+}
+
+// wantRefused sends a mail to to and wants it refused with code.
+func wantRefused(t *testing.T, s *Sink, to string, code int) {
+	t.Helper()
+	err := send(s.Addr(), "orders@dabba.local", []string{to}, strings.NewReader(qpMail))
+	var serr *smtp.SMTPError
+	if !errors.As(err, &serr) || serr.Code != code {
+		t.Fatalf("send to %s: err = %v, want SMTP %d", to, err, code)
 	}
 }
 
