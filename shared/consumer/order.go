@@ -172,9 +172,7 @@ func (cur *cursors) queueWrite(b *pgx.Batch, waiting []*item) {
 		for id := range cur.moved {
 			ids = append(ids, id)
 		}
-		b.Queue(heldSQL+` JOIN order_cursors c ON c.consumer = h.consumer AND c.order_id = h.order_id
-			WHERE h.consumer = $1 AND h.order_id = ANY($2::uuid[]) AND h.after <= c.seq ORDER BY h.order_id, h.seq`,
-			cur.consumer, ids)
+		b.Queue(freeSQL+` AND h.order_id = ANY($2::uuid[]) ORDER BY h.order_id, h.seq`, cur.consumer, ids)
 	}
 }
 
@@ -214,6 +212,19 @@ type held struct {
 
 const heldSQL = `SELECT h.event_id, h.order_id::text, h.seq, h.after, h.routing_key, h.prior, h.body,
 	coalesce(h.traceparent, ''), h.held_at FROM held_events h`
+
+// freeSQL reads consumer $1's held events whose predecessor is applied.
+const freeSQL = heldSQL + ` JOIN order_cursors c ON c.consumer = h.consumer AND c.order_id = h.order_id
+	WHERE h.consumer = $1 AND h.after <= c.seq`
+
+// queryHeld runs sql, a read of heldSQL's columns.
+func (c *Consumer) queryHeld(ctx context.Context, sql string, args ...any) ([]held, error) {
+	rows, err := c.db.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read held events: %w", err)
+	}
+	return scanHeld(rows)
+}
 
 func scanHeld(rows pgx.Rows) ([]held, error) {
 	var hs []held
@@ -339,22 +350,13 @@ func (c *Consumer) tendHeld(ctx context.Context) {
 // tend releases and gives up on held events once, and counts those still
 // held.
 func (c *Consumer) tend(ctx context.Context) error {
-	rows, err := c.db.Query(ctx, heldSQL+` JOIN order_cursors c ON c.consumer = h.consumer AND c.order_id = h.order_id
-		WHERE h.consumer = $1 AND h.after <= c.seq ORDER BY h.order_id, h.seq LIMIT 500`, c.queue.Name)
-	if err != nil {
-		return err
-	}
-	free, err := scanHeld(rows)
+	free, err := c.queryHeld(ctx, freeSQL+` ORDER BY h.order_id, h.seq LIMIT 500`, c.queue.Name)
 	if err != nil {
 		return err
 	}
 	c.release(ctx, free)
-	rows, err = c.db.Query(ctx, heldSQL+` WHERE h.consumer = $1 AND h.held_at < now() - $2 * interval '1 millisecond'
+	stale, err := c.queryHeld(ctx, heldSQL+` WHERE h.consumer = $1 AND h.held_at < now() - $2 * interval '1 millisecond'
 		ORDER BY h.order_id, h.seq LIMIT 500`, c.queue.Name, c.holdLimit.Milliseconds())
-	if err != nil {
-		return err
-	}
-	stale, err := scanHeld(rows)
 	if err != nil {
 		return err
 	}

@@ -106,11 +106,7 @@ func (r *orderedRig) held(orderID string) map[string]bool {
 // redeliver is what the broker delivers when the consumer publishes the
 // held event id again (held.message).
 func (r *orderedRig) redeliver(id string) broker.Delivery {
-	rows, err := r.db.Query(context.Background(), heldSQL+" WHERE h.consumer = $1 AND h.event_id = $2", broker.QueueEmail, id)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	hs, err := scanHeld(rows)
+	hs, err := r.c.queryHeld(context.Background(), heldSQL+" WHERE h.consumer = $1 AND h.event_id = $2", broker.QueueEmail, id)
 	if err != nil || len(hs) != 1 {
 		r.t.Fatalf("held %s: %v %v", id, hs, err)
 	}
