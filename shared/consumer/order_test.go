@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/dabba/dabba/shared/broker"
+	"github.com/dabba/dabba/shared/dlq"
 	"github.com/dabba/dabba/shared/events"
 	"github.com/dabba/dabba/shared/testenv"
 )
@@ -271,5 +272,50 @@ func TestAfter(t *testing.T) {
 		if got := q.After(c.prior); got != c.want {
 			t.Errorf("After(%v) = %d, want %d", c.prior, got, c.want)
 		}
+	}
+}
+
+// TestHeldTooLongIsDeadLettered: an event whose predecessor does not come
+// within the hold limit is dead-lettered behind it, with the reason and
+// the mark that lets a replay apply it without waiting again.
+func TestHeldTooLongIsDeadLettered(t *testing.T) {
+	ctx := context.Background()
+	r := newOrderedRig(t)
+	r.c.HoldLimit(time.Millisecond)
+	conn := testenv.MustBroker(t)
+	r.c.pub = broker.NewPublisher(conn, zaptest.NewLogger(t))
+	defer r.c.pub.Close()
+	o := uuid.NewString()
+	early := r.event(o, events.OrderPaid, paid, events.OrderPlaced)
+	if err := r.c.Handle(ctx, []broker.Delivery{early}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = dlq.Discard(context.Background(), conn, broker.QueueEmail, dlq.Selector{IDs: []string{early.MessageID}})
+	})
+	time.Sleep(10 * time.Millisecond)
+	if err := r.c.tend(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h := r.held(o); len(h) != 0 {
+		t.Fatalf("still held after the hold limit: %v", h)
+	}
+	var dead *dlq.Message
+	testenv.Eventually(t, 10*time.Second, "the held event in email.dlq", func() bool {
+		page, err := dlq.Show(ctx, conn, broker.QueueEmail, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range page.Messages {
+			if m.ID == early.MessageID {
+				dead = &m
+				return true
+			}
+		}
+		return false
+	})
+	if dead.Reason != broker.ReasonWaitedTooLong || dead.OrderID != o || dead.RoutingKey != events.OrderPaid ||
+		!strings.Contains(dead.Error, "event #1 of order "+o) {
+		t.Fatalf("dead-lettered as %+v", dead)
 	}
 }
