@@ -327,8 +327,8 @@ func (c *Consumer) decode(d broker.Delivery) (*item, error) {
 // before its order.paid in one batch too, and holds the events whose
 // predecessor is not (order.go). Nothing is written before the routes run,
 // so a route's outside work (a charge, an e-mail) happens before the
-// transaction gets a transaction id (postgres.ClaimUnprocessed says why
-// that matters).
+// transaction gets a transaction id (postgres.LockKeys says why that
+// matters).
 func (c *Consumer) apply(ctx context.Context, tx pgx.Tx, items []*item) error {
 	fresh, cur, err := c.claim(ctx, tx, items)
 	if err != nil {
@@ -391,40 +391,36 @@ func (c *Consumer) handle(ctx context.Context, tx pgx.Tx, items []*item) error {
 // that it also never applies one order's events in two batches at once.
 func (c *Consumer) claim(ctx context.Context, tx pgx.Tx, items []*item) (map[string]bool, *cursors, error) {
 	ids := make([]string, len(items))
+	fresh := make(map[string]bool, len(items))
 	for i, it := range items {
 		ids[i] = it.env.ID
+		fresh[it.env.ID] = true // keyed: the effect's key decides
 	}
-	cur := c.newCursors(items)
-	if c.keyed && cur == nil {
-		fresh := make(map[string]bool, len(ids))
-		for _, id := range ids {
-			fresh[id] = true
-		}
-		return fresh, nil, nil
-	}
+	orders := orderIDs(items)
+	cur := c.newCursors(items, orders)
 	var b pgx.Batch
-	locks := ids
-	if c.queue.Ordered {
-		locks = orderIDs(items)
+	if !c.keyed || cur != nil {
+		locks := ids
+		if c.queue.Ordered {
+			locks = orders
+		}
+		postgres.LockKeys(&b, c.queue.Name, locks)
 	}
-	postgres.LockKeys(&b, c.queue.Name, locks)
 	if !c.keyed {
 		postgres.QueueUnprocessed(&b, c.queue.Name, ids)
 	}
 	if cur != nil {
 		cur.queueRead(&b)
 	}
+	if b.Len() == 0 {
+		return fresh, nil, nil
+	}
 	res := tx.SendBatch(ctx, &b)
 	defer res.Close()
 	if _, err := res.Exec(); err != nil {
 		return nil, nil, fmt.Errorf("lock inbox entries: %w", err)
 	}
-	fresh := make(map[string]bool, len(ids))
-	if c.keyed {
-		for _, id := range ids {
-			fresh[id] = true
-		}
-	} else {
+	if !c.keyed {
 		var err error
 		if fresh, err = postgres.ReadUnprocessed(res, len(ids)); err != nil {
 			return nil, nil, err

@@ -65,17 +65,18 @@ func (c *Consumer) sequence(d broker.Delivery) (seq, after int) {
 // number of the last of its events applied.
 type cursors struct {
 	consumer string
+	orders   []string // the batch's
 	at       map[string]int
 	moved    map[string]bool
 }
 
-// newCursors returns the cursors of the orders of items, or nil when no
+// newCursors returns the cursors of orders, those of items, or nil when no
 // event of items is numbered (an unordered consumer, or ordering off).
-func (c *Consumer) newCursors(items []*item) *cursors {
+func (c *Consumer) newCursors(items []*item, orders []string) *cursors {
 	for _, it := range items {
 		if it.seq > 0 {
-			cur := &cursors{consumer: c.queue.Name, at: map[string]int{}, moved: map[string]bool{}}
-			for _, id := range orderIDs(items) {
+			cur := &cursors{consumer: c.queue.Name, orders: orders, at: make(map[string]int, len(orders)), moved: map[string]bool{}}
+			for _, id := range orders {
 				cur.at[id] = 0
 			}
 			return cur
@@ -84,18 +85,9 @@ func (c *Consumer) newCursors(items []*item) *cursors {
 	return nil
 }
 
-// orders returns the batch's order ids.
-func (cur *cursors) orders() []string {
-	ids := make([]string, 0, len(cur.at))
-	for id := range cur.at {
-		ids = append(ids, id)
-	}
-	return ids
-}
-
 func (cur *cursors) queueRead(b *pgx.Batch) {
 	b.Queue(`SELECT order_id::text, seq FROM order_cursors WHERE consumer = $1 AND order_id = ANY($2::uuid[])`,
-		cur.consumer, cur.orders())
+		cur.consumer, cur.orders)
 }
 
 func (cur *cursors) read(res pgx.BatchResults) error {
@@ -142,15 +134,15 @@ func (cur *cursors) applied(it *item) {
 // queueWrite queues the cursors that moved, the events held back, and the
 // read of the held events the moves free.
 func (cur *cursors) queueWrite(b *pgx.Batch, waiting []*item) {
-	if len(cur.moved) > 0 {
-		ids, seqs := make([]string, 0, len(cur.moved)), make([]int32, 0, len(cur.moved))
-		for id := range cur.moved {
-			ids, seqs = append(ids, id), append(seqs, int32(cur.at[id]))
-		}
+	moved, seqs := make([]string, 0, len(cur.moved)), make([]int32, 0, len(cur.moved))
+	for id := range cur.moved {
+		moved, seqs = append(moved, id), append(seqs, int32(cur.at[id]))
+	}
+	if len(moved) > 0 {
 		b.Queue(`INSERT INTO order_cursors (consumer, order_id, seq)
 			SELECT $1, * FROM unnest($2::uuid[], $3::int[])
 			ON CONFLICT (consumer, order_id) DO UPDATE SET seq = greatest(order_cursors.seq, excluded.seq)`,
-			cur.consumer, ids, seqs)
+			cur.consumer, moved, seqs)
 	}
 	if n := len(waiting); n > 0 {
 		ids, orders, keys, priors, tps := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]*string, n)
@@ -167,12 +159,8 @@ func (cur *cursors) queueWrite(b *pgx.Batch, waiting []*item) {
 			SELECT $1, * FROM unnest($2::text[], $3::uuid[], $4::int[], $5::int[], $6::text[], $7::text[], $8::bytea[], $9::text[])
 			ON CONFLICT DO NOTHING`, cur.consumer, ids, orders, seqs, afters, keys, priors, bodies, tps)
 	}
-	if len(cur.moved) > 0 {
-		ids := make([]string, 0, len(cur.moved))
-		for id := range cur.moved {
-			ids = append(ids, id)
-		}
-		b.Queue(freeSQL+` AND h.order_id = ANY($2::uuid[]) ORDER BY h.order_id, h.seq`, cur.consumer, ids)
+	if len(moved) > 0 {
+		b.Queue(freeSQL+` AND h.order_id = ANY($2::uuid[]) ORDER BY h.order_id, h.seq`, cur.consumer, moved)
 	}
 }
 
@@ -272,8 +260,8 @@ func (c *Consumer) giveUp(ctx context.Context, hs []held) {
 	msgs := make([]broker.Message, len(hs))
 	now := time.Now().UTC()
 	for i, h := range hs {
-		m := h.message(broker.ExchangeDLX)
-		m.Exchange, m.RoutingKey = broker.ExchangeDLX, c.queue.Name
+		m := h.message(c.queue.Name) // the dead-letter exchange routes by the work queue's name
+		m.Exchange = broker.ExchangeDLX
 		m.Headers[broker.HeaderQueue] = c.queue.Name
 		m.Headers[broker.HeaderReason] = broker.ReasonWaitedTooLong
 		m.Headers[broker.HeaderDeadAt] = now.Format(time.RFC3339Nano)

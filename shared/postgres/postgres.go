@@ -250,36 +250,22 @@ func rollback(ctx context.Context, conn *pgx.Conn) {
 	}
 }
 
-// ClaimUnprocessed takes, inside tx, the inbox entries of messages ids for
-// consumer, and returns those not processed yet: the caller applies the
-// effects of these only, records them with RecordProcessed in the same
-// transaction, and commits. Each id is an advisory lock held to the end of
-// tx (LockKeys), so a concurrent transaction claiming one of the same ids
-// waits for this one, then finds it processed if this one recorded it.
+// The inbox (processed_messages) is claimed in one round trip, with
+// statements a consumer queues on one batch: LockKeys, then
+// QueueUnprocessed (read with ReadUnprocessed). The consumer applies the
+// effects of the new messages only, records them with QueueRecordProcessed
+// in the same transaction, and commits. The locks make a concurrent
+// transaction claiming one of the same keys wait for this one, then find
+// what this one recorded.
 //
-// It writes nothing, so the transaction has no transaction id while the
-// caller does its slow outside work (a charge, an e-mail) before writing:
-// an open transaction with one would hold back every reader of the outbox
-// in commit order (outbox.Read) until it ended.
-func ClaimUnprocessed(ctx context.Context, tx pgx.Tx, consumer string, ids []string) (map[string]bool, error) {
-	var b pgx.Batch
-	LockKeys(&b, consumer, ids)
-	QueueUnprocessed(&b, consumer, ids)
-	res := tx.SendBatch(ctx, &b)
-	defer res.Close()
-	if _, err := res.Exec(); err != nil {
-		return nil, fmt.Errorf("lock inbox entries: %w", err)
-	}
-	fresh, err := ReadUnprocessed(res, len(ids))
-	if err != nil {
-		return nil, err
-	}
-	return fresh, res.Close()
-}
+// A claim writes nothing, so the transaction has no transaction id while
+// the consumer does its slow outside work (a charge, an e-mail) before
+// writing: an open transaction with one would hold back every reader of
+// the outbox in commit order (outbox.Read) until it ended.
 
-// LockKeys queues on b the advisory locks of keys for consumer, held to the
-// end of the transaction and taken in one order, so that two batches never
-// deadlock. It takes no transaction id.
+// LockKeys queues on b the advisory locks of keys for consumer (message
+// ids, or an ordered consumer's order ids), held to the end of the
+// transaction and taken in one order, so that two batches never deadlock.
 func LockKeys(b *pgx.Batch, consumer string, keys []string) {
 	b.Queue(`SELECT pg_advisory_xact_lock(k) FROM (
 		SELECT DISTINCT hashtextextended($1 || ' ' || key, 0) AS k FROM unnest($2::text[]) AS key ORDER BY k) AS locks`, consumer, keys)
@@ -309,23 +295,9 @@ func ReadUnprocessed(res pgx.BatchResults, n int) (map[string]bool, error) {
 	return fresh, nil
 }
 
-// RecordProcessed records in the inbox, inside tx, that consumer has
-// processed the messages ids (claimed with ClaimUnprocessed in the same
-// transaction, whose effects tx writes), with one statement.
-func RecordProcessed(ctx context.Context, tx pgx.Tx, consumer string, ids []string) error {
-	var b pgx.Batch
-	QueueRecordProcessed(&b, consumer, ids)
-	if b.Len() == 0 {
-		return nil
-	}
-	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-		return fmt.Errorf("record processed messages: %w", err)
-	}
-	return nil
-}
-
-// QueueRecordProcessed queues RecordProcessed's statement on b (nothing for
-// no ids).
+// QueueRecordProcessed queues on b the record in the inbox that consumer
+// has processed the messages ids (claimed in the same transaction, whose
+// effects it writes), one statement; nothing for no ids.
 func QueueRecordProcessed(b *pgx.Batch, consumer string, ids []string) {
 	if len(ids) == 0 {
 		return

@@ -34,6 +34,31 @@ func MustPool(tb testing.TB) *pgxpool.Pool {
 	return pool
 }
 
+// claim claims ids in the inbox of consumer "test" inside tx, as a
+// consumer does (LockKeys, QueueUnprocessed), and returns those new.
+func claim(ctx context.Context, tx pgx.Tx, ids []string) (map[string]bool, error) {
+	var b pgx.Batch
+	LockKeys(&b, "test", ids)
+	QueueUnprocessed(&b, "test", ids)
+	res := tx.SendBatch(ctx, &b)
+	defer res.Close()
+	if _, err := res.Exec(); err != nil {
+		return nil, err
+	}
+	fresh, err := ReadUnprocessed(res, len(ids))
+	if err != nil {
+		return nil, err
+	}
+	return fresh, res.Close()
+}
+
+// record records ids in the inbox of consumer "test" inside tx.
+func record(ctx context.Context, tx pgx.Tx, ids []string) error {
+	var b pgx.Batch
+	QueueRecordProcessed(&b, "test", ids)
+	return tx.SendBatch(ctx, &b).Close()
+}
+
 // process claims ids for consumer "test" in a transaction of its own,
 // records those it found new unless rollback, and returns them.
 func process(t *testing.T, pool *pgxpool.Pool, rollback bool, ids ...string) map[string]bool {
@@ -42,14 +67,14 @@ func process(t *testing.T, pool *pgxpool.Pool, rollback bool, ids ...string) map
 	var fresh map[string]bool
 	err := InTx(ctx, pool, func(tx pgx.Tx) error {
 		var err error
-		if fresh, err = ClaimUnprocessed(ctx, tx, "test", ids); err != nil {
+		if fresh, err = claim(ctx, tx, ids); err != nil {
 			return err
 		}
 		var done []string
 		for id := range fresh {
 			done = append(done, id)
 		}
-		if err := RecordProcessed(ctx, tx, "test", done); err != nil {
+		if err := record(ctx, tx, done); err != nil {
 			return err
 		}
 		if rollback {
@@ -95,7 +120,7 @@ func TestInboxClaimWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx)
-	if fresh, err := ClaimUnprocessed(ctx, tx, "test", []string{id}); err != nil || !fresh[id] {
+	if fresh, err := claim(ctx, tx, []string{id}); err != nil || !fresh[id] {
 		t.Fatalf("claim: %v, %v", fresh, err)
 	}
 	var xid *string
@@ -107,7 +132,7 @@ func TestInboxClaimWaits(t *testing.T) {
 		var fresh map[string]bool
 		_ = InTx(ctx, pool, func(tx pgx.Tx) error {
 			var err error
-			fresh, err = ClaimUnprocessed(ctx, tx, "test", []string{id})
+			fresh, err = claim(ctx, tx, []string{id})
 			return err
 		})
 		second <- fresh
@@ -117,7 +142,7 @@ func TestInboxClaimWaits(t *testing.T) {
 		t.Fatalf("the second claim did not wait: %v", got)
 	case <-time.After(200 * time.Millisecond):
 	}
-	if err := RecordProcessed(ctx, tx, "test", []string{id}); err != nil {
+	if err := record(ctx, tx, []string{id}); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
